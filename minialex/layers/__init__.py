@@ -1,0 +1,1 @@
+"""One module per layer family; each opens with its forward formula and gradient."""
