@@ -107,7 +107,7 @@ class Tensor:
     Python numbers and lists become float32 (as in PyTorch); NumPy/CuPy arrays keep their dtype.
     """
 
-    __array_priority__ = 100  # so ndarray + Tensor calls Tensor.__radd__
+    __array_ufunc__ = None  # so ndarray + Tensor defers to Tensor.__radd__
 
     def __init__(self, data, requires_grad=False):
         self.data = _as_array(data)
