@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# minialex quick start: one script, two jobs.
+#   bash run.sh train [flags...]   set up, then train AlexNet on Fashion-MNIST (examples/train_alexnet.py)
+#   bash run.sh test  [pytest args] set up, then run the whole test suite
+# Set-up (idempotent, each step skipped when already done): a virtual environment in .venv with
+# minialex and its test extras, and Debian's Fashion-MNIST package (dataset-fashion-mnist).
+set -euo pipefail
+cd "$(dirname "$0")"
+
+job=${1:-}
+case "$job" in
+  train|test) shift ;;
+  *) echo "usage: bash run.sh train [train flags] | bash run.sh test [pytest args]" >&2; exit 2 ;;
+esac
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+  echo "run.sh: need root (or sudo) to run: $*" >&2; return 1; fi; }
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  if ! "$PY" -m venv .venv 2>/dev/null; then   # Debian ships venv separately
+    rm -rf .venv
+    as_root apt-get update -qq && as_root apt-get install -y -qq python3-venv >/dev/null
+    "$PY" -m venv .venv
+  fi
+fi
+if ! .venv/bin/python -c "import minialex, pytest, hypothesis" 2>/dev/null; then
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".[test]"
+fi
+FMNIST=/usr/share/datasets/fashion-mnist
+if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ -z "${MINIALEX_NO_APT:-}" ]; then
+  echo "run.sh: installing Fashion-MNIST (Debian package dataset-fashion-mnist) into $FMNIST"
+  as_root apt-get update -qq && as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+if [ "$job" = train ]; then
+  exec .venv/bin/python examples/train_alexnet.py "$@"
+else
+  exec .venv/bin/python -m pytest -q tests minialex --doctest-modules "$@"
+fi
