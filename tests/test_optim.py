@@ -1,0 +1,236 @@
+"""The paper's SGD update, its saved state, and the learning-rate schedules."""
+import io
+
+import numpy as np
+import pytest
+
+from minialex import Module, Parameter
+from minialex.optim import SGD, ReduceLROnPlateau, StepLR
+
+W0 = np.array([1.0, -2.0])
+G1, G2 = np.array([0.5, 0.25]), np.array([-1.0, 0.5])
+M, WD = 0.9, 0.01   # weight decay 20x the paper's so that its term shows in the numbers
+
+
+def two_steps(lr1, lr2, **kwargs):
+    w = Parameter(W0.copy())
+    opt = SGD([w], lr=lr1, momentum=M, weight_decay=WD, **kwargs)
+    w.grad = G1
+    opt.step()
+    opt.lr = lr2
+    w.grad = G2
+    opt.step()
+    return w, opt
+
+
+def test_two_steps_match_the_hand_computed_update():
+    w, opt = two_steps(0.1, 0.05)
+    # step 1, lr 0.1:  v1 = -WD*0.1*w0 - 0.1*g1 = [-0.001 - 0.05, 0.002 - 0.025]
+    v1 = np.array([-0.051, -0.023])
+    w1 = np.array([0.949, -2.023])
+    # step 2, lr 0.05: v2 = 0.9*v1 - WD*0.05*w1 - 0.05*g2
+    #                     = [-0.0459 - 0.0004745 + 0.05, -0.0207 + 0.0010115 - 0.025]
+    v2 = np.array([0.0036255, -0.0446885])
+    w2 = np.array([0.9526255, -2.0676885])
+    assert np.allclose(W0 + v1, w1, atol=1e-15) and np.allclose(w1 + v2, w2, atol=1e-15)
+    np.testing.assert_allclose(opt.velocity[0], v2, atol=1e-12)
+    np.testing.assert_allclose(w.data, w2, atol=1e-12)
+
+
+def pytorch_form(lr1, lr2):
+    """torch.optim.SGD's formulation: u <- m u + (g + wd w); w <- w - lr u."""
+    w, u = W0.copy(), np.zeros(2)
+    for lr, g in ((lr1, G1), (lr2, G2)):
+        u = M * u + (g + WD * w)
+        w = w - lr * u
+    return w
+
+
+def test_equals_pytorchs_formulation_only_while_lr_is_constant():
+    np.testing.assert_allclose(two_steps(0.1, 0.1)[0].data, pytorch_form(0.1, 0.1), atol=1e-12)
+    changed = two_steps(0.1, 0.05)[0].data
+    assert not np.allclose(changed, pytorch_form(0.1, 0.05), atol=1e-3)
+    np.testing.assert_allclose(pytorch_form(0.1, 0.05), [0.9755755, -2.0573385], atol=1e-12)
+
+
+def test_update_is_in_place_keeps_dtype_and_skips_params_without_grad():
+    a = Parameter(np.ones((2, 3), dtype=np.float32))
+    b = Parameter(np.ones(4, dtype=np.float32))
+    data = a.data
+    opt = SGD([a, b], lr=0.5)
+    a.grad = np.full((2, 3), 2.0, dtype=np.float32)
+    opt.step()
+    assert a.data is data and a.dtype == np.float32
+    np.testing.assert_allclose(a.data, 1 - 0.5 * (2 + 5e-4), atol=1e-7)
+    assert np.array_equal(b.data, np.ones(4)) and opt.velocity[1] is None
+    opt.zero_grad()
+    assert a.grad is None
+
+
+class Tiny(Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = Parameter(np.ones(3))
+        self.bias = Parameter(np.zeros(1))
+
+
+@pytest.mark.parametrize("how", ["list", "generator", "named"])
+def test_params_as_list_generator_or_named_pairs(how):
+    model = Tiny()
+    params = {"list": model.parameters(), "generator": iter(model.parameters()),
+              "named": model.named_parameters()}[how]
+    opt = SGD(params, lr=0.1)
+    assert opt.params[0] is model.weight and opt.params[1] is model.bias
+    if how == "named":
+        assert opt.names == ["weight", "bias"]
+
+
+def save_and_load(state):
+    """Through np.savez with allow_pickle=False: proves the state is plain data."""
+    flat = {k: v for k, v in state.items() if k != "velocity"}
+    flat.update({f"velocity/{k}": v for k, v in state["velocity"].items()})
+    buffer = io.BytesIO()
+    np.savez(buffer, **flat)
+    buffer.seek(0)
+    with np.load(buffer, allow_pickle=False) as f:
+        loaded = {k: f[k] for k in f.files if not k.startswith("velocity/")}
+        loaded["velocity"] = {k.split("/")[1]: f[k] for k in f.files if k.startswith("velocity/")}
+    return loaded
+
+
+def test_state_dict_round_trip_continues_identically():
+    rng = np.random.default_rng(0)
+    grads = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    start = rng.standard_normal((2, 3)).astype(np.float32)
+
+    w = Parameter(start.copy())
+    unused = Parameter(np.zeros(2, dtype=np.float32))
+    opt = SGD([w, unused], lr=0.1)
+    for g in grads[:2]:
+        w.grad = g
+        opt.step()
+    opt.lr = 0.01
+    state = opt.state_dict()
+    assert set(state["velocity"]) == {"0"}            # the untouched parameter has no entry
+    saved_w = w.data.copy()
+    for g in grads[2:]:
+        w.grad = g
+        opt.step()
+    assert not np.array_equal(state["velocity"]["0"], opt.velocity[0])  # state was a copy
+
+    w2 = Parameter(saved_w)
+    opt2 = SGD([w2, Parameter(np.zeros(2, dtype=np.float32))], lr=1.0, momentum=0.5,
+               weight_decay=0.0)
+    opt2.load_state_dict(save_and_load(state))
+    assert (opt2.lr, opt2.momentum, opt2.weight_decay) == (0.01, 0.9, 5e-4)
+    for g in grads[2:]:
+        w2.grad = g
+        opt2.step()
+    assert np.array_equal(w2.data, w.data)
+    assert opt2.velocity[1] is None
+
+
+def test_load_state_dict_refuses_mismatches_cleanly():
+    opt = SGD([Parameter(np.zeros((2, 3))), Parameter(np.zeros(4))], lr=0.1)
+    good = {"lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "num_params": 2, "velocity": {}}
+    with pytest.raises(ValueError, match=r"velocity 1 \(1\) has shape \(3,\), the parameter "
+                                         r"\(4,\)"):
+        opt.load_state_dict({**good, "velocity": {"1": np.zeros(3)}})
+    with pytest.raises(ValueError, match="missing key.*velocity"):
+        opt.load_state_dict({k: v for k, v in good.items() if k != "velocity"})
+    with pytest.raises(ValueError, match="3 parameters"):
+        opt.load_state_dict({**good, "num_params": 3})
+    with pytest.raises(ValueError, match="index '7'"):
+        opt.load_state_dict({**good, "velocity": {"7": np.zeros(4)}})
+    assert opt.velocity == [None, None]                  # nothing half-loaded
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(lr=0.0), "lr"), (dict(lr=-1.0), "lr"), (dict(lr=float("nan")), "lr"),
+    (dict(lr=0.1, momentum=1.0), "momentum"), (dict(lr=0.1, momentum=-0.1), "momentum"),
+    (dict(lr=0.1, weight_decay=-1e-4), "weight_decay"),
+])
+def test_bad_hyperparameters_name_the_argument(kwargs, name):
+    with pytest.raises(ValueError, match=f"SGD: {name} must be"):
+        SGD([Parameter(np.zeros(1))], **kwargs)
+
+
+def test_lr_setter_validates_and_empty_or_duplicate_params_are_refused():
+    p = Parameter(np.zeros(1))
+    opt = SGD([p], lr=0.1)
+    with pytest.raises(ValueError, match="lr"):
+        opt.lr = 0
+    with pytest.raises(ValueError, match="empty"):
+        SGD([], lr=0.1)
+    with pytest.raises(ValueError, match="twice"):
+        SGD([p, p], lr=0.1)
+    with pytest.raises(TypeError, match="item 0"):
+        SGD([np.zeros(1)], lr=0.1)
+
+
+def test_plateau_divides_by_ten_at_most_three_times_then_is_exhausted():
+    opt = SGD([Parameter(np.zeros(1))], lr=0.01)
+    plateau = ReduceLROnPlateau(opt)
+    errors = [0.50, 0.40, 0.40, 0.30, 0.30, 0.29, 0.29, 0.20, 0.20, 0.20]
+    lrs, reduced = [], []
+    for e in errors:
+        reduced.append(plateau.step(e))
+        lrs.append(opt.lr)
+        assert plateau.exhausted == (len(lrs) >= 9)
+    assert reduced == [False, False, True, False, True, False, True, False, False, False]
+    np.testing.assert_allclose(lrs, [1e-2, 1e-2, 1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5, 1e-5, 1e-5])
+    assert plateau.num_reductions == 3
+
+
+def test_plateau_patience_relative_threshold_and_max_mode():
+    opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+    plateau = ReduceLROnPlateau(opt, patience=1, threshold=1e-3)
+    # 0.4996 is within 0.1% of 0.5: not an improvement
+    assert [plateau.step(e) for e in [0.5, 0.4996, 0.4996, 0.3]] == [False, False, True, False]
+    opt.lr = 1.0
+    accuracy = ReduceLROnPlateau(opt, mode="max")
+    assert [accuracy.step(a) for a in [0.5, 0.6, 0.6]] == [False, False, True]
+    assert opt.lr == pytest.approx(0.1)
+
+
+def test_plateau_state_round_trip_continues_identically():
+    opt_a, opt_b = (SGD([Parameter(np.zeros(1))], lr=0.01) for _ in range(2))
+    a = ReduceLROnPlateau(opt_a, patience=1)
+    for e in [0.5, 0.5, 0.5, 0.4]:
+        a.step(e)
+    b = ReduceLROnPlateau(opt_b)
+    b.load_state_dict({k: np.asarray(v) for k, v in a.state_dict().items()})
+    opt_b.lr = opt_a.lr
+    assert b.state_dict() == a.state_dict()
+    for e in [0.4, 0.4, 0.4, 0.4, 0.4, 0.4]:
+        assert a.step(e) == b.step(e)
+    assert opt_a.lr == opt_b.lr and a.num_reductions == b.num_reductions == 3
+    assert a.exhausted and b.exhausted
+
+
+@pytest.mark.parametrize("kwargs, name", [
+    (dict(factor=1.0), "factor"), (dict(patience=-1), "patience"),
+    (dict(threshold=-0.1), "threshold"), (dict(max_reductions=1.5), "max_reductions"),
+    (dict(mode="avg"), "mode"),
+])
+def test_plateau_bad_arguments(kwargs, name):
+    with pytest.raises(ValueError, match=name):
+        ReduceLROnPlateau(SGD([Parameter(np.zeros(1))], lr=0.1), **kwargs)
+
+
+def test_step_lr_and_its_state():
+    opt = SGD([Parameter(np.zeros(1))], lr=0.1)
+    schedule = StepLR(opt, step_size=2)
+    lrs = []
+    for _ in range(3):
+        schedule.step(0.5)   # a metric is accepted and ignored
+        lrs.append(opt.lr)
+    np.testing.assert_allclose(lrs, [0.1, 0.01, 0.01])
+    resumed = StepLR(opt, step_size=5, gamma=0.5)
+    resumed.load_state_dict(schedule.state_dict())
+    assert resumed.step() and opt.lr == pytest.approx(1e-3)
+    assert not resumed.exhausted
+    with pytest.raises(ValueError, match="step_size"):
+        StepLR(opt, step_size=0)
+    with pytest.raises(ValueError, match="gamma"):
+        StepLR(opt, step_size=1, gamma=0.0)
