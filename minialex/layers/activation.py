@@ -1,0 +1,223 @@
+r"""Element-wise and row-wise activations: ReLU, tanh, softmax, log-softmax.
+
+Notation: ``x`` input, ``y`` output, ``gy`` = dL/dy, ``gx`` = dL/dx; for softmax the sums run
+over the axis ``dim`` (the classes), every other axis indexing independent rows.
+
+Forward and Gradient:
+
+- ReLU (AlexNet section 3.1): :math:`y = \max(0, x)`, :math:`gx = gy\,[y > 0]`. At the kink
+  ``x = 0`` the subgradient 0 is used (as micrograd's ``> 0`` and PyTorch do), so a unit with
+  zero input passes no gradient. Backward needs only the saved output ``y``.
+- tanh: :math:`y = \tanh x`, :math:`gx = gy\,(1 - y^2)`.
+- softmax: :math:`y_i = e^{x_i - M} / \sum_j e^{x_j - M}` with :math:`M = \max_j x_j`
+  (subtracting the max changes nothing mathematically but keeps every exponent <= 0, so logits
+  of 1e4 do not overflow). From :math:`\partial y_j / \partial x_i = y_j(\delta_{ij} - y_i)`,
+  :math:`gx_i = \sum_j gy_j\, y_j(\delta_{ij} - y_i) = y_i\,(gy_i - \sum_j gy_j y_j)`.
+- log-softmax: :math:`y_i = x_i - M - \log \sum_j e^{x_j - M}`. From
+  :math:`\partial y_j / \partial x_i = \delta_{ij} - \mathrm{softmax}(x)_i`,
+  :math:`gx_i = gy_i - e^{y_i} \sum_j gy_j`.
+
+Shape:
+    any shape -> the same shape. softmax and log_softmax take ``dim`` (default -1, the last
+    axis: the classes of an (N, classes) batch). PyTorch asks for ``dim`` explicitly; its
+    deprecated implicit choice is 1 for inputs of 2 or more dimensions.
+
+Paper: section 3.1 (ReLU trains a CIFAR-10 net six times faster than tanh), section 2/3.5
+(1000-way softmax on fc8).
+
+GPU: kernels/relu.cu (relu_backward); tanh and softmax are plain CuPy array code.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import backend
+from ..backend import get_array_module
+from ..module import Module
+from ..tensor import Function, Tensor
+
+
+# -- ReLU -----------------------------------------------------------------------------------
+def relu_backward(y, gy):
+    """``gx = gy where y > 0 else 0`` (subgradient 0 at 0)."""
+    if backend.is_gpu_array(gy):
+        from .. import cuda  # imported at first GPU use, so CPU-only installs never load it
+        return cuda.relu_backward(y, gy)
+    return _relu_backward_cpu(y, gy)
+
+
+def _relu_backward_cpu(y, gy):
+    return gy * (y > 0)
+
+
+class ReLUFunction(Function):
+    """``y = max(0, x)``; keeps ``y`` only. No double backward."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        # C order, as relu_backward's kernel expects (a ufunc keeps a transposed input's order).
+        self.y = xp.maximum(xp.ascontiguousarray(x), 0)
+        return self.y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        return relu_backward(self.y, xp.ascontiguousarray(gy))
+
+
+class TanhFunction(Function):
+    """``y = tanh(x)``; keeps ``y`` only. No double backward."""
+
+    def forward(self, x):
+        self.y = get_array_module(x).tanh(x)
+        return self.y
+
+    def backward(self, gy):
+        return gy * (1 - self.y * self.y)
+
+
+# -- softmax and log-softmax ----------------------------------------------------------------
+class SoftmaxFunction(Function):
+    """``y = exp(x - max) / sum(exp(x - max))`` along ``dim``; keeps ``y``. No double backward."""
+
+    def __init__(self, dim=-1):
+        self.dim = dim
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        e = xp.exp(x - x.max(axis=self.dim, keepdims=True))
+        self.y = e / e.sum(axis=self.dim, keepdims=True)
+        return self.y
+
+    def backward(self, gy):
+        y = self.y
+        return y * (gy - (gy * y).sum(axis=self.dim, keepdims=True))
+
+
+class LogSoftmaxFunction(Function):
+    """``y = x - max - log(sum(exp(x - max)))`` along ``dim``; keeps ``y``. No double backward."""
+
+    def __init__(self, dim=-1):
+        self.dim = dim
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        shifted = x - x.max(axis=self.dim, keepdims=True)
+        self.y = shifted - xp.log(xp.exp(shifted).sum(axis=self.dim, keepdims=True))
+        return self.y
+
+    def backward(self, gy):
+        xp = get_array_module(gy)
+        return gy - xp.exp(self.y) * gy.sum(axis=self.dim, keepdims=True)
+
+
+# -- functional -----------------------------------------------------------------------------
+def _check_input(op, x):
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise TypeError(f"{op}: input must be a Tensor or an array, got {type(x).__name__}")
+    if np.dtype(x.dtype).kind != "f":
+        raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
+
+
+def _check_dim(op, x, dim):
+    ndim = len(x.shape)
+    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+        raise TypeError(f"{op}: dim must be an int, got dim={dim!r}")
+    if ndim == 0 or not -ndim <= dim < ndim:
+        raise ValueError(f"{op}: dim={dim} is out of range for input of shape {tuple(x.shape)}")
+    return int(dim) % ndim
+
+
+def relu(x) -> Tensor:
+    """``max(0, x)`` element-wise (gradient 0 where x <= 0).
+
+    >>> relu(Tensor(np.array([-1.0, 0.0, 2.0], dtype=np.float32))).numpy()
+    array([0., 0., 2.], dtype=float32)
+    """
+    _check_input("relu", x)
+    return ReLUFunction()(x)
+
+
+def tanh(x) -> Tensor:
+    """Hyperbolic tangent element-wise.
+
+    >>> tanh(Tensor(np.array([0.0, 100.0]))).numpy()
+    array([0., 1.])
+    """
+    _check_input("tanh", x)
+    return TanhFunction()(x)
+
+
+def softmax(x, dim=-1) -> Tensor:
+    """Softmax along ``dim`` (default -1); each slice along ``dim`` sums to 1.
+
+    >>> softmax(Tensor(np.array([[0.0, np.log(3.0)], [1e4, 1e4]]))).numpy()
+    array([[0.25, 0.75],
+           [0.5 , 0.5 ]])
+    """
+    _check_input("softmax", x)
+    return SoftmaxFunction(_check_dim("softmax", x, dim))(x)
+
+
+def log_softmax(x, dim=-1) -> Tensor:
+    """``log(softmax(x))`` along ``dim`` (default -1), computed without forming softmax.
+
+    >>> log_softmax(Tensor(np.array([[1e4, 1e4 - np.log(3.0)]]))).numpy().round(4)
+    array([[-0.2877, -1.3863]])
+    """
+    _check_input("log_softmax", x)
+    return LogSoftmaxFunction(_check_dim("log_softmax", x, dim))(x)
+
+
+# -- modules --------------------------------------------------------------------------------
+class ReLU(Module):
+    """``max(0, x)``. ``inplace`` is accepted so PyTorch model code ports unchanged; minialex
+    always returns a new tensor (overwriting an input that another op saved would corrupt its
+    gradient).
+
+    >>> ReLU()(Tensor(np.array([-2.0, 3.0]))).numpy()
+    array([0., 3.])
+    """
+
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = bool(inplace)
+
+    def forward(self, x):
+        return relu(x)
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class Tanh(Module):
+    """Hyperbolic tangent (the paper's slower-training baseline)."""
+
+    def forward(self, x):
+        return tanh(x)
+
+
+class Softmax(Module):
+    """Softmax along ``dim`` (default -1).
+
+    >>> Softmax(dim=1)
+    Softmax(dim=1)
+    """
+
+    def __init__(self, dim=-1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return softmax(x, self.dim)
+
+    def extra_repr(self):
+        return f"dim={self.dim}"
+
+
+class LogSoftmax(Softmax):
+    """Log-softmax along ``dim`` (default -1)."""
+
+    def forward(self, x):
+        return log_softmax(x, self.dim)
