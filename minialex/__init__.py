@@ -1,10 +1,22 @@
 """minialex: a from-scratch deep-learning engine that reproduces AlexNet (Krizhevsky et al., 2012).
 
 NumPy on the CPU, CuPy with hand-written CUDA kernels on NVIDIA GPUs; one body of layer code.
+
+>>> import minialex
+>>> from minialex import nn, functional as F
+>>> model = minialex.models.alexnet("paper")
+>>> model.num_parameters()
+60965224
 """
 from .backend import gpu_available, manual_seed
 from .tensor import Function, Tensor, is_grad_enabled, no_grad
 from .module import Module, Parameter, Sequential
 from .testing import GradcheckError, GradcheckReport, gradcheck
+from . import functional, models, nn, optim
+from .summary import summary
 
 __version__ = "0.1.0"
+
+__all__ = ["Function", "GradcheckError", "GradcheckReport", "Module", "Parameter", "Sequential",
+           "Tensor", "functional", "gpu_available", "gradcheck", "is_grad_enabled",
+           "manual_seed", "models", "nn", "no_grad", "optim", "summary"]

@@ -69,8 +69,9 @@ class Function:
         xp = backend.get_array_module(like)
         arrays = []
         for x, t in zip(inputs, tensors):
-            if t is None:  # a Python number or array operand takes the tensor operand's dtype
-                t = Tensor(xp.asarray(_as_array(x), dtype=like.dtype if _is_scalar(x) else None))
+            if t is None:  # a Python number takes the tensor operand's dtype, unrounded
+                scalar_dtype = like.dtype if _is_scalar(x) and like.dtype.kind == "f" else None
+                t = Tensor(xp.asarray(x if scalar_dtype else _as_array(x), dtype=scalar_dtype))
             arrays.append(t.data)
         _check_same_device(type(self).__name__, arrays)
         self.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)

@@ -199,3 +199,9 @@ def test_ops_on_gpu_match_cpu(gpu):
     gradcheck(f, [xg, wg], **GRADCHECK)
     with pytest.raises(RuntimeError, match="different devices"):
         xc + xg
+
+
+def test_python_scalars_take_the_tensor_dtype_without_rounding():
+    assert (Tensor(np.ones(1)) * 0.8).data.item() == 0.8
+    assert (0.1 + Tensor(np.zeros(1))).data.item() == 0.1
+    assert (Tensor(np.ones(1, np.float32)) / 3.0).dtype == np.float32
