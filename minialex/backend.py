@@ -160,3 +160,13 @@ def set_rng_state(state: dict) -> None:
         rng = np.random.default_rng()
         rng.bit_generator.state = state["cpu"]
         _rngs["cpu"] = rng
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` for 2-D arrays, into ``out`` when given: NumPy's BLAS on the CPU, cuBLAS through
+    :func:`minialex.cuda.gemm` on a GPU (so :func:`minialex.cuda.set_tf32` governs every layer's
+    GEMMs). Transposed views (``w.T``) are passed to BLAS as flags, not copied."""
+    if is_gpu_array(a):
+        from . import cuda  # the kernels' glue; loaded at first GPU use
+        return cuda.gemm(a, b, out=out)
+    return np.matmul(a, b, out=out)

@@ -39,7 +39,8 @@ Shape:
 Paper: sections 3.2 and 3.5. The "5x5x48" kernels of conv2 (and conv4, conv5) see only half of
 the previous layer's channels because each GPU held half of the kernels: that is ``groups=2``.
 
-GPU: kernels/im2col.cu (im2col, col2im, bias_add_nchw); the GEMMs are cuBLAS through CuPy.
+GPU: kernels/im2col.cu (im2col, col2im, bias_add_nchw); the GEMMs are cuBLAS through
+``backend.matmul`` -> ``minialex.cuda.gemm`` (TF32 only after ``minialex.cuda.set_tf32(True)``).
 """
 from __future__ import annotations
 
@@ -198,8 +199,8 @@ class Conv2dFunction(Function):
         W_mat = W.reshape(OC, K)
         out = xp.empty((OC, N * OH * OW), dtype=x.dtype)
         for g in range(G):
-            xp.matmul(W_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K],
-                      out=out[g * OCg:(g + 1) * OCg])
+            backend.matmul(W_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K],
+                           out=out[g * OCg:(g + 1) * OCg])
         needs_x, needs_W = self.needs_input_grad[:2]
         self.saved = (col if needs_W else None, W_mat if needs_x else None)
         self.shapes = x.shape, W.shape
@@ -216,14 +217,14 @@ class Conv2dFunction(Function):
         if self.needs_input_grad[1]:
             gW = xp.empty((OC, K), dtype=gy.dtype)
             for g in range(G):
-                xp.matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
-                          out=gW[g * OCg:(g + 1) * OCg])
+                backend.matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
+                               out=gW[g * OCg:(g + 1) * OCg])
             gW = gW.reshape(W_shape)
         if self.needs_input_grad[0]:
             gcol = xp.empty((G * K, gY.shape[1]), dtype=gy.dtype)
             for g in range(G):
-                xp.matmul(W_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
-                          out=gcol[g * K:(g + 1) * K])
+                backend.matmul(W_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
+                               out=gcol[g * K:(g + 1) * K])
             gx = col2im(gcol, x_shape, KH, KW, self.SH, self.SW, self.PH, self.PW)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             gb = gY.sum(axis=1)

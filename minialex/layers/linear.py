@@ -46,7 +46,7 @@ class LinearFunction(Function):
     def forward(self, x, W, b=None):
         xp = get_array_module(x)
         X = x.reshape(-1, x.shape[-1])
-        Y = X @ W.T
+        Y = backend.matmul(X, W.T)
         if b is not None:
             Y += b
         needs_x, needs_W = self.needs_input_grad[:2]
@@ -57,8 +57,8 @@ class LinearFunction(Function):
     def backward(self, gy):
         X, W = self.saved
         gY = gy.reshape(-1, gy.shape[-1])
-        gx = (gY @ W).reshape(self.x_shape) if self.needs_input_grad[0] else None
-        gW = gY.T @ X if self.needs_input_grad[1] else None
+        gx = backend.matmul(gY, W).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        gW = backend.matmul(gY.T, X) if self.needs_input_grad[1] else None
         gb = None
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             gb = gY.sum(axis=0)
