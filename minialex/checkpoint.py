@@ -1,0 +1,158 @@
+r"""Checkpoints: nested training state saved atomically to one ``.npz`` file, loaded without pickle.
+
+A checkpoint is a *tree* of dicts, lists and tuples whose leaves are numbers, strings, booleans,
+``None`` and arrays (NumPy or CuPy; GPU arrays are copied to the host). :func:`save` splits it
+into
+
+- the arrays, each stored as its own ``.npy`` member of an uncompressed zip (``np.savez``),
+  named after its place in the tree (``arrays/model/features.0.weight``), and
+- the rest, as JSON in a ``uint8`` array named ``__meta__``, with each array replaced by
+  ``{"__array__": name}``,
+
+so :func:`load` needs only ``np.load(path, allow_pickle=False)`` and ``json``: opening a
+checkpoint never runs code from the file.
+
+Writing is atomic: the file is written under a temporary name in the same directory, flushed
+and ``fsync``-ed, then ``os.replace``-d over the target, so a crash or Ctrl-C while saving
+leaves the previous checkpoint intact. A missing file raises ``FileNotFoundError`` and a
+truncated or corrupt one a single ``ValueError``, both naming the path.
+
+>>> import tempfile, os
+>>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
+>>> save(path, {"epoch": 3, "w": np.ones((2, 2), np.float32), "lrs": (0.1, 0.01)})
+>>> tree = load(path)
+>>> tree["epoch"], tree["w"].dtype, tree["lrs"]
+(3, dtype('float32'), (0.1, 0.01))
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+
+import numpy as np
+
+from . import backend
+
+FORMAT = "minialex-checkpoint"
+VERSION = 1
+META = "__meta__"
+ZIP_MAGIC = b"PK\x03\x04"   # every .npz is a zip archive whose first member starts here
+ARRAY, TUPLE, ITEMS = "__array__", "__tuple__", "__items__"   # JSON markers
+_RESERVED = (ARRAY, TUPLE, ITEMS)
+
+
+def _encode(obj, path, arrays):
+    """JSON-able form of ``obj``; arrays go into ``arrays`` under their tree path."""
+    if backend.is_gpu_array(obj) or isinstance(obj, np.ndarray):
+        array = backend.to_numpy(obj)
+        if array.dtype.hasobject:
+            raise TypeError(f"checkpoint: {path or 'root'} is an object array, which cannot be "
+                            f"stored without pickle")
+        name = "arrays/" + (path or "root")
+        while name in arrays:   # keys holding "/" could collide; keep each array anyway
+            name += "'"
+        arrays[name] = array
+        return {ARRAY: name}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        items = [_encode(v, f"{path}/{i}" if path else str(i), arrays) for i, v in enumerate(obj)]
+        return {TUPLE: items} if isinstance(obj, tuple) else items
+    if isinstance(obj, dict):
+        plain = all(isinstance(k, str) and k not in _RESERVED for k in obj)
+        if plain:
+            return {k: _encode(v, f"{path}/{k}" if path else k, arrays) for k, v in obj.items()}
+        return {ITEMS: [[_encode(k, path, {}), _encode(v, f"{path}/{k}" if path else str(k),
+                                                       arrays)] for k, v in obj.items()]}
+    raise TypeError(f"checkpoint: cannot store {type(obj).__name__} at {path or 'root'}; use "
+                    f"dicts, lists, tuples, numbers, strings, None and arrays")
+
+
+def _decode(obj, arrays):
+    if isinstance(obj, list):
+        return [_decode(v, arrays) for v in obj]
+    if isinstance(obj, dict):
+        if ARRAY in obj:
+            return arrays[obj[ARRAY]]
+        if TUPLE in obj:
+            return tuple(_decode(v, arrays) for v in obj[TUPLE])
+        if ITEMS in obj:
+            return {_decode(k, arrays): _decode(v, arrays) for k, v in obj[ITEMS]}
+        return {k: _decode(v, arrays) for k, v in obj.items()}
+    return obj
+
+
+def atomic_write(path, write) -> None:
+    """Call ``write(file)`` on a temporary file next to ``path``, then flush, fsync and rename
+    it over ``path``; on any error the temporary file is removed and ``path`` is untouched."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
+                               suffix=".tmp")
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual permissions
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    # make the rename itself durable; not every platform can open a directory
+    with contextlib.suppress(OSError):
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def save(path, tree: dict) -> None:
+    """Write ``tree`` (a dict) to ``path`` atomically as an ``.npz`` checkpoint."""
+    if not isinstance(tree, dict):
+        raise TypeError(f"checkpoint.save: expected a dict, got {type(tree).__name__}")
+    arrays = {}
+    meta = {"format": FORMAT, "version": VERSION, "tree": _encode(tree, "", arrays)}
+    arrays[META] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
+
+
+def load(path) -> dict:
+    """Read a checkpoint written by :func:`save`; arrays come back as NumPy arrays."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic != ZIP_MAGIC:   # np.load would try .npy and pickle next; refuse here instead
+            raise ValueError(f"starts with {magic!r}, not with the zip signature of an .npz")
+        with np.load(path, allow_pickle=False) as archive:
+            if META not in archive.files:
+                raise ValueError(f"no {META} entry, so not a minialex checkpoint")
+            meta = json.loads(archive[META].tobytes().decode("utf-8"))
+            if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+                raise ValueError(f"format is not {FORMAT!r}")
+            if meta.get("version") != VERSION:
+                raise ValueError(f"version {meta.get('version')!r}, this minialex reads "
+                                 f"version {VERSION}")
+            arrays = {name: archive[name] for name in archive.files if name != META}
+            return _decode(meta["tree"], arrays)
+    except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error,
+            UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a readable minialex checkpoint, truncated or corrupt "
+                         f"({type(exc).__name__}: {exc})") from None

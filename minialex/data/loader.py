@@ -1,0 +1,174 @@
+r"""Mini-batches: shuffled index order, a background thread that prefetches, device transforms.
+
+A :class:`Loader` walks a *dataset* (anything with ``len(ds)`` and ``ds.get_batch(indices) ->
+(images, labels)`` as host arrays, e.g. :class:`ArrayDataset`) in mini-batches:
+
+1. at the start of each epoch it draws the order, a permutation from its ``generator`` when
+   ``shuffle`` (so every sample is seen exactly once per epoch), else ``0 .. N-1``;
+2. a background thread gathers the next batches on the host and copies them to ``device``
+   while the caller computes on the current one (``prefetch`` batches ahead; ``prefetch=0``
+   loads in the caller's thread);
+3. in the caller's thread, in batch order, ``transform(images)`` runs on the device (scaling,
+   augmentation: see :mod:`minialex.data.transforms`). Random transforms draw from their own
+   generators here rather than in the thread, so the draws do not depend on thread timing and a
+   generator's state after batch ``k`` is the same every run (which exact resumption needs).
+
+``loader.epoch(start=k)`` draws the epoch's order as usual but skips the first ``k`` batches
+without loading them: restore the shuffle generator to its state at the start of an epoch and
+this continues that epoch from batch ``k``.
+
+>>> ds = ArrayDataset(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), np.arange(10))
+>>> loader = Loader(ds, batch_size=4, shuffle=True, generator=np.random.default_rng(0))
+>>> [labels.tolist() for _, labels in loader]
+[[4, 6, 2, 7], [3, 5, 9, 0], [8, 1]]
+"""
+from __future__ import annotations
+
+import queue
+import threading
+
+import numpy as np
+
+from .. import backend
+
+
+class ArrayDataset:
+    """Images (N, C, H, W) and labels (N,) held in host memory."""
+
+    def __init__(self, images, labels):
+        images, labels = np.asarray(images), np.asarray(labels)
+        if images.ndim != 4:
+            raise ValueError(f"ArrayDataset: expected images of shape (N, C, H, W), got "
+                             f"{images.shape}")
+        if labels.shape != (images.shape[0],):
+            raise ValueError(f"ArrayDataset: expected labels of shape ({images.shape[0]},) to "
+                             f"match the images, got {labels.shape}")
+        self.images, self.labels = images, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __repr__(self):
+        return f"ArrayDataset({len(self)} images of {self.images.shape[1:]} {self.images.dtype})"
+
+    def get_batch(self, indices):
+        return self.images[indices], self.labels[indices]
+
+    def head(self, n):
+        """The first ``n`` samples (all when ``n`` is None or at least the size)."""
+        if n is None or n >= len(self):
+            return self
+        return ArrayDataset(self.images[:n], self.labels[:n])
+
+
+class Loader:
+    """Mini-batches of ``dataset`` as ``(images, labels)`` arrays on ``device``.
+
+    Args:
+        dataset: ``len(dataset)`` and ``dataset.get_batch(indices) -> (images, labels)``.
+        batch_size: samples per batch; the last batch is smaller unless ``drop_last``.
+        shuffle: draw a new permutation from ``generator`` every epoch.
+        generator: a ``numpy.random.Generator`` (required when shuffling, so the order is
+            reproducible and its state can be checkpointed).
+        transform: ``transform(images) -> images`` applied on the device, in the caller's thread.
+        device: ``"cpu"`` or ``"gpu[:N]"``; batches are copied there by the loading thread.
+        prefetch: batches loaded ahead by the background thread (0: no thread).
+    """
+
+    def __init__(self, dataset, batch_size, *, shuffle=False, generator=None, transform=None,
+                 device="cpu", drop_last=False, prefetch=2):
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"Loader: batch_size must be a positive int, got {batch_size!r}")
+        if shuffle and not isinstance(generator, np.random.Generator):
+            raise ValueError(f"Loader: shuffle=True needs a numpy.random.Generator as generator, "
+                             f"got {type(generator).__name__}")
+        if not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
+            raise ValueError(f"Loader: prefetch must be an int >= 0, got {prefetch!r}")
+        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.shuffle, self.generator, self.transform = shuffle, generator, transform
+        self.device, self.drop_last, self.prefetch = device, drop_last, int(prefetch)
+
+    def __len__(self):
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        return self.epoch()
+
+    def order(self) -> np.ndarray:
+        """This epoch's sample order (draws from the generator when shuffling)."""
+        n = len(self.dataset)
+        return self.generator.permutation(n) if self.shuffle else np.arange(n)
+
+    def epoch(self, start: int = 0):
+        """An iterator over one epoch's batches, skipping the first ``start`` of them.
+
+        The order is drawn here, when the epoch is asked for, not at the first ``next``.
+        """
+        order = self.order()
+        batches = [order[i * self.batch_size:(i + 1) * self.batch_size]
+                   for i in range(start, len(self))]
+        return self._transformed(batches)
+
+    def _transformed(self, batches):
+        source = self._threaded(batches) if self.prefetch else map(self._fetch, batches)
+        try:
+            for images, labels in source:
+                if self.transform is not None:
+                    images = self.transform(images)
+                yield images, labels
+        finally:
+            if hasattr(source, "close"):
+                source.close()  # stops the loading thread when the caller leaves early
+
+    def _fetch(self, indices):
+        images, labels = self.dataset.get_batch(indices)
+        if self.device != "cpu":
+            images = backend.to_device(images, self.device)
+            labels = backend.to_device(labels, self.device)
+        return images, labels
+
+    def _threaded(self, batches):
+        """Yield ``_fetch(b)`` for each batch, computed ``prefetch`` ahead by a daemon thread."""
+        ready, stop = queue.Queue(maxsize=self.prefetch), threading.Event()
+        done = object()
+
+        def put(item):
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work():
+            try:
+                for indices in batches:
+                    if not put(self._fetch(indices)):
+                        return
+            except BaseException as exc:  # handed to the caller, who re-raises it
+                put(_Failure(exc))
+                return
+            put(done)
+
+        thread = threading.Thread(target=work, name="minialex-loader", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = ready.get()
+                if item is done:
+                    return
+                if isinstance(item, _Failure):
+                    raise item.exc
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+
+class _Failure:
+    """An exception raised in the loading thread, carried to the caller."""
+
+    def __init__(self, exc):
+        self.exc = exc

@@ -1,0 +1,215 @@
+r"""Batch transforms that run on the device: whole (N, C, H, W) batches, no loop over images.
+
+Every transform is a callable ``t(x) -> y`` on a NumPy or CuPy batch and uses ``xp`` calls only,
+so the same code runs on the CPU and the GPU. Random transforms draw their per-image choices
+(crop offsets, flips) from an explicit host ``numpy.random.Generator``, so a given generator
+state gives the same augmentation on either device, and the generator's state can be saved in a
+checkpoint. The last draw is kept (``last_offsets``, ``last_flipped``) for inspection.
+
+Bilinear resize as two small matrix products. Sampling image ``x`` (H x W) bilinearly at
+``OH x OW`` points is separable: each output row mixes two input rows and each output column two
+input columns, with weights that depend only on the sizes. Hence
+
+.. math::  y = A_h \, x \, A_w^\top, \qquad A_h \in \mathbb{R}^{OH \times H},\ A_w \in
+           \mathbb{R}^{OW \times W},
+
+with, for output index ``i`` and half-pixel centres (PyTorch's ``align_corners=False``),
+``s = max((i + 1/2) H / OH - 1/2, 0)``, ``i0 = floor(s)``, ``i1 = min(i0 + 1, H - 1)``,
+``A[i, i0] += 1 - (s - i0)``, ``A[i, i1] += s - i0``. Two GEMMs do the whole batch; no
+anti-aliasing when shrinking (as ``F.interpolate(..., antialias=False)``). Each row of ``A``
+sums to 1, so a per-channel affine map (normalisation) commutes with the resize and can be
+applied on the smaller image.
+
+>>> x = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+>>> Resize(4)(x)[0, 0]
+array([[0.  , 0.25, 0.75, 1.  ],
+       [0.5 , 0.75, 1.25, 1.5 ],
+       [1.5 , 1.75, 2.25, 2.5 ],
+       [2.  , 2.25, 2.75, 3.  ]], dtype=float32)
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import backend
+from ..backend import get_array_module
+
+
+def _pair(size, name):
+    if isinstance(size, (int, np.integer)):
+        size = (int(size), int(size))
+    if (not isinstance(size, (tuple, list)) or len(size) != 2
+            or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in size)):
+        raise ValueError(f"{name}: size must be a positive int or a pair of them, got {size!r}")
+    return tuple(int(s) for s in size)
+
+
+def _check_batch(name, x):
+    if x.ndim != 4:
+        raise ValueError(f"{name}: expected a batch of shape (N, C, H, W), got {x.shape}")
+
+
+class Compose:
+    """Apply transforms in order."""
+
+    def __init__(self, transforms):
+        self.transforms = list(transforms)
+
+    def __call__(self, x):
+        for t in self.transforms:
+            x = t(x)
+        return x
+
+    def __repr__(self):
+        return "Compose(" + ", ".join(map(repr, self.transforms)) + ")"
+
+
+class ToFloat:
+    """``uint8`` pixels to floats: ``y = x * scale`` (``1/255`` maps to [0, 1])."""
+
+    def __init__(self, scale=1 / 255, dtype=np.float32):
+        self.scale, self.dtype = scale, np.dtype(dtype)
+
+    def __call__(self, x):
+        return x.astype(self.dtype) * self.dtype.type(self.scale)
+
+    def __repr__(self):
+        return f"ToFloat(scale={self.scale:g}, dtype={self.dtype.name})"
+
+
+class Normalize:
+    """``y = (x - mean) / std``, with a scalar or one value per channel for each."""
+
+    def __init__(self, mean, std):
+        self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+        if np.any(self.std <= 0):
+            raise ValueError(f"Normalize: std must be positive, got {std!r}")
+
+    def __call__(self, x):
+        xp = get_array_module(x)
+        shape = (1, -1, 1, 1) if self.mean.ndim else ()
+        scale = xp.asarray((1 / self.std).reshape(shape), dtype=x.dtype)
+        shift = xp.asarray((self.mean / self.std).reshape(shape), dtype=x.dtype)
+        return x * scale - shift
+
+    def __repr__(self):
+        return f"Normalize(mean={self.mean.tolist()}, std={self.std.tolist()})"
+
+
+def bilinear_matrix(in_size: int, out_size: int, dtype=np.float64) -> np.ndarray:
+    """The ``(out_size, in_size)`` matrix ``A`` of 1-D bilinear resampling (half-pixel
+    centres), so that ``A @ v`` resamples the vector ``v``."""
+    i = np.arange(out_size)
+    s = np.maximum((i + 0.5) * (in_size / out_size) - 0.5, 0.0)
+    i0 = np.minimum(np.floor(s).astype(np.int64), in_size - 1)
+    i1 = np.minimum(i0 + 1, in_size - 1)
+    frac = s - i0
+    A = np.zeros((out_size, in_size))
+    np.add.at(A, (i, i0), 1 - frac)   # add: i0 == i1 at the last row/column
+    np.add.at(A, (i, i1), frac)
+    return A.astype(dtype)
+
+
+def resize_bilinear(x, size):
+    """Resize a batch (N, C, H, W) to ``size`` (int or (OH, OW)) as ``A_h @ x @ A_w^T``."""
+    _check_batch("resize_bilinear", x)
+    OH, OW = _pair(size, "resize_bilinear")
+    N, C, H, W = x.shape
+    if (OH, OW) == (H, W):
+        return x
+    xp = get_array_module(x)
+    dtype = x.dtype if x.dtype.kind == "f" else np.float32
+    A_h = xp.asarray(bilinear_matrix(H, OH, dtype))
+    A_w = xp.asarray(bilinear_matrix(W, OW, dtype))
+    rows = xp.matmul(A_h, x.astype(dtype, copy=False))          # (N, C, OH, W)
+    return (rows.reshape(-1, W) @ A_w.T).reshape(N, C, OH, OW)   # one GEMM over all rows
+
+
+class Resize:
+    """Bilinear resize to ``size`` (see the module docstring for the two-matrix form)."""
+
+    def __init__(self, size):
+        self.size = _pair(size, "Resize")
+
+    def __call__(self, x):
+        return resize_bilinear(x, self.size)
+
+    def __repr__(self):
+        return f"Resize(size={self.size})"
+
+
+class RandomCrop:
+    """Pad by ``padding`` zeros on every side, then cut a random ``size`` window per image.
+
+    ``size=None`` keeps the input's own size (the classic "pad 2, crop 28" jitter of MNIST-like
+    data). Offsets are drawn uniformly from every window position; ``last_offsets`` holds the
+    (top, left) arrays of the last batch.
+    """
+
+    def __init__(self, size=None, padding=0, generator=None):
+        self.size = None if size is None else _pair(size, "RandomCrop")
+        if not isinstance(padding, (int, np.integer)) or padding < 0:
+            raise ValueError(f"RandomCrop: padding must be an int >= 0, got {padding!r}")
+        self.padding = int(padding)
+        self.generator = backend.rng_for(np) if generator is None else generator
+        self.last_offsets = None
+
+    def __call__(self, x):
+        _check_batch("RandomCrop", x)
+        xp = get_array_module(x)
+        N, C, H, W = x.shape
+        P = self.padding
+        OH, OW = self.size or (H, W)
+        if OH > H + 2 * P or OW > W + 2 * P:
+            raise ValueError(f"RandomCrop: a {OH}x{OW} crop does not fit a {H}x{W} image padded "
+                             f"by {P}")
+        if P:
+            x = xp.pad(x, ((0, 0), (0, 0), (P, P), (P, P)))
+        top = self.generator.integers(0, H + 2 * P - OH + 1, size=N)
+        left = self.generator.integers(0, W + 2 * P - OW + 1, size=N)
+        self.last_offsets = (top, left)
+        rows = xp.asarray(top)[:, None] + xp.arange(OH)             # (N, OH)
+        cols = xp.asarray(left)[:, None] + xp.arange(OW)            # (N, OW)
+        n = xp.arange(N)[:, None, None, None]
+        c = xp.arange(C)[None, :, None, None]
+        return x[n, c, rows[:, None, :, None], cols[:, None, None, :]]
+
+    def __repr__(self):
+        return f"RandomCrop(size={self.size}, padding={self.padding})"
+
+
+class RandomHorizontalFlip:
+    """Mirror each image left-right with probability ``p``; ``last_flipped`` holds the choice."""
+
+    def __init__(self, p=0.5, generator=None):
+        if not 0 <= p <= 1:
+            raise ValueError(f"RandomHorizontalFlip: p must lie in [0, 1], got {p!r}")
+        self.p = p
+        self.generator = backend.rng_for(np) if generator is None else generator
+        self.last_flipped = None
+
+    def __call__(self, x):
+        _check_batch("RandomHorizontalFlip", x)
+        xp = get_array_module(x)
+        flip = self.generator.random(x.shape[0]) < self.p
+        self.last_flipped = flip
+        return xp.where(xp.asarray(flip)[:, None, None, None], x[..., ::-1], x)
+
+    def __repr__(self):
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+def image_transforms(input_size, mean, std, *, crop_padding=0, flip=False, generator=None):
+    """(train, eval) pipelines for uint8 batches: to [0, 1], (train: random crop after padding,
+    random flip), normalise, then resize to ``input_size``.
+
+    Augmentation and normalisation run at the stored size, before the resize, where they are
+    cheapest (normalisation commutes with the resize; see the module docstring).
+    """
+    augment = []
+    if crop_padding:
+        augment.append(RandomCrop(None, crop_padding, generator))
+    if flip:
+        augment.append(RandomHorizontalFlip(0.5, generator))
+    common = [Normalize(mean, std), Resize(input_size)]
+    return Compose([ToFloat()] + augment + common), Compose([ToFloat()] + common)

@@ -1,0 +1,182 @@
+"""Checkpoints: pickle-free round trip, atomic writes, clean refusals, exact resumption."""
+import os
+import signal
+
+import numpy as np
+import pytest
+
+import minialex
+from minialex import checkpoint, nn
+from minialex.data import ArrayDataset, Loader
+from minialex.data import transforms as T
+from minialex.optim import SGD, StepLR
+from minialex.train import Trainer
+
+
+# -- the file format ---------------------------------------------------------------------------
+def test_round_trip_of_a_nested_tree(tmp_path):
+    rng_state = np.random.default_rng(5).bit_generator.state      # holds 128-bit ints
+    tree = {"weights": {"features.0.weight": np.arange(6, dtype=np.float32).reshape(2, 3),
+                        "idx": np.array([1, 2], np.int64), "mask": np.array([True, False])},
+            "velocity": {0: np.ones(2), "1": None},               # int and str keys stay apart
+            "history": [{"loss": 0.5, "best": True}, {"loss": float("nan"), "best": False}],
+            "pair": (1, "two"), "best": float("inf"), "rng": rng_state, "note": "ok",
+            "scalar": np.float32(0.25)}
+    checkpoint.save(tmp_path / "c.npz", tree)
+    back = checkpoint.load(tmp_path / "c.npz")
+    assert back["weights"]["features.0.weight"].dtype == np.float32
+    for key in ("features.0.weight", "idx", "mask"):
+        np.testing.assert_array_equal(back["weights"][key], tree["weights"][key])
+    assert set(back["velocity"]) == {0, "1"} and back["velocity"]["1"] is None
+    assert back["history"][0] == {"loss": 0.5, "best": True}
+    assert np.isnan(back["history"][1]["loss"])
+    assert back["pair"] == (1, "two") and back["best"] == float("inf")
+    assert back["rng"] == rng_state and back["scalar"] == 0.25 and back["note"] == "ok"
+
+
+def test_file_is_an_npz_of_plain_arrays_readable_without_pickle(tmp_path):
+    checkpoint.save(tmp_path / "c.npz", {"w": np.zeros(3)})
+    with np.load(tmp_path / "c.npz", allow_pickle=False) as archive:
+        assert sorted(archive.files) == ["__meta__", "arrays/w"]
+        assert archive["__meta__"].dtype == np.uint8
+    with pytest.raises(TypeError, match="object array"):
+        checkpoint.save(tmp_path / "d.npz", {"bad": np.array([{}], dtype=object)})
+
+
+def test_missing_file_is_a_file_not_found_error_naming_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nothing.npz"):
+        checkpoint.load(tmp_path / "nothing.npz")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-byte", "empty", "text", "plain-npz"])
+def test_damaged_file_is_one_value_error_naming_the_path(tmp_path, damage):
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, {"w": np.arange(1000, dtype=np.float32), "epoch": 3})
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[:len(data) // 2])
+    elif damage == "flip-byte":
+        path.write_bytes(data[:300] + bytes([data[300] ^ 0xFF]) + data[301:])
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "text":
+        path.write_text("not a checkpoint")
+    else:
+        np.savez(path, w=np.zeros(2))
+    with pytest.raises(ValueError) as info:
+        checkpoint.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, {"epoch": 1, "w": np.ones(100)})
+    before = path.read_bytes()
+
+    def savez_then_fail(file, **arrays):
+        file.write(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", savez_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save(path, {"epoch": 2, "w": np.zeros(100)})
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["last.npz"]              # the temporary file is gone
+    assert checkpoint.load(path)["epoch"] == 1
+
+
+# -- exact resumption through the Trainer ------------------------------------------------------
+def tiny_net(width=4):
+    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+                         nn.Flatten(), nn.Linear(width * 16, 16), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(16, 10))
+
+
+def tiny_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return ArrayDataset(rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8),
+                        rng.integers(0, 10, n))
+
+
+def make_trainer(out_dir, epochs, model_seed=0, width=4):
+    """Everything seeded as the example does: model, shuffling, augmentation, dropout."""
+    minialex.manual_seed(model_seed)
+    model = tiny_net(width)
+    optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    augment = np.random.default_rng(2)
+    transform = T.Compose([T.ToFloat(), T.RandomCrop(None, 1, augment),
+                           T.RandomHorizontalFlip(0.5, augment)])
+    train = Loader(tiny_data(), 8, shuffle=True, generator=np.random.default_rng(1),
+                   transform=transform)
+    val = Loader(tiny_data(16, seed=1), 16, transform=T.ToFloat())
+    return Trainer(model, optimizer, train, val, scheduler=StepLR(optimizer, 1, gamma=0.5),
+                   epochs=epochs, out_dir=out_dir, rngs={"augment": augment}, print_freq=0,
+                   stream=open(os.devnull, "w"))
+
+
+def weights(trainer):
+    return {k: v.copy() for k, v in trainer.model.state_dict().items()}
+
+
+def assert_same_run(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        np.testing.assert_array_equal(wa[k], wb[k], err_msg=k)
+    for va, vb in zip(a.optimizer.velocity, b.optimizer.velocity):
+        np.testing.assert_array_equal(va, vb)
+    assert a.optimizer.lr == b.optimizer.lr
+    assert [h["train_loss"] for h in a.history] == [h["train_loss"] for h in b.history]
+
+
+def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path):
+    straight = make_trainer(tmp_path / "a", epochs=2)
+    assert straight.fit() == "completed"
+    first = make_trainer(tmp_path / "b", epochs=1)
+    first.fit()
+    minialex.manual_seed(123)                     # resuming must not depend on the seed now
+    resumed = make_trainer(tmp_path / "b", epochs=2, model_seed=7)
+    resumed.load_state(checkpoint.load(tmp_path / "b" / "last.npz"))
+    assert (resumed.epoch, resumed.step) == (1, 0)
+    assert resumed.fit() == "completed"
+    assert_same_run(straight, resumed)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resumes_step_for_step(tmp_path):
+    straight = make_trainer(tmp_path / "a", epochs=2)
+    straight.fit()
+    stopped = make_trainer(tmp_path / "b", epochs=2)
+    forward, calls = stopped.model.forward, []
+
+    def forward_then_ctrl_c(x):
+        calls.append(1)
+        if len(calls) == 9:   # 5 training + 1 validation forwards per epoch: epoch 2, step 3
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(x)
+
+    stopped.model.forward = forward_then_ctrl_c
+    assert stopped.fit() == "interrupted"
+    saved = checkpoint.load(tmp_path / "b" / "last.npz")
+    assert (saved["trainer"]["epoch"], saved["trainer"]["step"]) == (1, 3)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = make_trainer(tmp_path / "b", epochs=2, model_seed=9)
+    resumed.load_state(saved)
+    assert resumed.fit() == "completed"
+    assert_same_run(straight, resumed)
+
+
+def test_checkpoint_of_another_architecture_is_refused_with_names_and_shapes(tmp_path):
+    make_trainer(tmp_path, epochs=1).fit()
+    other = make_trainer(tmp_path / "x", epochs=1, width=6)
+    with pytest.raises(ValueError) as info:
+        other.load_state(checkpoint.load(tmp_path / "last.npz"), source="last.npz")
+    message = str(info.value)
+    assert message.startswith("last.npz: ")
+    assert "0.weight: checkpoint (4, 1, 3, 3), model (6, 1, 3, 3)" in message
+    assert "4.weight: checkpoint (16, 64), model (16, 96)" in message
+    tree = checkpoint.load(tmp_path / "last.npz")
+    tree["architecture"] = "mini"
+    with pytest.raises(ValueError, match="checkpoint of architecture 'mini' cannot be loaded "
+                                         "into a 'Sequential' model"):
+        make_trainer(tmp_path / "y", epochs=1).load_state(tree)

@@ -1,0 +1,125 @@
+"""The Trainer: top-k metrics, logs, divergence, the schedule stopping a run, real learning."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+
+import minialex
+from minialex import Tensor, checkpoint
+from minialex.data import Loader, fashion_mnist
+from minialex.data.transforms import image_transforms
+from minialex.models import alexnet
+from minialex.optim import SGD, ReduceLROnPlateau
+from minialex.train import Trainer, TrainingDiverged, topk_accuracy, topk_correct
+
+from test_checkpoint import make_trainer
+
+
+# -- top-k -------------------------------------------------------------------------------------
+def topk_reference(logits, labels, k):
+    """Count rows whose label is in the k largest, one row at a time (no ties in the input)."""
+    return sum(int(label in np.argsort(-row)[:k]) for row, label in zip(logits, labels))
+
+
+@pytest.mark.parametrize("k", [1, 2, 5, 7])
+def test_topk_matches_sorting(k):
+    rng = np.random.default_rng(k)
+    logits = rng.permuted(np.tile(np.arange(7.0), (30, 1)), axis=1)    # no ties within a row
+    labels = rng.integers(0, 7, 30)
+    assert topk_correct(logits, labels, (k,)) == [topk_reference(logits, labels, k)]
+    assert topk_accuracy(logits, labels, k) == topk_reference(logits, labels, k) / 30
+
+
+def test_topk_counts_ties_for_the_label_and_all_at_k_beyond_classes():
+    logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
+    labels = np.array([1, 2, 2])
+    assert topk_correct(logits, labels, (1, 2, 5)) == [1, 2, 3]
+
+
+# -- logs, summary, stopping -------------------------------------------------------------------
+def test_fit_writes_one_metrics_line_per_epoch_and_a_summary(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=2)
+    trainer.stream = io.StringIO()
+    trainer.print_freq = 2
+    trainer.fit()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert records[0]["lr"] == 0.05 and records[1]["lr"] == 0.025        # StepLR, gamma 0.5
+    for key in ("train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
+                "train_images_per_second", "train_data_seconds", "train_compute_seconds"):
+        assert key in records[0]
+    assert (tmp_path / "last.npz").exists() and (tmp_path / "best.npz").exists()
+    output = trainer.stream.getvalue()
+    assert "epoch 1/2 [2/5] loss" in output and "img/s" in output and "ETA" in output
+    assert "data" in output and "compute" in output
+    summary = trainer.summary(trainer.test(trainer.val_loader), wall_time_s=1.0)
+    for key in ("test_top1", "test_top5", "epochs", "images_per_second", "device"):
+        assert key in summary
+    assert 0 <= summary["test_top1"] <= summary["test_top5"] <= 1 and summary["epochs"] == 2
+    assert summary["device"].startswith("cpu")
+    trainer.write_summary(summary)
+    assert json.loads((tmp_path / "summary.json").read_text())["wall_time_s"] == 1.0
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=3)
+    forward, calls = trainer.model.forward, []
+
+    def forward_nan_at_epoch_2_step_3(x):
+        calls.append(1)
+        y = forward(x)      # 5 training + 1 validation forwards per epoch
+        return y * float("nan") if len(calls) == 9 else y
+
+    trainer.model.forward = forward_nan_at_epoch_2_step_3
+    trainer.epochs = 1
+    trainer.fit()                                  # epoch 1 is good and saved
+    before = (tmp_path / "last.npz").read_bytes()
+    trainer.epochs = 3
+    with pytest.raises(TrainingDiverged) as info:
+        trainer.fit()
+    message = str(info.value)
+    assert "loss is nan at epoch 2, step 3/5" in message
+    assert "last.npz keeps the last good state, from the end of epoch 1" in message
+    assert (tmp_path / "last.npz").read_bytes() == before
+    assert checkpoint.load(tmp_path / "last.npz")["trainer"]["epoch"] == 1
+
+
+def test_an_exhausted_plateau_schedule_stops_the_run(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=5)
+    trainer.optimizer.lr = 1e-30                   # nothing changes, so nothing improves
+    trainer.scheduler = ReduceLROnPlateau(trainer.optimizer, max_reductions=1)
+    assert trainer.fit() == "schedule exhausted"
+    assert trainer.epoch == 3                      # best, reduce, then exhausted
+    assert trainer.summary()["stopped"] == "schedule exhausted"
+
+
+# -- real data ---------------------------------------------------------------------------------
+def real_fashion_mnist():
+    try:
+        return fashion_mnist.load_fashion_mnist(val_size=5000)
+    except FileNotFoundError as exc:
+        pytest.skip(f"Fashion-MNIST is not installed ({fashion_mnist.HOW_TO_GET}): {exc}")
+
+
+def test_mini_alexnet_learns_on_a_slice_of_real_fashion_mnist():
+    data = real_fashion_mnist()
+    minialex.manual_seed(0)
+    model = alexnet("mini")
+    optimizer = SGD(model.parameters(), lr=0.02)
+    train_tf, eval_tf = image_transforms(28, data.mean, data.std)
+    train = Loader(data.train.head(1024), 64, shuffle=True, generator=np.random.default_rng(0),
+                   transform=train_tf)
+    val = Loader(data.val.head(256), 256, transform=eval_tf)
+    trainer = Trainer(model, optimizer, train, val, epochs=2, print_freq=0,
+                      stream=io.StringIO())
+    before = trainer.evaluate(val)
+    trainer.fit()                                  # 32 steps of 64 images
+    after = trainer.history[-1]
+    assert after["val_loss"] < 0.8 * before["loss"]
+    assert after["val_top1"] > 0.3                 # chance is 0.1; 0.44 here
+    assert trainer.history[1]["train_loss"] < trainer.history[0]["train_loss"]
+    logits = model.eval()(Tensor(eval_tf(data.test.images[:4])))
+    assert logits.shape == (4, 10)
