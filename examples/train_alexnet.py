@@ -55,8 +55,8 @@ PRESETS = {
                 step_size=1, crop_padding=0, flip=False),
 }
 COMMON = dict(momentum=0.9, weight_decay=5e-4, init="kaiming", seed=0, lrn_position="paper",
-              dropout=0.5, dropout_mode="inverted", val_size=5000, limit_train=None, limit_test=None,
-              print_freq=50, dataset="fashion-mnist")
+              dropout=0.5, dropout_mode="inverted", val_size=5000, limit_train=None,
+              limit_test=None, print_freq=50, dataset="fashion-mnist")
 # What a checkpoint fixes about its run; on --resume these come from the checkpoint.
 RUN_KEYS = ("model", "batch_size", "lr", "momentum", "weight_decay", "init", "seed", "schedule",
             "step_size", "crop_padding", "flip", "lrn_position", "dropout", "dropout_mode",
@@ -257,7 +257,8 @@ def train(args, device, started) -> int:
           f"{len(val_set):,}, test {len(test_set):,}"
           + (f"; images scaled 28x28 -> {model.input_size}x{model.input_size} per batch on "
              f"the device" if model.input_size != 28 else ""))
-    print(f"training: {config['epochs']} epoch{'s' * (config['epochs'] != 1)}, batch {config['batch_size']} "
+    epochs = config["epochs"]
+    print(f"training: {epochs} epoch{'s' * (epochs != 1)}, batch {config['batch_size']} "
           f"({len(train_loader)} steps/epoch), SGD lr {optimizer.lr:g} momentum "
           f"{config['momentum']:g} weight decay {config['weight_decay']:g}, schedule "
           f"{config['schedule']}, augmentation: {augment}")
