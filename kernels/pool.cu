@@ -43,6 +43,8 @@ __device__ __forceinline__ void max_pool_forward(const T* __restrict__ x, int N,
         const bool real = h0 >= 0 && h0 < H && w0 >= 0 && w0 < W;
         T best = real ? x_plane[h0 * W + w0] : negative_infinity<T>();
         int best_offset = 0;
+        T nan_seen = best;  // NaN compares false, so it is tracked apart and wins at the end
+        bool has_nan = best != best;
         for (int kh = 0; kh < KH; ++kh) {
             const int h = h0 + kh;
             if (h < 0 || h >= H) continue;  // a padded row: -inf never beats the candidate
@@ -50,13 +52,17 @@ __device__ __forceinline__ void max_pool_forward(const T* __restrict__ x, int N,
                 const int w = w0 + kw;
                 if (w < 0 || w >= W) continue;
                 const T value = x_plane[h * W + w];
+                if (value != value) {
+                    nan_seen = value;
+                    has_nan = true;
+                }
                 if (value > best) {
                     best = value;
                     best_offset = kh * KW + kw;
                 }
             }
         }
-        y[i] = best;
+        y[i] = has_nan ? nan_seen : best;  // NaN propagates to y, as in PyTorch
         argmax[i] = best_offset;
     }
 }

@@ -30,7 +30,8 @@ Gradient.
 Convention (subgradient at ties): max is not differentiable where two elements of a window tie.
 minialex routes the whole gradient to the FIRST maximal element in row-major (kh, kw) order
 (a later equal value never displaces it), on CPU and GPU alike. Padding is -inf, so it is never
-selected. NaN inputs do not propagate through max-pool (comparisons with NaN are false).
+selected. A window holding NaN outputs NaN, as in PyTorch, so a diverged run shows in the loss;
+where such a window's gradient goes is unspecified.
 
 Shape:
     x (N, C, H, W) -> y (N, C, OH, OW) with OH = floor((H + 2 PH - KH) / SH) + 1,
@@ -55,18 +56,32 @@ from .conv import as_pair, check_input, conv_output_size, padded, unpadded, wind
 
 # -- max pooling ----------------------------------------------------------------------------
 def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
-    """(y, argmax) for x (N, C, H, W): loop over the KH*KW window offsets, not over pixels."""
+    """(y, argmax) for x (N, C, H, W): loop over the KH*KW window offsets, not over pixels.
+
+    Why phases: the element at offset (kh, kw) of every window is ``x_pad[kh::SH, kw::SW]``, a
+    view with gaps that NumPy walks slowly. Splitting ``x_pad`` once into its SH*SW stride phases
+    (rows a, a+SH, ...; columns b, b+SW, ...) makes each offset a plain contiguous-row slice of
+    one phase: ``phase[kh % SH, kw % SW][kh // SH : kh // SH + OH, kw // SW : kw // SW + OW]``.
+    This halves the time of AlexNet's 3/2 pool.
+    """
     OH, OW = conv_output_size(x.shape[2], KH, SH, PH), conv_output_size(x.shape[3], KW, SW, PW)
     x_pad = padded(x, PH, PW, value=-np.inf)
-    y = window(x_pad, 0, 0, SH, SW, OH, OW).copy()
+    phases = {(a, b): np.ascontiguousarray(x_pad[:, :, a::SH, b::SW])
+              for a in range(min(SH, KH)) for b in range(min(SW, KW))}
+
+    def offset(kh, kw):
+        return phases[kh % SH, kw % SW][:, :, kh // SH:kh // SH + OH, kw // SW:kw // SW + OW]
+
+    y = offset(0, 0).copy()
     argmax = np.zeros(y.shape, dtype=np.int32)
+    better = np.empty(y.shape, dtype=bool)
     for kh in range(KH):
         for kw in range(KW):
             if kh == 0 and kw == 0:
                 continue
-            candidate = window(x_pad, kh, kw, SH, SW, OH, OW)
-            better = candidate > y  # strictly greater: at a tie the earlier offset keeps the max
-            np.copyto(y, candidate, where=better)
+            candidate = offset(kh, kw)
+            np.greater(candidate, y, out=better)  # strictly: at a tie the earlier offset stays
+            np.maximum(y, candidate, out=y)  # NaN propagates to y, as in PyTorch
             np.copyto(argmax, kh * KW + kw, where=better)
     return y, argmax
 

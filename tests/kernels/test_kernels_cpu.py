@@ -272,6 +272,21 @@ def test_max_pool_forward(kernels, dtype, ties, case, launch, seed):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool_forward_propagates_nan_like_the_numpy_path(kernels, dtype):
+    x = shuffled_linspace((1, 2, 5, 5), dtype)
+    x[0, 0, 0, 0] = np.nan  # first element of window (0, 0): must not hide behind later ones
+    x[0, 1, 2, 3] = np.nan  # row 2 is in both window rows, column 3 only in window column 1
+    case = (1, 2, 5, 5, 3, 3, 2, 2, 0, 0)
+    y, argmax = poisoned((1, 2, 2, 2), dtype), poisoned((1, 2, 2, 2), np.int32)
+    kernels(f"max_pool_forward_{suffix(dtype)}", x, *map(i32, case), i32(2), i32(2), y, argmax)
+    expected_y, _ = _max_pool_forward_cpu(x, 3, 3, 2, 2, 0, 0)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(expected_y))
+    np.testing.assert_array_equal(np.isnan(y[0]), [[[True, False], [False, False]],
+                                                   [[False, True], [False, True]]])
+    np.testing.assert_array_equal(y[~np.isnan(y)], expected_y[~np.isnan(expected_y)])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @given(case=windows(pooling=True), launch=LAUNCHES, seed=SEEDS)
 def test_max_pool_backward(kernels, dtype, case, launch, seed):
     N, C, H, W, KH, KW, SH, SW, PH, PW = case
