@@ -170,3 +170,29 @@ def matmul(a, b, out=None):
         from . import cuda  # the kernels' glue; loaded at first GPU use
         return cuda.gemm(a, b, out=out)
     return np.matmul(a, b, out=out)
+
+
+_pool = None  # worker threads for the CPU paths' copy loops, made at first use
+
+
+def cpu_parallel(fn, n: int, work: int) -> None:
+    """Run ``fn(start, stop)`` over ``range(n)`` split into one chunk per CPU core, in threads.
+
+    Why: NumPy's BLAS already uses every core, but its copies and ufuncs (im2col, col2im, the
+    pooling loops) use one; they release the GIL, so threads over independent slices (channels
+    or images) let those run on all cores too. ``work`` (elements touched) below ~1M runs inline,
+    where starting threads would cost more than it saves.
+    """
+    global _pool
+    import os
+    cores = min(os.cpu_count() or 1, n)
+    if cores <= 1 or work < (1 << 20):
+        fn(0, n)
+        return
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="minialex-cpu")
+    bounds = [n * i // cores for i in range(cores + 1)]
+    futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+    for future in futures:
+        future.result()  # re-raises a worker's exception here

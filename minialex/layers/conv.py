@@ -129,7 +129,12 @@ def _im2col_cpu(x, KH, KW, SH, SW, PH, PW):
     # col layout before flattening, so a single copy (the reshape) writes col in order.
     fields = as_strided(x_pad, shape=(C, KH, KW, N, OH, OW),
                         strides=(sC, sH, sW, sN, sH * SH, sW * SW), writeable=False)
-    return fields.reshape(C * KH * KW, N * OH * OW)
+    col = np.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
+
+    def copy_channels(c0, c1):
+        col[c0:c1] = fields[c0:c1]
+    backend.cpu_parallel(copy_channels, C, col.size)
+    return col.reshape(C * KH * KW, N * OH * OW)
 
 
 def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
@@ -150,10 +155,15 @@ def _col2im_cpu(col, x_shape, KH, KW, SH, SW, PH, PW):
     # Accumulate channel-major (C, N, ...) so each add reads one contiguous block of col; the
     # final copy turns it back to (N, C, H, W) and drops the padding in the same pass.
     gx_pad = np.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=col.dtype)
-    for kh in range(KH):
-        for kw in range(KW):
-            window(gx_pad, kh, kw, SH, SW, OH, OW)[...] += fields[:, kh, kw]
-    return np.ascontiguousarray(unpadded(gx_pad, PH, PW).transpose(1, 0, 2, 3))
+    gx = np.empty(x_shape, dtype=col.dtype)
+
+    def add_channels(c0, c1):  # channels are independent: each thread sums its own
+        for kh in range(KH):
+            for kw in range(KW):
+                window(gx_pad[c0:c1], kh, kw, SH, SW, OH, OW)[...] += fields[c0:c1, kh, kw]
+        gx[:, c0:c1] = unpadded(gx_pad[c0:c1], PH, PW).transpose(1, 0, 2, 3)
+    backend.cpu_parallel(add_channels, C, col.size)
+    return gx
 
 
 def bias_add_nchw(out, b, N, OH, OW):

@@ -74,15 +74,19 @@ def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
 
     y = offset(0, 0).copy()
     argmax = np.zeros(y.shape, dtype=np.int32)
-    better = np.empty(y.shape, dtype=bool)
-    for kh in range(KH):
-        for kw in range(KW):
-            if kh == 0 and kw == 0:
-                continue
-            candidate = offset(kh, kw)
-            np.greater(candidate, y, out=better)  # strictly: at a tie the earlier offset stays
-            np.maximum(y, candidate, out=y)  # NaN propagates to y, as in PyTorch
-            np.copyto(argmax, kh * KW + kw, where=better)
+
+    def scan_images(n0, n1):  # images are independent: one slice per thread
+        y_n, argmax_n = y[n0:n1], argmax[n0:n1]
+        better = np.empty(y_n.shape, dtype=bool)
+        for kh in range(KH):
+            for kw in range(KW):
+                if kh == 0 and kw == 0:
+                    continue
+                candidate = offset(kh, kw)[n0:n1]
+                np.greater(candidate, y_n, out=better)  # strictly: at a tie the earlier stays
+                np.maximum(y_n, candidate, out=y_n)  # NaN propagates to y, as in PyTorch
+                np.copyto(argmax_n, kh * KW + kw, where=better)
+    backend.cpu_parallel(scan_images, y.shape[0], y.size * KH * KW)
     return y, argmax
 
 
@@ -90,9 +94,15 @@ def _max_pool_backward_cpu(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x_shape
     OH, OW = gy.shape[2:]
     gx_pad = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=gy.dtype)
-    for kh in range(KH):
-        for kw in range(KW):
-            window(gx_pad, kh, kw, SH, SW, OH, OW)[...] += gy * (argmax == kh * KW + kw)
+
+    def route_images(n0, n1):
+        chosen = np.empty(gy[n0:n1].shape, dtype=gy.dtype)
+        for kh in range(KH):
+            for kw in range(KW):
+                np.equal(argmax[n0:n1], kh * KW + kw, out=chosen)
+                chosen *= gy[n0:n1]
+                window(gx_pad[n0:n1], kh, kw, SH, SW, OH, OW)[...] += chosen
+    backend.cpu_parallel(route_images, N, gy.size * KH * KW)
     return np.ascontiguousarray(unpadded(gx_pad, PH, PW))
 
 
