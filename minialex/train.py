@@ -12,7 +12,9 @@ then writes
   (:mod:`minialex.checkpoint`); ``best.npz``: the same at the lowest validation error so far.
 
 Top-k accuracy: an image counts as correct at ``k`` when fewer than ``k`` classes score strictly
-higher than its true class; the top-k *error* is one minus that.
+higher than its true class; the top-k *error* is one minus that. :func:`evaluate` scores one
+(centre) crop per image; :func:`evaluate_ten_crop` scores the paper's ten crops per image by
+their averaged softmax.
 
 Exact resumption. Everything random is drawn from generators whose state the checkpoint holds:
 ``minialex.backend``'s per-device generator (dropout), the loader's shuffling generator *as it was
@@ -46,6 +48,7 @@ import numpy as np
 
 from . import __version__, backend, checkpoint
 from . import functional as F
+from .data.augment import average_softmax
 from .optim import ReduceLROnPlateau
 from .tensor import Tensor, no_grad
 
@@ -106,15 +109,48 @@ class Running:
 def evaluate(model, loader) -> dict:
     """Loss and top-1/top-5 accuracy of ``model`` over ``loader``, in eval mode and without
     gradients: ``{"loss", "top1", "top5", "images", "images_per_second", ...}``."""
+    return _evaluate(model, loader, _single_crop_scores)
+
+
+def evaluate_ten_crop(model, loader) -> dict:
+    """:func:`evaluate` with the paper's test-time averaging: ``loader`` yields batches of
+    crops ``(n_crops, N, C, H, W)`` (e.g. ``transform=Augmenter.ten_crop``); all ``n_crops * N``
+    go through the model as one batch, and the mean of their softmax outputs
+    (:func:`~minialex.data.augment.average_softmax`) is each image's prediction. ``loss`` is
+    the cross-entropy of that mean, ``-log p[label]``; ``images`` counts images, not crops."""
+    return _evaluate(model, loader, _averaged_crop_scores)
+
+
+def _single_crop_scores(model, x, y):
+    logits = model(Tensor(x))
+    return float(F.cross_entropy(logits, y, reduction="sum").item()), logits.data
+
+
+def _averaged_crop_scores(model, x, y):
+    if x.ndim != 5:
+        raise ValueError(f"evaluate_ten_crop: expected batches of crops (n_crops, N, C, H, W), "
+                         f"got shape {x.shape}")
+    n_crops, n = x.shape[:2]
+    logits = model(Tensor(x.reshape((n_crops * n,) + x.shape[2:])))   # crop-major rows
+    probs = average_softmax(logits.data, n_crops)
+    xp = backend.get_array_module(probs)
+    p_true = xp.take_along_axis(probs, xp.asarray(y)[:, None].astype(np.int64), axis=1)
+    # an averaged probability can underflow to 0 only if every crop gave it 0: cap the loss
+    loss_sum = -xp.log(xp.maximum(p_true, np.finfo(probs.dtype).tiny)).sum()
+    return float(loss_sum), probs
+
+
+def _evaluate(model, loader, scores) -> dict:
+    """Sum ``scores(model, x, y) -> (loss summed over the batch, (N, classes) scores)`` over
+    ``loader`` in eval mode without gradients; top-k is ranked on the scores."""
     running = Running()
     was_training = model.training
     model.eval()
     try:
         with no_grad():
             for x, y in _timed(loader.epoch(), running):
-                logits = model(Tensor(x))
-                loss = F.cross_entropy(logits, y, reduction="sum")
-                running.add(len(y), float(loss.item()), topk_correct(logits.data, y))
+                loss_sum, batch_scores = scores(model, x, y)
+                running.add(len(y), loss_sum, topk_correct(batch_scores, y))
     finally:
         model.train(was_training)
     return {k.split("_", 1)[1]: v for k, v in running.metrics("x").items()}
@@ -320,6 +356,13 @@ class Trainer:
 
     def _end_epoch(self):
         val = self.evaluate(self.val_loader) if self.val_loader is not None else None
+        if val is not None and not math.isfinite(val["loss"]):
+            # weights that give a NaN validation loss are no "best": keep what is on disk
+            raise TrainingDiverged(
+                f"training diverged: validation loss is {val['loss']} after epoch "
+                f"{self.epoch + 1} (lr {self.optimizer.lr:g}); stopped without saving this "
+                f"epoch; the checkpoints on disk are from earlier epochs; try a lower learning "
+                f"rate")
         running, lr = self.running, self.optimizer.lr
         record = {"epoch": self.epoch + 1, "lr": lr, **running.metrics("train")}
         if val is not None:

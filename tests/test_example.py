@@ -103,7 +103,7 @@ def test_gpu_without_a_gpu_is_a_one_line_error_with_status_2(capsys):
     (["--momentum", "1"], "argument --momentum: expected a number in [0, 1)"),
     (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
-    (["--dataset", "imagenet"], "image folders comes with issue 6"),
+    (["--dataset", "imagenet"], "argument --dataset: expected 'fashion-mnist' or an image folder"),
 ])
 def test_bad_flags_are_argparse_errors_naming_them(argv, message, capsys):
     with pytest.raises(SystemExit) as info:

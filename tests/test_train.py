@@ -12,7 +12,10 @@ from minialex.data import Loader, fashion_mnist
 from minialex.data.transforms import image_transforms
 from minialex.models import alexnet
 from minialex.optim import SGD, ReduceLROnPlateau
-from minialex.train import Trainer, TrainingDiverged, topk_accuracy, topk_correct
+from minialex import nn
+from minialex.data import ArrayDataset
+from minialex.train import (Trainer, TrainingDiverged, evaluate_ten_crop, topk_accuracy,
+                            topk_correct)
 
 from test_checkpoint import make_trainer
 
@@ -36,6 +39,49 @@ def test_topk_counts_ties_for_the_label_and_all_at_k_beyond_classes():
     logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
     labels = np.array([1, 2, 2])
     assert topk_correct(logits, labels, (1, 2, 5)) == [1, 2, 3]
+
+
+# -- ten-crop evaluation ----------------------------------------------------------------------
+class Crops:
+    """A dataset whose batches are already each image's 10 crops: (10, B, C, H, W)."""
+
+    def __init__(self, crops, labels):
+        self.crops, self.labels = crops, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def get_batch(self, indices):
+        return self.crops[:, indices], self.labels[indices]
+
+
+def test_evaluate_ten_crop_averages_the_softmax_of_each_images_crops():
+    rng = np.random.default_rng(0)
+    minialex.manual_seed(0)
+    # dropout would make the scores random: passes only if evaluation runs in eval mode
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4), nn.Dropout(0.5))
+    crops = (3 * rng.standard_normal((10, 7, 3, 2, 2))).astype(np.float32)
+    W, b = model[1].weight.numpy().astype(np.float64), model[1].bias.numpy()
+    probs = []                     # the reference, one image at a time
+    for i in range(7):
+        z = crops[:, i].reshape(10, 12) @ W.T + b
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        probs.append((e / e.sum(axis=1, keepdims=True)).mean(axis=0))
+    probs = np.array(probs)
+    labels = probs.argmax(axis=1)
+    labels[::2] = (labels[::2] + 1) % 4                 # images 0, 2, 4, 6 are misclassified
+    metrics = evaluate_ten_crop(model, Loader(Crops(crops, labels), 3))    # batches of 3, 3, 1
+    assert metrics["images"] == 7 and model.training
+    assert metrics["top1"] == 3 / 7 and metrics["top5"] == 1.0             # 4 classes
+    np.testing.assert_allclose(metrics["loss"], -np.log(probs[np.arange(7), labels]).mean(),
+                               rtol=1e-5)
+
+
+def test_evaluate_ten_crop_wants_batches_of_crops():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    single = Loader(ArrayDataset(np.zeros((2, 3, 2, 2), np.float32), np.zeros(2, np.int64)), 2)
+    with pytest.raises(ValueError, match=r"expected batches of crops \(n_crops, N, C, H, W\)"):
+        evaluate_ten_crop(model, single)
 
 
 # -- logs, summary, stopping -------------------------------------------------------------------
@@ -85,6 +131,25 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
     assert "last.npz keeps the last good state, from the end of epoch 1" in message
     assert (tmp_path / "last.npz").read_bytes() == before
     assert checkpoint.load(tmp_path / "last.npz")["trainer"]["epoch"] == 1
+
+
+def test_nan_validation_loss_stops_before_saving_a_best_checkpoint(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=2)
+    forward, calls = trainer.model.forward, []
+
+    def forward_nan_in_validation_of_epoch_2(x):
+        calls.append(1)
+        y = forward(x)      # 5 training + 1 validation forwards per epoch
+        return y * float("nan") if len(calls) == 12 else y
+
+    trainer.model.forward = forward_nan_in_validation_of_epoch_2
+    trainer.epochs = 1
+    trainer.fit()
+    best_before = (tmp_path / "best.npz").read_bytes()
+    trainer.epochs = 2
+    with pytest.raises(TrainingDiverged, match="validation loss is nan after epoch 2"):
+        trainer.fit()
+    assert (tmp_path / "best.npz").read_bytes() == best_before
 
 
 def test_an_exhausted_plateau_schedule_stops_the_run(tmp_path):
