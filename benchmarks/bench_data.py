@@ -20,7 +20,6 @@ import datetime
 import os
 import pathlib
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -36,8 +35,8 @@ from PIL import Image  # noqa: E402
 from minialex import backend  # noqa: E402
 from minialex.data.augment import Augmenter  # noqa: E402
 from minialex.data.prepare import default_workers, prepare  # noqa: E402
+from results import RESULTS, save_section  # noqa: E402  (benchmarks/results.py)
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
 
 def write_photos(root: pathlib.Path, n: int, seed: int = 0) -> int:
@@ -150,19 +149,6 @@ def markdown(rows, gpu, args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(section: str, gpu) -> None:
-    """Replace this script's earlier section for the same device, else append; others stay."""
-    key = f"bench_data {gpu or 'cpu'}"
-    block = f"<!-- {key} -->\n{section}<!-- /{key} -->\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "# minialex benchmark results\n"
-    pattern = re.compile(rf"<!-- {re.escape(key)} -->\n.*?<!-- /{re.escape(key)} -->\n", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=240, help="synthetic photos to prepare")
@@ -177,7 +163,7 @@ def main(argv=None):
     section = markdown(rows, gpu, args)
     print(section)
     if args.results:
-        save(section, gpu)
+        save_section("bench_data", gpu or "cpu", section)
         print(f"written to {RESULTS}")
 
 

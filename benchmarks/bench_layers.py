@@ -31,7 +31,6 @@ import json
 import os
 import pathlib
 import platform
-import re
 import statistics
 import sys
 import time
@@ -44,8 +43,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 import minialex  # noqa: E402
 from minialex import Tensor, backend, cuda  # noqa: E402
 from minialex import functional as F  # noqa: E402
+from results import RESULTS, save_section  # noqa: E402  (benchmarks/results.py)
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0   # paper, section 3.3
 
 
@@ -290,19 +289,6 @@ def markdown(rows, gpu_name, torch, args, command) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(section: str, gpu_name) -> None:
-    """Replace this script's earlier section for the same device, else append; others stay."""
-    key = f"bench_layers {gpu_name or 'cpu'}"
-    block = f"<!-- {key} -->\n{section}<!-- /{key} -->\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "# minialex benchmark results\n"
-    pattern = re.compile(rf"<!-- {re.escape(key)} -->\n.*?<!-- /{re.escape(key)} -->\n", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
@@ -338,7 +324,7 @@ def main(argv=None):
                        "batch": args.batch, "tf32": args.tf32, "repeats": args.repeats,
                        "warmup": args.warmup, "rows": rows}, f, indent=2)
     if args.results:
-        save(section, gpu_name)
+        save_section("bench_layers", gpu_name or "cpu", section)
 
 
 if __name__ == "__main__":

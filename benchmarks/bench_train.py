@@ -31,7 +31,6 @@ import json
 import os
 import pathlib
 import platform
-import re
 import statistics
 import sys
 import time
@@ -45,8 +44,8 @@ from minialex import Tensor, backend, nn  # noqa: E402
 from minialex import functional as F  # noqa: E402
 from minialex.models import alexnet  # noqa: E402
 from minialex.optim import SGD  # noqa: E402
+from results import RESULTS, save_section  # noqa: E402  (benchmarks/results.py)
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 DEFAULTS = {"gpu": [("paper", 128), ("owt", 128)], "cpu": [("small", 32), ("fmnist", 16)]}
 # PyTorch 2.13 CPU on this 2-core machine, measured for issue 5 (img/s: train, inference)
 CPU_REFERENCE = {"small": (55.6, 140.0), "fmnist": (15.6, 50.0)}
@@ -288,19 +287,6 @@ def markdown(rows, gpu_name, torch, args, command) -> str:
     return "\n".join(lines) + "\n"
 
 
-def save(section: str, gpu_name) -> None:
-    """Replace this script's earlier section for the same device, else append; others stay."""
-    key = f"bench_train {gpu_name or 'cpu'}"
-    block = f"<!-- {key} -->\n{section}<!-- /{key} -->\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "# minialex benchmark results\n"
-    pattern = re.compile(rf"<!-- {re.escape(key)} -->\n.*?<!-- /{re.escape(key)} -->\n", re.S)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: block, text)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS.write_text(text)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto")
@@ -334,7 +320,7 @@ def main(argv=None):
             json.dump({"device": gpu_name or "cpu", "versions": versions(gpu_name, torch),
                        "steps": args.steps, "warmup": args.warmup, "rows": rows}, f, indent=2)
     if args.results:
-        save(section, gpu_name)
+        save_section("bench_train", gpu_name or "cpu", section)
         print(f"written to {RESULTS}")
 
 
