@@ -360,9 +360,9 @@ class Trainer:
             # weights that give a NaN validation loss are no "best": keep what is on disk
             raise TrainingDiverged(
                 f"training diverged: validation loss is {val['loss']} after epoch "
-                f"{self.epoch + 1} (lr {self.optimizer.lr:g}); stopped without saving this "
-                f"epoch; the checkpoints on disk are from earlier epochs; try a lower learning "
-                f"rate")
+                f"{self.epoch + 1} (lr {self.optimizer.lr:g}); stopped before saving that "
+                f"epoch, so any checkpoint on disk is from an earlier one; try a lower "
+                f"learning rate")
         running, lr = self.running, self.optimizer.lr
         record = {"epoch": self.epoch + 1, "lr": lr, **running.metrics("train")}
         if val is not None:
