@@ -14,7 +14,7 @@ validation (which picks the best epoch and drives the learning-rate schedule); t
 top-5 accuracy are measured once, at the end, on the full 10,000-image test set with the best
 epoch's weights. A run directory (``--out``) receives ``metrics.jsonl`` (one line per epoch),
 ``last.npz`` and ``best.npz`` checkpoints and ``summary.json``. Ctrl-C saves ``last.npz`` and
-exits; ``--resume`` continues exactly from it.
+exits; ``--resume`` continues exactly from it (on a GPU, dropout masks are redrawn).
 
 Image folders. ``--dataset PATH`` names a folder with ``train/`` and ``val/`` (and optionally
 ``test/``), one sub-folder per class (the ImageNet layout; see minialex/data/folder.py). It is

@@ -176,11 +176,15 @@ class Tensor:
             raise ValueError(f"backward: grad has shape {grad.shape}, expected {self.shape}")
 
         grads = {id(self): grad}
+        handed_out = {id(grad)}  # the caller's array, then each leaf's: never share one
         for t in _topological_order(self):
             g = grads.pop(id(t), None)
             if t.creator is None:  # a leaf: accumulate for the user
-                if g is not None:
-                    t.grad = g if t.grad is None else t.grad + g
+                if g is not None and t.grad is None:
+                    t.grad = g.copy() if id(g) in handed_out else g  # Add passes gy to both
+                    handed_out.add(id(t.grad))
+                elif g is not None:
+                    t.grad = t.grad + g
                 continue
             fn = t.creator
             if g is None:

@@ -33,7 +33,11 @@ class GradcheckError(AssertionError):
 
 @dataclass
 class GradcheckReport:
-    """Where backward and central differences disagreed most (over all checked tensors)."""
+    """How far backward and central differences disagree, over all checked tensors.
+
+    ``max_abs_error``/``max_rel_error`` are maxima over every element; ``worst_*``, ``analytic``
+    and ``numeric`` describe the element furthest outside ``atol + rtol * |numeric|``.
+    """
     max_abs_error: float
     max_rel_error: float
     worst_tensor: str      # e.g. "input 0" or "param weight"
@@ -44,8 +48,8 @@ class GradcheckReport:
 
     def __str__(self):
         return (f"worst at {self.worst_tensor}{list(self.worst_index)}: analytic "
-                f"{self.analytic:.10g}, numeric {self.numeric:.10g}, abs error "
-                f"{self.max_abs_error:.3g}, rel error {self.max_rel_error:.3g} "
+                f"{self.analytic:.10g}, numeric {self.numeric:.10g}; max abs error "
+                f"{self.max_abs_error:.3g}, max rel error {self.max_rel_error:.3g} "
                 f"({self.checked} elements checked)")
 
 
@@ -94,7 +98,8 @@ def gradcheck(fn, inputs, params=(), *, eps=1e-6, atol=1e-6, rtol=1e-4, gy=None,
     def loss():
         return float((fn(*inputs).data * gy).sum())
 
-    worst = None
+    worst = None            # (violation ratio, tensor name, flat index, analytic, numeric)
+    max_abs = max_rel = 0.0
     total = 0
     for (name, t), grad in zip(checked, analytic):
         numeric = np.empty(t.shape)
@@ -110,15 +115,18 @@ def gradcheck(fn, inputs, params=(), *, eps=1e-6, atol=1e-6, rtol=1e-4, gy=None,
             numeric.flat[j] = (plus - minus) / (2 * eps)
         grad = backend.to_numpy(grad)
         err = np.abs(grad - numeric)
+        # NaN or inf anywhere is a failure, never a pass: count it as an infinite violation
+        err = np.where(np.isfinite(err), err, np.inf)
         ratio = err / (atol + rtol * np.abs(numeric))
-        j = int(np.argmax(ratio))
-        rel = float(err.flat[j] / max(abs(numeric.flat[j]), abs(grad.flat[j]), 1e-300))
+        rel = err / np.maximum(np.maximum(np.abs(numeric), np.abs(grad)), 1e-300)
+        max_abs, max_rel = max(max_abs, float(err.max())), max(max_rel, float(rel.max()))
         total += numeric.size
+        j = int(np.argmax(ratio))
         if worst is None or ratio.flat[j] > worst[0]:
-            worst = (float(ratio.flat[j]), float(err.flat[j]), rel, name,
-                     np.unravel_index(j, t.shape), float(grad.flat[j]), float(numeric.flat[j]))
-    ratio, abs_err, rel_err, name, index, a, n = worst
-    report = GradcheckReport(abs_err, rel_err, name, tuple(int(i) for i in index), a, n, total)
-    if ratio > 1:
+            worst = (float(ratio.flat[j]), name, np.unravel_index(j, t.shape),
+                     float(grad.flat[j]), float(numeric.flat[j]))
+    ratio, name, index, a, n = worst
+    report = GradcheckReport(max_abs, max_rel, name, tuple(int(i) for i in index), a, n, total)
+    if not ratio <= 1:
         raise GradcheckError(f"gradcheck failed (atol={atol}, rtol={rtol}, eps={eps}): {report}")
     return report

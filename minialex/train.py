@@ -17,7 +17,8 @@ higher than its true class; the top-k *error* is one minus that. :func:`evaluate
 their averaged softmax.
 
 Exact resumption. Everything random is drawn from generators whose state the checkpoint holds:
-``minialex.backend``'s per-device generator (dropout), the loader's shuffling generator *as it was
+``minialex.backend``'s CPU generator (dropout; on a GPU the dropout stream is reseeded from the
+seed on resume, so GPU runs resume exactly except for dropout masks), the loader's shuffling generator *as it was
 at the start of the current epoch* (so the epoch's order can be drawn again), and any other named
 generators (augmentation) as they are now. A checkpoint may be taken in the middle of an epoch,
 after step ``s``: resuming redraws the epoch's order, skips its first ``s`` batches and carries on
@@ -25,8 +26,8 @@ with the same running sums, so the run continues where it stopped, step for step
 
 Ctrl-C. During :meth:`Trainer.fit` the first Ctrl-C only sets a flag: the current step finishes,
 ``last.npz`` is saved and ``fit`` returns with ``stopped == "interrupted"``. A second Ctrl-C raises
-``KeyboardInterrupt`` at once; the state is still saved unless it came in the middle of the
-optimiser's update, where the weights are half-updated.
+``KeyboardInterrupt`` at once and saves nothing (it may land mid-update, or after the next
+batch's random draws), so ``last.npz`` keeps the last state saved before.
 
 Divergence. A loss that is NaN or infinite raises :class:`TrainingDiverged` before the update,
 naming the epoch and step; nothing is saved, so ``last.npz`` keeps the last good state.
@@ -239,7 +240,7 @@ class Trainer:
         self.best_val_error, self.best_epoch = math.inf, None
         self.history, self.stopped = [], None
         self.train_images_total, self.train_seconds_total = 0, 0.0
-        self._interrupted = self._updating = False
+        self._interrupted = False
         self._last_saved = None               # (epoch, step) of the last last.npz written
         if out_dir is not None:
             os.makedirs(out_dir, exist_ok=True)
@@ -265,11 +266,11 @@ class Trainer:
                     self.stopped = "schedule exhausted"
             self.stopped = self.stopped or "completed"
         except KeyboardInterrupt:
-            if self._updating:
-                print(f"\nstopped in the middle of an update: nothing saved; "
-                      f"{self.path('last.npz')} holds the state saved before", file=self.stream)
-                raise
-            self.stopped = "interrupted"
+            # A second Ctrl-C lands anywhere: mid-update, or after the next batch was already
+            # drawn (its crops, flips and dropout masks): saving now would not resume exactly.
+            print(f"\nstopped at once: nothing saved; {self.path('last.npz')} holds the state "
+                  f"saved before", file=self.stream)
+            raise
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
@@ -314,11 +315,9 @@ class Trainer:
                     break
                 loaded = time.perf_counter()
                 n, loss_sum, correct = self._forward_backward(*batch, total)
-                self._updating = True     # from here to the step count, the state is torn
                 self.optimizer.step()
                 running.add(n, loss_sum, correct)
                 self.step += 1
-                self._updating = False
                 running.data_seconds += loaded - start
                 running.compute_seconds += time.perf_counter() - loaded
                 if self.print_freq and (self.step % self.print_freq == 0 or self.step == total):
@@ -372,7 +371,6 @@ class Trainer:
         record["best"] = improved
         record["time"] = datetime.datetime.now().isoformat(timespec="seconds")
         # the epoch is complete: advance the state, then save it
-        self._updating = True
         self.train_images_total += running.images
         self.train_seconds_total += running.seconds
         self.epoch, self.step, self.epoch_open = self.epoch + 1, 0, False
@@ -382,7 +380,6 @@ class Trainer:
         if self.scheduler is not None:
             self.scheduler.step(record.get("val_error"))
         self.history.append(record)
-        self._updating = False
         self.save("last.npz")
         if improved:
             self.save("best.npz")
@@ -474,32 +471,36 @@ class Trainer:
             raise ValueError(f"{source}: checkpoint of architecture {arch!r} cannot be loaded "
                              f"into a {self.architecture!r} model"
                              + (": " + "; ".join(details) if details else ""))
-        try:
-            self.model.load_state_dict(weights)
-            self.optimizer.load_state_dict(tree["optimizer"])
-            if self.scheduler is not None and tree.get("scheduler") is not None:
-                self.scheduler.load_state_dict(tree["scheduler"])
+        try:  # read every field first, so a partial file changes nothing and says what is missing
             t, rng = tree["trainer"], tree["rng"]
             generators = rng["generators"]
             missing = [k for k in self.rngs if k not in generators]
             if missing:
                 raise ValueError(f"no state for generator(s) {', '.join(missing)}")
+            position = int(t["epoch"]), int(t["step"]), t["epoch_open"]
+            running = Running(**t["running"])
+            best = float(t["best_val_error"]), t["best_epoch"]
+            totals = int(t["train_images_total"]), float(t["train_seconds_total"])
+            history, backend_rng, shuffle = list(t["history"]), rng["backend"], rng["shuffle"]
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(tree["optimizer"])
+            if self.scheduler is not None and tree.get("scheduler") is not None:
+                self.scheduler.load_state_dict(tree["scheduler"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{source}: incomplete training state (missing {exc})") from None
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
-        self.epoch, self.step, self.epoch_open = int(t["epoch"]), int(t["step"]), t["epoch_open"]
-        self.running = Running(**t["running"])
-        self.best_val_error, self.best_epoch = float(t["best_val_error"]), t["best_epoch"]
-        self.train_images_total = int(t["train_images_total"])
-        self.train_seconds_total = float(t["train_seconds_total"])
-        self.history = list(t["history"])
-        backend.set_rng_state(rng["backend"])
+        self.epoch, self.step, self.epoch_open = position
+        self.running = running
+        self.best_val_error, self.best_epoch = best
+        self.train_images_total, self.train_seconds_total = totals
+        self.history = history
+        backend.set_rng_state(backend_rng)
         for name, g in self.rngs.items():
             g.bit_generator.state = generators[name]
-        if self.train_loader.generator is not None and rng["shuffle"] is not None:
-            self.train_loader.generator.bit_generator.state = rng["shuffle"]
-        self.epoch_start_state = rng["shuffle"] if self.epoch_open else None
+        if self.train_loader.generator is not None and shuffle is not None:
+            self.train_loader.generator.bit_generator.state = shuffle
+        self.epoch_start_state = shuffle if self.epoch_open else None
 
     # -- the end of a run ----------------------------------------------------------------
     def test(self, loader, weights="best") -> dict:

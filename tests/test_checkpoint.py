@@ -180,3 +180,18 @@ def test_checkpoint_of_another_architecture_is_refused_with_names_and_shapes(tmp
     with pytest.raises(ValueError, match="checkpoint of architecture 'mini' cannot be loaded "
                                          "into a 'Sequential' model"):
         make_trainer(tmp_path / "y", epochs=1).load_state(tree)
+
+
+@pytest.mark.parametrize("path", [("trainer", "running"), ("trainer", "epoch"),
+                                  ("rng", "backend")])
+def test_incomplete_training_state_is_refused_before_anything_changes(tmp_path, path):
+    first = make_trainer(tmp_path / "a", epochs=1)
+    first.fit()
+    tree = checkpoint.load(tmp_path / "a" / "last.npz")
+    del tree[path[0]][path[1]]
+    fresh = make_trainer(tmp_path / "b", epochs=1, model_seed=7)
+    before = weights(fresh)
+    with pytest.raises(ValueError, match=f"incomplete training state .*{path[1]}"):
+        fresh.load_state(tree, source="last.npz")
+    after = weights(fresh)
+    assert all(np.array_equal(before[k], after[k]) for k in before)

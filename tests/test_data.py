@@ -311,3 +311,9 @@ def test_loader_rejects_bad_arguments():
         Loader(numbered(3), 2, shuffle=True)
     with pytest.raises(ValueError, match=r"expected labels of shape \(3,\)"):
         ArrayDataset(np.zeros((3, 1, 2, 2)), np.zeros(4))
+
+
+def test_a_data_dir_that_does_not_exist_is_an_error_not_a_fallback(tmp_path):
+    from minialex.data import fashion_mnist
+    with pytest.raises(FileNotFoundError, match="data_dir: no such directory"):
+        fashion_mnist.find_files(tmp_path / "typo")

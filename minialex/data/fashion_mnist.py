@@ -64,6 +64,9 @@ def find_files(data_dir=None) -> dict:
     Raises one FileNotFoundError that lists where it looked, what was missing and how to get
     the files.
     """
+    if data_dir is not None and not os.path.isdir(data_dir):
+        # an explicit directory that is not there is a typo, not a cue to train on other data
+        raise FileNotFoundError(f"data_dir: no such directory: {os.fspath(data_dir)!r}")
     names = [name for pair in FILES.values() for name in pair]
     looked = []
     for directory in search_dirs(data_dir):

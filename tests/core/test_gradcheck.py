@@ -67,3 +67,26 @@ def test_checker_refuses_float32():
         gradcheck(lambda x: x * 2, [Tensor(np.ones(2, np.float32), requires_grad=True)])
     with pytest.raises(ValueError, match="no input requires grad"):
         gradcheck(lambda x: x * 2, [Tensor(np.ones(2))])
+
+
+class NaNBackward(Function):
+    def forward(self, x):
+        return 2 * x
+
+    def backward(self, gy):
+        g = 2 * gy
+        g[0] = np.nan
+        return g
+
+
+def test_checker_fails_on_nan_gradients():
+    x = Tensor(np.linspace(0.5, 1.5, 4), requires_grad=True)
+    with pytest.raises(GradcheckError, match=r"worst at input 0\[0\]: analytic nan"):
+        gradcheck(lambda x: NaNBackward()(x), [x])
+
+
+def test_report_maxima_cover_every_checked_tensor():
+    x = Tensor(np.linspace(0.5, 1.5, 3), requires_grad=True)
+    w = Tensor(np.linspace(1.0, 2.0, 3), requires_grad=True)
+    report = gradcheck(lambda x: x * w, [x], params=[("w", w)], atol=1.0, rtol=0.0)
+    assert report.max_abs_error < 1e-7 and report.checked == 6

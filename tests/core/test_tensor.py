@@ -205,3 +205,12 @@ def test_python_scalars_take_the_tensor_dtype_without_rounding():
     assert (Tensor(np.ones(1)) * 0.8).data.item() == 0.8
     assert (0.1 + Tensor(np.zeros(1))).data.item() == 0.1
     assert (Tensor(np.ones(1, np.float32)) / 3.0).dtype == np.float32
+
+
+def test_leaf_gradients_never_share_an_array():
+    a, b = Tensor(np.ones(3), requires_grad=True), Tensor(np.ones(3), requires_grad=True)
+    gy = np.arange(3.0)
+    (a + b).backward(gy)
+    assert a.grad is not b.grad and a.grad is not gy
+    a.grad *= 10  # a user's in-place change stays in a
+    np.testing.assert_array_equal(b.grad, gy)
