@@ -43,7 +43,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 import minialex  # noqa: E402
 from minialex import Tensor, backend, cuda  # noqa: E402
 from minialex import functional as F  # noqa: E402
-from results import RESULTS, save_section  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, save_section, use_gpu  # noqa: E402  (benchmarks/results.py)
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0   # paper, section 3.3
 
@@ -305,12 +305,7 @@ def main(argv=None):
     parser.add_argument("--results", action="store_true",
                         help="write the section into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    gpu = args.device == "gpu" or (args.device == "auto" and backend.gpu_available())
-    if args.device == "gpu":
-        try:
-            backend.require_cupy()
-        except RuntimeError as exc:
-            parser.exit(2, f"bench_layers.py: error: {exc}\n")
+    gpu = use_gpu(parser, args.device, "bench_layers.py")
     args.repeats = args.repeats or (20 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     command = "python benchmarks/bench_layers.py " + " ".join(sys.argv[1:] if argv is None

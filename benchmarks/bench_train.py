@@ -44,7 +44,7 @@ from minialex import Tensor, backend, nn  # noqa: E402
 from minialex import functional as F  # noqa: E402
 from minialex.models import alexnet  # noqa: E402
 from minialex.optim import SGD  # noqa: E402
-from results import RESULTS, save_section  # noqa: E402  (benchmarks/results.py)
+from results import RESULTS, save_section, use_gpu  # noqa: E402  (benchmarks/results.py)
 
 DEFAULTS = {"gpu": [("paper", 128), ("owt", 128)], "cpu": [("small", 32), ("fmnist", 16)]}
 # PyTorch 2.13 CPU on this 2-core machine, measured for issue 5 (img/s: train, inference)
@@ -302,12 +302,7 @@ def main(argv=None):
                         help="write the section into benchmarks/RESULTS.md")
     parser.add_argument("--json", metavar="PATH", help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    gpu = args.device == "gpu" or (args.device == "auto" and backend.gpu_available())
-    if args.device == "gpu":
-        try:
-            backend.require_cupy()
-        except RuntimeError as exc:
-            parser.exit(2, f"bench_train.py: error: {exc}\n")
+    gpu = use_gpu(parser, args.device, "bench_train.py")
     args.steps = args.steps or (20 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None

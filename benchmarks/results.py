@@ -16,3 +16,16 @@ def save_section(script: str, device: str, section: str) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + block
     RESULTS.write_text(text)
+
+
+def use_gpu(parser, device: str, script: str) -> bool:
+    """True to benchmark on the GPU: ``--device gpu`` (refused in one line when none is usable)
+    or ``auto`` with a usable GPU."""
+    from minialex import backend
+    if device == "gpu":
+        try:
+            backend.require_cupy()
+        except RuntimeError as exc:
+            parser.exit(2, f"{script}: error: {exc}\n")
+        return True
+    return device == "auto" and backend.gpu_available()
