@@ -19,7 +19,6 @@ import argparse
 import datetime
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 import time
@@ -35,7 +34,7 @@ from PIL import Image  # noqa: E402
 from minialex import backend  # noqa: E402
 from minialex.data.augment import Augmenter  # noqa: E402
 from minialex.data.prepare import default_workers, prepare  # noqa: E402
-from results import RESULTS, save_section  # noqa: E402  (benchmarks/results.py)
+from common import RESULTS, cpu_name, save_section, versions  # noqa: E402
 
 
 
@@ -67,14 +66,6 @@ def rate(fn, n_images: int, iters: int, sync=lambda: None) -> float:
     return n_images * iters / (time.perf_counter() - start)
 
 
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def bench(args) -> tuple:
@@ -127,12 +118,6 @@ def bench(args) -> tuple:
     return rows, gpu
 
 
-def versions(gpu) -> str:
-    parts = [f"Python {platform.python_version()}", f"NumPy {np.__version__}",
-             f"Pillow {PIL.__version__}"]
-    if gpu:
-        parts.append(f"CuPy {backend.require_cupy().__version__}")
-    return ", ".join(parts)
 
 
 def markdown(rows, gpu, args) -> str:
@@ -143,7 +128,8 @@ def markdown(rows, gpu, args) -> str:
     lines = [f"## Data pipeline ({'GPU ' + gpu if gpu else 'CPU'})", "",
              f"`python benchmarks/bench_data.py --images {args.images} --workers {args.workers} "
              f"--batch {args.batch} --iters {args.iters}`, {date}.",
-             f"Device: {device}. {versions(gpu)}.", "",
+             f"Device: {device}. "
+             f"{versions(f'Pillow {PIL.__version__}', gpu=bool(gpu), torch=False)}.", "",
              "| stage | setting | images/s |", "|---|---|---:|"]
     lines += [f"| {stage} | {setting} | {value:,.0f} |" for stage, setting, value in rows]
     return "\n".join(lines) + "\n"

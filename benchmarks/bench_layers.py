@@ -30,20 +30,17 @@ import datetime
 import json
 import os
 import pathlib
-import platform
-import statistics
 import sys
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run from a checkout
 
-import minialex  # noqa: E402
 from minialex import Tensor, backend, cuda  # noqa: E402
 from minialex import functional as F  # noqa: E402
-from results import RESULTS, save_section, use_gpu  # noqa: E402  (benchmarks/results.py)
+from common import (cpu_name, import_torch, median_seconds, save_section,  # noqa: E402
+                    use_gpu, versions)  # noqa: E402
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0   # paper, section 3.3
 
@@ -103,17 +100,6 @@ def host_arrays(layer: Layer, batch: int, seed: int = 0) -> dict:
     return arrays
 
 
-def median_seconds(fn, repeats: int, warmup: int, sync) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # -- the two implementations of each layer ------------------------------------------------------
@@ -176,21 +162,11 @@ def time_layer(forward, tensors, gy, backward, repeats, warmup, sync):
     return fwd_time, step_time, forward()
 
 
-def import_torch(gpu: bool, tf32: bool):
-    try:
-        import torch
-    except ImportError:
-        return None
-    if gpu and not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    return torch
 
 
 # -- the run --------------------------------------------------------------------------------------
 def bench(args):
-    gpu = args.device == "gpu" or (args.device == "auto" and backend.gpu_available())
+    gpu = args.gpu
     device = backend.parse_device("gpu") if gpu else "cpu"
     cuda.set_tf32(args.tf32)
     torch = None if args.no_torch else import_torch(gpu, args.tf32)
@@ -240,24 +216,8 @@ def bench(args):
     return rows, gpu_name, torch
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
-def versions(gpu_name, torch) -> str:
-    parts = [f"minialex {minialex.__version__}", f"Python {platform.python_version()}",
-             f"NumPy {np.__version__}"]
-    if gpu_name:
-        parts.append(f"CuPy {backend.require_cupy().__version__}")
-    parts.append(f"PyTorch {torch.__version__}" if torch else "PyTorch not importable")
-    return ", ".join(parts)
 
 
 def markdown(rows, gpu_name, torch, args, command) -> str:
@@ -269,7 +229,8 @@ def markdown(rows, gpu_name, torch, args, command) -> str:
     tf32 = "on (both sides)" if args.tf32 else "off (both sides)"
     where = f"GPU {gpu_name}" if gpu_name else "CPU"
     lines = [f"## AlexNet layers, forward and backward ({where})",
-             "", f"`{command}`, {date}.", f"Device: {device}. {versions(gpu_name, torch)}.",
+             "", f"`{command}`, {date}.", f"Device: {device}. "
+             f"{versions(gpu=bool(gpu_name), torch=torch)}.",
              f"Batch {args.batch}, float32, TF32 {tf32}. Median of {args.repeats} timed "
              f"repetitions after {args.warmup} warm-up. Ratio = PyTorch / minialex time for "
              f"forward+backward (above 1: minialex is faster); max |dy| is the largest difference "
@@ -305,7 +266,7 @@ def main(argv=None):
     parser.add_argument("--results", action="store_true",
                         help="write the section into benchmarks/RESULTS.md")
     args = parser.parse_args(argv)
-    gpu = use_gpu(parser, args.device, "bench_layers.py")
+    gpu = args.gpu = use_gpu(parser, args.device, "bench_layers.py")
     args.repeats = args.repeats or (20 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     command = "python benchmarks/bench_layers.py " + " ".join(sys.argv[1:] if argv is None
@@ -315,7 +276,8 @@ def main(argv=None):
     print(section)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": gpu_name or "cpu", "versions": versions(gpu_name, torch),
+            json.dump({"device": gpu_name or "cpu",
+                       "versions": versions(gpu=bool(gpu_name), torch=torch),
                        "batch": args.batch, "tf32": args.tf32, "repeats": args.repeats,
                        "warmup": args.warmup, "rows": rows}, f, indent=2)
     if args.results:

@@ -30,10 +30,7 @@ import datetime
 import json
 import os
 import pathlib
-import platform
-import statistics
 import sys
-import time
 
 import numpy as np
 
@@ -44,7 +41,8 @@ from minialex import Tensor, backend, nn  # noqa: E402
 from minialex import functional as F  # noqa: E402
 from minialex.models import alexnet  # noqa: E402
 from minialex.optim import SGD  # noqa: E402
-from results import RESULTS, save_section, use_gpu  # noqa: E402  (benchmarks/results.py)
+from common import (RESULTS, cpu_name, import_torch, median_seconds, save_section,  # noqa: E402
+                    use_gpu, versions)  # noqa: E402
 
 DEFAULTS = {"gpu": [("paper", 128), ("owt", 128)], "cpu": [("small", 32), ("fmnist", 16)]}
 # PyTorch 2.13 CPU on this 2-core machine, measured for issue 5 (img/s: train, inference)
@@ -54,28 +52,6 @@ CPU_REFERENCE = {"small": (55.6, 140.0), "fmnist": (15.6, 50.0)}
 LR, MOMENTUM, WEIGHT_DECAY = 1e-4, 0.9, 5e-4
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def median_seconds(fn, steps, warmup, sync) -> float:
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 # -- minialex ---------------------------------------------------------------------------------
@@ -158,21 +134,11 @@ def bench_torch(twin, x, y, args, torch, sync):
     return train, infer
 
 
-def import_torch(gpu):
-    try:
-        import torch
-    except ImportError:
-        return None
-    if gpu and not torch.cuda.is_available():
-        return None
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    return torch
 
 
 # -- the run ----------------------------------------------------------------------------------
 def bench(args):
-    gpu = args.device == "gpu" or (args.device == "auto" and backend.gpu_available())
+    gpu = args.gpu
     device = backend.parse_device("gpu") if gpu else "cpu"
     plan = ([(name, args.batch or dict(DEFAULTS["gpu" if gpu else "cpu"]).get(name, 32))
              for name in args.models.split(",")] if args.models
@@ -234,13 +200,6 @@ def bench(args):
     return rows, gpu_name, torch
 
 
-def versions(gpu_name, torch) -> str:
-    parts = [f"minialex {minialex.__version__}", f"Python {platform.python_version()}",
-             f"NumPy {np.__version__}"]
-    if gpu_name:
-        parts.append(f"CuPy {backend.require_cupy().__version__}")
-    parts.append(f"PyTorch {torch.__version__}" if torch else "PyTorch not importable")
-    return ", ".join(parts)
 
 
 def markdown(rows, gpu_name, torch, args, command) -> str:
@@ -251,7 +210,8 @@ def markdown(rows, gpu_name, torch, args, command) -> str:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     mib = lambda b: "" if b is None else f"{b / 2 ** 20:,.0f} MiB"   # noqa: E731
     lines = [f"## Training steps and inference ({'GPU ' + gpu_name if gpu_name else 'CPU'})", "",
-             f"`{command}`, {date}.", f"Device: {device}. {versions(gpu_name, torch)}.",
+             f"`{command}`, {date}.", f"Device: {device}. "
+             f"{versions(gpu=bool(gpu_name), torch=torch)}.",
              f"Median of {args.steps} timed steps after {args.warmup} warm-up; random fp32 "
              f"input on the device; SGD lr {LR:g}, momentum {MOMENTUM}, weight decay "
              f"{WEIGHT_DECAY}; TF32 off. Ratio = minialex img/s / PyTorch img/s (above 1: "
@@ -302,7 +262,7 @@ def main(argv=None):
                         help="write the section into benchmarks/RESULTS.md")
     parser.add_argument("--json", metavar="PATH", help="write the rows as JSON here")
     args = parser.parse_args(argv)
-    gpu = use_gpu(parser, args.device, "bench_train.py")
+    gpu = args.gpu = use_gpu(parser, args.device, "bench_train.py")
     args.steps = args.steps or (20 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
     command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None
@@ -312,7 +272,8 @@ def main(argv=None):
     print(section)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": gpu_name or "cpu", "versions": versions(gpu_name, torch),
+            json.dump({"device": gpu_name or "cpu",
+                       "versions": versions(gpu=bool(gpu_name), torch=torch),
                        "steps": args.steps, "warmup": args.warmup, "rows": rows}, f, indent=2)
     if args.results:
         save_section("bench_train", gpu_name or "cpu", section)

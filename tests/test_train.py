@@ -1,7 +1,6 @@
 """The Trainer: top-k metrics, logs, divergence, the schedule stopping a run, real learning."""
 import io
 import json
-import os
 
 import numpy as np
 import pytest

@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import minialex
 from minialex import Module, Parameter, Sequential, Tensor
 
 

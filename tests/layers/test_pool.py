@@ -36,7 +36,7 @@ def max_pool_ref(x, kernel, stride, padding):
 
 
 def max_pool_backward_ref(x, gy, kernel, stride, padding):
-    (KH, KW), (SH, SW), (PH, PW) = kernel, stride, padding
+    (_, KW), (SH, SW), (PH, PW) = kernel, stride, padding
     _, argmax = max_pool_ref(x, kernel, stride, padding)
     gx_pad = np.zeros((x.shape[0], x.shape[1], x.shape[2] + 2 * PH, x.shape[3] + 2 * PW))
     for n, c, i, j in np.ndindex(*gy.shape):
