@@ -1,4 +1,8 @@
-r"""The paper's augmentation and test-time crops, vectorised over the batch (ALEXNET.md section 3).
+r"""The paper's augmentation and test-time crops, vectorised over the batch.
+
+Krizhevsky, Sutskever & Hinton, "ImageNet Classification with Deep Convolutional Neural
+Networks" (NIPS 2012), Sec. 4.1 (Data Augmentation): random 224x224 patches of the 256x256
+images and their horizontal reflections, PCA colour noise, and 10 patches at test time.
 
 Input: a batch of prepared images, uint8 ``(N, S, S, 3)`` (channels last, as stored by
 :mod:`minialex.data.prepare`), on the CPU (NumPy) or the GPU (CuPy); everything runs on the
@@ -14,12 +18,12 @@ Training, per image :math:`n`, with offsets :math:`t_n, l_n \in \{0..S-crop\}`, 
                    + 255 \, (P (\alpha_n \odot \lambda))_c\big),
     \qquad \tilde j = l_n + (crop - 1 - j \text{ if } f_n \text{ else } j)
 
-- **random crop** (a factor of 33x33 for 224 of 256) and **horizontal flip** (x2) are one gather:
-  a strided window view ``(N, S-crop+1, S-crop+1, 3, crop, crop)`` indexed by ``(n, t_n, l_n)``
-  copies each crop already in NCHW order;
+- **random crop** (a factor of 33x33 for 224 of 256) and **horizontal flip** (x2) are one gather
+  (:func:`minialex.data.crops.crop_flip`, shared with the grey pipeline of
+  :mod:`minialex.data.transforms`), which copies each crop already in NCHW order;
 - **PCA colour noise**: :math:`P` holds the eigenvectors (columns) and :math:`\lambda` the
   eigenvalues of the training set's RGB covariance, computed on pixels/255 (see
-  :mod:`minialex.data.prepare` for why that scale), hence the factor 255; one shift per image,
+  :mod:`minialex.data.stats` for why that scale), hence the factor 255; one shift per image,
   the same for all its pixels;
 - **mean subtraction** uses the per-pixel mean image :math:`\bar x` **cropped at the same offset
   and flipped the same way**: cropping commutes with subtraction, so this is exactly the paper's
@@ -28,11 +32,13 @@ Training, per image :math:`n`, with offsets :math:`t_n, l_n \in \{0..S-crop\}`, 
   near the crop's edges). A ``(3,)`` per-channel mean is also accepted;
 - :math:`s` (``scale``) is 1 for the paper (0..255 minus the mean, nothing else).
 
-Randomness is **drawn** (:func:`draw_augmentation`: small ``(N,)`` / ``(N, 3)`` arrays from an
-explicit generator, in a fixed order: top, left, flip, alpha) separately from how it is
-**applied** (:func:`apply_augmentation`, deterministic). Drawing from the CPU generator
-(``minialex.backend.rng_for(np)``) on every device makes the same seed give the same crops, flips
-and colour noise on the CPU and the GPU, and lets the tests feed both the same draws.
+Randomness is **drawn** (:func:`draw_augmentation`: small ``(N,)`` / ``(N, 3)`` arrays from a
+host generator, in a fixed order: top, left, flip, alpha) separately from how it is **applied**
+(:func:`apply_augmentation`, deterministic), so tests can feed the CPU and the GPU the same
+draws and inspect them. :class:`Augmenter` follows the random-stream convention of
+:mod:`minialex.data.crops`: ``generator=None`` draws from minialex's CPU stream at each call (the
+same seed gives the same crops, flips and colour noise on the CPU and the GPU), an explicit
+generator is used as given and saved by ``state_dict()``.
 
 Evaluation: :func:`center_crop`, and :func:`ten_crop` (four corners, centre, and their mirrors)
 with :func:`average_softmax` to average the 10 softmax outputs, as the paper's test time.
@@ -55,7 +61,8 @@ import dataclasses
 
 import numpy as np
 
-from ..backend import get_array_module, rng_for, to_numpy
+from ..backend import get_array_module, to_numpy
+from .crops import RandomTransform, crop_flip, draw_crops, windows
 
 CROP_SIZE = 224          # the paper's input patches
 PCA_STD = 0.1            # alpha_i ~ N(0, 0.1)
@@ -96,12 +103,8 @@ def draw_augmentation(rng, n: int, *, size: int = 256, crop: int = CROP_SIZE,
     """
     if crop > size:
         raise ValueError(f"draw_augmentation: crop {crop} is larger than the image size {size}")
-    if random_crop:
-        top = rng.integers(0, size - crop + 1, size=n)
-        left = rng.integers(0, size - crop + 1, size=n)
-    else:
-        top = left = np.full(n, (size - crop) // 2)
-    mirror = rng.random(n) < 0.5 if flip else np.zeros(n, dtype=bool)
+    top, left, mirror = draw_crops(rng, n, size - crop, size - crop, random_crop=random_crop,
+                                   p_flip=0.5 if flip else 0)
     alpha = (rng.standard_normal((n, 3)) * pca_std).astype(np.float32) if pca_std else None
     return Draws(top=top, left=left, flip=mirror, alpha=alpha)
 
@@ -129,19 +132,6 @@ def pca_shift(alpha, eigvals, eigvecs):
     xp = get_array_module(alpha, eigvals, eigvecs)
     alpha, eigvals, eigvecs = (xp.asarray(a, dtype=xp.float32) for a in (alpha, eigvals, eigvecs))
     return PIXEL_MAX * (alpha * eigvals) @ eigvecs.T
-
-
-def _windows(x, crop: int):
-    """View ``(B, H, W, C)`` as every ``crop`` window: ``(B, H-crop+1, W-crop+1, C, crop, crop)``.
-
-    No copy; indexing the first three axes with arrays gathers whole crops, channels first.
-    """
-    xp = get_array_module(x)
-    B, H, W, C = x.shape
-    sB, sH, sW, sC = x.strides
-    return xp.lib.stride_tricks.as_strided(
-        x, shape=(B, H - crop + 1, W - crop + 1, C, crop, crop),
-        strides=(sB, sH, sW, sC, sH, sW))
 
 
 def apply_augmentation(images, draws: Draws, *, crop: int = CROP_SIZE, mean=None, eigvals=None,
@@ -182,10 +172,7 @@ def apply_augmentation(images, draws: Draws, *, crop: int = CROP_SIZE, mean=None
                          f"fit images of {H}x{W} (or an image index is outside 0..{N - 1})")
     top, left, flip, image = (xp.asarray(a) for a in (top, left, flip, image))
 
-    out = _windows(images, crop)[image, top, left]            # (M, C, crop, crop), input dtype
-    mirrored = xp.nonzero(flip)[0]
-    if mirrored.size:
-        out[mirrored] = out[mirrored, :, :, ::-1]
+    out = crop_flip(images, top, left, flip, (crop, crop), image=image, channels_last=True)
     out = out.astype(dtype, order="C")    # the gather keeps the source's channels-last layout
     if mean is not None:
         mean = xp.asarray(mean, dtype=dtype)
@@ -195,7 +182,8 @@ def apply_augmentation(images, draws: Draws, *, crop: int = CROP_SIZE, mean=None
             # A mirrored crop of the mean = the crop of the mirrored mean at left' = W-crop-left.
             both = xp.stack([mean, mean[:, ::-1]])
             left_in_source = xp.where(flip, (W - crop) - left, left)
-            out -= _windows(both, crop)[flip.astype(xp.int64), top, left_in_source]
+            out -= windows(both, crop, crop, channels_last=True)[flip.astype(xp.int64), top,
+                                                                 left_in_source]
         else:
             raise ValueError(f"apply_augmentation: mean must have shape {(H, W, C)} or "
                              f"{(C,)}, got {mean.shape}")
@@ -272,16 +260,18 @@ def average_softmax(logits, n_crops: int = 10):
     return (z / z.sum(axis=-1, keepdims=True)).mean(axis=0)
 
 
-class Augmenter:
+class Augmenter(RandomTransform):
     """The train and evaluation transforms bound to a dataset's statistics and options.
 
     Keeps one copy of the mean image and the RGB PCA per array module, so a GPU trainer copies
     them to the device once, not per batch. ``mean=None`` skips mean subtraction,
     ``pca_std=None`` (or ``eigvals=None``) skips colour noise; the defaults are the paper's.
     ``train``, ``eval`` and ``ten_crop`` take a uint8 ``(N, S, S, 3)`` batch and fit
-    :class:`~minialex.data.loader.Loader`'s ``transform=``. Training draws come from
-    ``generator`` (default: minialex's CPU stream ``backend.rng_for(np)``, looked up at each
-    call, so ``minialex.manual_seed`` fixes them on every device); ``last_draws`` keeps the last.
+    :class:`~minialex.data.loader.Loader`'s ``transform=`` (the Loader saves the state of
+    ``transform=augmenter.train`` through its Augmenter). Training draws come from
+    ``generator``: None is minialex's CPU stream ``backend.rng_for(np)``, looked up at each
+    call, so ``minialex.manual_seed`` fixes them on every device; an explicit generator is
+    saved by ``state_dict()``. ``last_draws`` keeps the last training draws.
 
     Example:
         >>> aug = Augmenter(mean=np.zeros((256, 256, 3), np.float32),
@@ -295,10 +285,11 @@ class Augmenter:
     def __init__(self, mean=None, eigvals=None, eigvecs=None, *, crop: int = CROP_SIZE,
                  random_crop: bool = True, flip: bool = True, pca_std: float | None = PCA_STD,
                  scale: float = 1.0, dtype=np.float32, generator=None):
+        super().__init__(generator)
         self.crop, self.random_crop, self.flip, self.scale, self.dtype = (
             crop, random_crop, flip, scale, dtype)
         self.pca_std = pca_std if eigvals is not None and eigvecs is not None else None
-        self.generator, self.last_draws = generator, None
+        self.last_draws = None
         self._host = (mean, eigvals, eigvecs)
         self._on = {}
 
@@ -318,15 +309,15 @@ class Augmenter:
         return self._on[xp]
 
     def apply(self, images, draws: Draws):
+        """:func:`apply_augmentation` with this augmenter's statistics and options."""
         mean, eigvals, eigvecs = self._stats(get_array_module(images))
         return apply_augmentation(images, draws, crop=self.crop, mean=mean, eigvals=eigvals,
                                   eigvecs=eigvecs, scale=self.scale, dtype=self.dtype)
 
     def train(self, images):
         """Augmented ``(N, C, crop, crop)``: random crops, flips, colour noise, mean removed."""
-        rng = rng_for(np) if self.generator is None else self.generator
         self.last_draws = draw_augmentation(
-            rng, images.shape[0], size=images.shape[1], crop=self.crop,
+            self.rng(), images.shape[0], size=images.shape[1], crop=self.crop,
             random_crop=self.random_crop, flip=self.flip, pca_std=self.pca_std)
         return self.apply(images, self.last_draws)
 

@@ -1,10 +1,12 @@
 r"""Batch transforms that run on the device: whole (N, C, H, W) batches, no loop over images.
 
 Every transform is a callable ``t(x) -> y`` on a NumPy or CuPy batch and uses ``xp`` calls only,
-so the same code runs on the CPU and the GPU. Random transforms draw their per-image choices
-(crop offsets, flips) from an explicit host ``numpy.random.Generator``, so a given generator
-state gives the same augmentation on either device, and the generator's state can be saved in a
-checkpoint. The last draw is kept (``last_offsets``, ``last_flipped``) for inspection.
+so the same code runs on the CPU and the GPU. These serve the grey Fashion-MNIST batches
+(uint8 ``(N, 1, 28, 28)``); :func:`image_transforms` builds their train and eval pipelines.
+Random crops and flips are those of :mod:`minialex.data.crops` (shared with the RGB pipeline of
+:mod:`minialex.data.augment`), with its random-stream convention: ``generator=None`` draws from
+minialex's CPU stream at each call, an explicit ``numpy.random.Generator`` is used as given, and
+``state_dict()`` saves it. The last draw is kept (``last_offsets``, ``last_flipped``).
 
 Bilinear resize as two small matrix products. Sampling image ``x`` (H x W) bilinearly at
 ``OH x OW`` points is separable: each output row mixes two input rows and each output column two
@@ -31,8 +33,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
 from ..backend import get_array_module
+from .crops import RandomTransform, crop_flip, draw_crops
 
 
 def _pair(size, name):
@@ -50,7 +52,9 @@ def _check_batch(name, x):
 
 
 class Compose:
-    """Apply transforms in order."""
+    """Apply transforms in order. ``state_dict()`` gathers the random ones' states by position
+    (``{"1": ..., "2": ...}``; transforms may share a generator) and ``load_state_dict()``
+    hands them back."""
 
     def __init__(self, transforms):
         self.transforms = list(transforms)
@@ -59,6 +63,20 @@ class Compose:
         for t in self.transforms:
             x = t(x)
         return x
+
+    def _random(self):
+        return {str(i): t for i, t in enumerate(self.transforms) if hasattr(t, "state_dict")}
+
+    def state_dict(self) -> dict:
+        return {key: t.state_dict() for key, t in self._random().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        random = self._random()
+        if set(state) != set(random):
+            raise ValueError(f"Compose: state for transforms {sorted(state)} but the random "
+                             f"ones here are {sorted(random)}")
+        for key, t in random.items():
+            t.load_state_dict(state[key])
 
     def __repr__(self):
         return "Compose(" + ", ".join(map(repr, self.transforms)) + ")"
@@ -138,25 +156,24 @@ class Resize:
         return f"Resize(size={self.size})"
 
 
-class RandomCrop:
+class RandomCrop(RandomTransform):
     """Pad by ``padding`` zeros on every side, then cut a random ``size`` window per image.
 
     ``size=None`` keeps the input's own size (the classic "pad 2, crop 28" jitter of MNIST-like
     data). Offsets are drawn uniformly from every window position; ``last_offsets`` holds the
-    (top, left) arrays of the last batch.
+    (top, left) arrays of the last batch. ``generator``: see :mod:`minialex.data.crops`.
     """
 
     def __init__(self, size=None, padding=0, generator=None):
+        super().__init__(generator)
         self.size = None if size is None else _pair(size, "RandomCrop")
         if not isinstance(padding, (int, np.integer)) or padding < 0:
             raise ValueError(f"RandomCrop: padding must be an int >= 0, got {padding!r}")
         self.padding = int(padding)
-        self.generator = backend.rng_for(np) if generator is None else generator
         self.last_offsets = None
 
     def __call__(self, x):
         _check_batch("RandomCrop", x)
-        xp = get_array_module(x)
         N, C, H, W = x.shape
         P = self.padding
         OH, OW = self.size or (H, W)
@@ -164,36 +181,32 @@ class RandomCrop:
             raise ValueError(f"RandomCrop: a {OH}x{OW} crop does not fit a {H}x{W} image padded "
                              f"by {P}")
         if P:
-            x = xp.pad(x, ((0, 0), (0, 0), (P, P), (P, P)))
-        top = self.generator.integers(0, H + 2 * P - OH + 1, size=N)
-        left = self.generator.integers(0, W + 2 * P - OW + 1, size=N)
+            x = get_array_module(x).pad(x, ((0, 0), (0, 0), (P, P), (P, P)))
+        top, left, flip = draw_crops(self.rng(), N, H + 2 * P - OH, W + 2 * P - OW, p_flip=0)
         self.last_offsets = (top, left)
-        rows = xp.asarray(top)[:, None] + xp.arange(OH)             # (N, OH)
-        cols = xp.asarray(left)[:, None] + xp.arange(OW)            # (N, OW)
-        n = xp.arange(N)[:, None, None, None]
-        c = xp.arange(C)[None, :, None, None]
-        return x[n, c, rows[:, None, :, None], cols[:, None, None, :]]
+        return crop_flip(x, top, left, flip, (OH, OW))
 
     def __repr__(self):
         return f"RandomCrop(size={self.size}, padding={self.padding})"
 
 
-class RandomHorizontalFlip:
-    """Mirror each image left-right with probability ``p``; ``last_flipped`` holds the choice."""
+class RandomHorizontalFlip(RandomTransform):
+    """Mirror each image left-right with probability ``p``; ``last_flipped`` holds the choice.
+    ``generator``: see :mod:`minialex.data.crops`."""
 
     def __init__(self, p=0.5, generator=None):
+        super().__init__(generator)
         if not 0 <= p <= 1:
             raise ValueError(f"RandomHorizontalFlip: p must lie in [0, 1], got {p!r}")
         self.p = p
-        self.generator = backend.rng_for(np) if generator is None else generator
         self.last_flipped = None
 
     def __call__(self, x):
         _check_batch("RandomHorizontalFlip", x)
-        xp = get_array_module(x)
-        flip = self.generator.random(x.shape[0]) < self.p
+        N, C, H, W = x.shape
+        top, left, flip = draw_crops(self.rng(), N, 0, 0, random_crop=False, p_flip=self.p)
         self.last_flipped = flip
-        return xp.where(xp.asarray(flip)[:, None, None, None], x[..., ::-1], x)
+        return crop_flip(x, top, left, flip, (H, W))   # a whole-image "crop", mirrored or not
 
     def __repr__(self):
         return f"RandomHorizontalFlip(p={self.p})"
