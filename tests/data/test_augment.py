@@ -5,7 +5,7 @@ import pytest
 import minialex
 from minialex import backend
 from minialex.data import augment as aug
-from minialex.data.prepare import rgb_pca
+from minialex.data.stats import rgb_pca
 
 from conftest import TOL
 

@@ -1,4 +1,4 @@
-"""The cached preparation (minialex/data/prepare.py) on a small image folder written with Pillow."""
+"""The cached preparation (minialex/data/prepare.py, cache.py) on a small Pillow-written folder."""
 import json
 import os
 import warnings
@@ -167,8 +167,8 @@ def test_interrupted_preparation_leaves_nothing_that_looks_complete(dataset, tmp
         real = prep._decode_file
         monkeypatch.setattr(prep, "_decode_file", interrupt)
     else:
-        real = prep._Progress.update
-        monkeypatch.setattr(prep._Progress, "update", interrupt)
+        real = prep.Progress.update
+        monkeypatch.setattr(prep.Progress, "update", interrupt)
     cache = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         run(dataset, cache, workers=workers)
@@ -239,3 +239,30 @@ def test_a_split_is_a_loader_dataset(dataset, tmp_path):
         ds.labels["train"].tolist())
     with pytest.raises(ValueError, match="no split 'test'"):
         ds.split("test")
+
+
+@pytest.mark.parametrize("holes", [[], [0], [3, 9], [9], [2, 5, 6], list(range(10))])
+def test_failed_rows_are_filled_from_the_end_and_the_header_says_the_kept_count(tmp_path,
+                                                                                  holes):
+    target = prep._NpyTarget(tmp_path / "x.npy", 10, (2, 3))
+    rows = target.rows()
+    rows[:] = np.arange(10, dtype=np.uint8)[:, None, None]
+    del rows
+    order = target.compact(holes)
+    kept = sorted(set(range(10)) - set(holes))
+    assert sorted(order.tolist()) == kept
+    stayed = [r for r in range(len(kept)) if r not in holes]
+    assert order[stayed].tolist() == stayed                        # only failed rows are moved
+    stored = np.load(tmp_path / "x.npy")
+    assert stored.shape == (len(kept), 2, 3)
+    np.testing.assert_array_equal(stored[:, 0, 0], order)          # row r holds sample order[r]
+    assert os.path.getsize(tmp_path / "x.npy") == target.offset + stored.nbytes
+
+
+def test_a_header_for_fewer_rows_fits_the_room_left_for_more(tmp_path):
+    big = prep._NpyTarget(tmp_path / "x.npy", 10**7, (1,))      # sparse: nothing is written
+    assert big.offset % 64 == 0
+    big.compact(list(range(1, 10**7)))                            # 8 digits down to 1
+    assert np.load(tmp_path / "x.npy").shape == (1, 1)
+    with pytest.raises(ValueError, match="needs .* bytes, 64 asked for"):
+        prep.npy_header((10**7, 256, 256, 3), np.uint8, 64)
