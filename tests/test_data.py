@@ -1,5 +1,6 @@
 """IDX files, Fashion-MNIST discovery and splits, batch transforms, the prefetching loader."""
 import gzip
+import json
 import os
 import threading
 
@@ -272,6 +273,78 @@ def test_loader_in_order_drop_last_and_start():
     full = [y.tolist() for _, y in shuffled.epoch()]
     shuffled.generator.bit_generator.state = state
     assert [y.tolist() for _, y in shuffled.epoch(start=2)] == full[2:]
+
+
+def random_loader(kind, prefetch, shuffle_seed=0, augment_seed=1):
+    """A shuffling loader with a random transform: the grey pipeline or the RGB Augmenter."""
+    rng = np.random.default_rng(9)
+    augment = np.random.default_rng(augment_seed)
+    if kind == "grey":
+        images = rng.integers(0, 256, (23, 1, 6, 6), dtype=np.uint8)
+        transform, _ = T.image_transforms(6, 0.5, 0.25, crop_padding=2, flip=True,
+                                          generator=augment)
+    else:
+        from minialex.data.augment import Augmenter
+        images = rng.integers(0, 256, (23, 8, 8, 3), dtype=np.uint8)
+        transform = Augmenter(images.mean(axis=0), np.array([0.1, 0.01, 0.001]), np.eye(3),
+                              crop=5, generator=augment).train    # the Augmenter keeps the state
+    return Loader(ArrayDataset(images, np.arange(23)), 5, shuffle=True, transform=transform,
+                  generator=np.random.default_rng(shuffle_seed), prefetch=prefetch)
+
+
+def assert_same_batches(got, want):
+    assert len(got) == len(want)
+    for (x, y), (x0, y0) in zip(got, want):
+        np.testing.assert_array_equal(y, y0)
+        np.testing.assert_array_equal(x, x0)
+
+
+@pytest.mark.parametrize("kind", ["grey", "rgb"])
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_loader_state_resumes_an_epoch_mid_way_exactly(kind, prefetch):
+    reference = random_loader(kind, prefetch)
+    epochs = [list(reference.epoch()) for _ in range(3)]
+
+    interrupted = random_loader(kind, prefetch)
+    list(interrupted.epoch())
+    batches = interrupted.epoch()
+    seen = [next(batches), next(batches)]
+    state = json.loads(json.dumps(interrupted.state_dict()))       # JSON-able
+    batches.close()                                                # Ctrl-C: still in progress
+    assert_same_batches(seen, epochs[1][:2])
+    assert json.loads(json.dumps(interrupted.state_dict())) == state
+
+    resumed = random_loader(kind, 2 - prefetch, shuffle_seed=5, augment_seed=6)   # other seeds
+    resumed.load_state_dict(state)
+    assert_same_batches(list(resumed.epoch(start=2)), epochs[1][2:])
+    assert_same_batches(list(resumed.epoch()), epochs[2])
+
+    interrupted.load_state_dict(interrupted.state_dict())          # continuing in-process
+    assert_same_batches(list(interrupted.epoch(start=2)), epochs[1][2:])
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_loader_state_after_a_complete_epoch_gives_the_next_one(prefetch):
+    reference = random_loader("grey", prefetch)
+    epochs = [list(reference.epoch()) for _ in range(2)]
+    done = random_loader("grey", prefetch)
+    list(done.epoch())
+    resumed = random_loader("grey", prefetch, shuffle_seed=5, augment_seed=6)
+    resumed.load_state_dict(done.state_dict())
+    assert_same_batches(list(resumed.epoch()), epochs[1])
+
+
+def test_loader_state_without_randomness_and_mismatches():
+    plain = Loader(numbered(4), 2, transform=T.ToFloat())
+    assert plain.state_dict() == {"shuffle": None, "transform": None}
+    plain.load_state_dict(plain.state_dict())
+    with pytest.raises(ValueError, match="has a shuffle state but this loader's generator is "
+                                         "None"):
+        plain.load_state_dict(random_loader("grey", 0).state_dict())
+    with pytest.raises(ValueError, match="has no transform state"):
+        shuffle_only = {"shuffle": random_loader("grey", 0).state_dict()["shuffle"],
+                        "transform": None}
+        random_loader("grey", 0).load_state_dict(shuffle_only)
 
 
 def test_loader_applies_transform_in_the_calling_thread():

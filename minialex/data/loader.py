@@ -9,13 +9,24 @@ A :class:`Loader` walks a *dataset* (anything with ``len(ds)`` and ``ds.get_batc
    while the caller computes on the current one (``prefetch`` batches ahead; ``prefetch=0``
    loads in the caller's thread);
 3. in the caller's thread, in batch order, ``transform(images)`` runs on the device (scaling,
-   augmentation: see :mod:`minialex.data.transforms`). Random transforms draw from their own
-   generators here rather than in the thread, so the draws do not depend on thread timing and a
-   generator's state after batch ``k`` is the same every run (which exact resumption needs).
+   augmentation: see :mod:`minialex.data.transforms` and :mod:`minialex.data.augment`). Random
+   transforms draw from their generators here rather than in the thread, so the draws do not
+   depend on thread timing and a generator's state after batch ``k`` is the same every run.
 
-``loader.epoch(start=k)`` draws the epoch's order as usual but skips the first ``k`` batches
-without loading them: restore the shuffle generator to its state at the start of an epoch and
-this continues that epoch from batch ``k``.
+**Resuming.** The loader owns the random state of what it yields. ``state_dict()`` holds
+
+- ``"shuffle"``: the shuffle generator's state *before the current epoch's order was drawn*
+  while an epoch is in progress (``epoch()`` was called and its iterator has not run to its
+  end, even if it was closed early), else its current state; None without a generator;
+- ``"transform"``: the transform's random state as it is now, ``transform.state_dict()``
+  (for a bound method such as ``augmenter.train``, its object's); None if it has none.
+
+Both are plain data (JSON-able). After ``load_state_dict`` of a state saved when ``k`` batches of
+an epoch had been yielded, ``epoch(start=k)`` draws the same order, skips the first ``k`` batches
+without loading them, and yields exactly the batches (order and augmentation) the uninterrupted
+epoch would have yielded; the epochs after it match too. The shuffle generator and a random
+transform must not share one ``numpy.random.Generator`` (their states are saved at different
+moments).
 
 >>> ds = ArrayDataset(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), np.arange(10))
 >>> loader = Loader(ds, batch_size=4, shuffle=True, generator=np.random.default_rng(0))
@@ -24,6 +35,7 @@ this continues that epoch from batch ``k``.
 """
 from __future__ import annotations
 
+import copy
 import queue
 import threading
 
@@ -68,8 +80,9 @@ class Loader:
         dataset: ``len(dataset)`` and ``dataset.get_batch(indices) -> (images, labels)``.
         batch_size: samples per batch; the last batch is smaller unless ``drop_last``.
         shuffle: draw a new permutation from ``generator`` every epoch.
-        generator: a ``numpy.random.Generator`` (required when shuffling, so the order is
-            reproducible and its state can be checkpointed).
+        generator: a ``numpy.random.Generator``, required when shuffling: the order is then
+            reproducible and saved by :meth:`state_dict`, and it does not consume draws from
+            minialex's CPU stream (that dropout and augmentation use).
         transform: ``transform(images) -> images`` applied on the device, in the caller's thread.
         device: ``"cpu"`` or ``"gpu[:N]"``; batches are copied there by the loading thread.
         prefetch: batches loaded ahead by the background thread (0: no thread).
@@ -87,6 +100,7 @@ class Loader:
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.generator, self.transform = shuffle, generator, transform
         self.device, self.drop_last, self.prefetch = device, drop_last, int(prefetch)
+        self._open = None    # (token, shuffle state before its order) of the epoch in progress
 
     def __len__(self):
         n = len(self.dataset)
@@ -105,18 +119,49 @@ class Loader:
 
         The order is drawn here, when the epoch is asked for, not at the first ``next``.
         """
+        token = object()
+        self._open = (token, self._shuffle_state())
         order = self.order()
         batches = [order[i * self.batch_size:(i + 1) * self.batch_size]
                    for i in range(start, len(self))]
-        return self._transformed(batches)
+        return self._transformed(batches, token)
 
-    def _transformed(self, batches):
+    def state_dict(self) -> dict:
+        """The shuffle and transform states that resume this loader exactly (module docstring)."""
+        shuffle = self._open[1] if self._open else self._shuffle_state()
+        stateful = _stateful(self.transform)
+        return {"shuffle": copy.deepcopy(shuffle),
+                "transform": None if stateful is None else stateful.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`; the next :meth:`epoch` draws the saved epoch's order."""
+        shuffle, transform = state["shuffle"], state["transform"]
+        stateful = _stateful(self.transform)
+        if (shuffle is None) != (self.generator is None):
+            raise ValueError(f"Loader: the state {'has no' if shuffle is None else 'has a'} "
+                             f"shuffle state but this loader's generator is {self.generator!r}")
+        if (transform is None) != (stateful is None):
+            raise ValueError(f"Loader: the state {'has no' if transform is None else 'has a'} "
+                             f"transform state but this loader's transform is "
+                             f"{self.transform!r}")
+        if stateful is not None:
+            stateful.load_state_dict(transform)
+        if shuffle is not None:
+            self.generator.bit_generator.state = shuffle
+        self._open = None
+
+    def _shuffle_state(self):
+        return None if self.generator is None else self.generator.bit_generator.state
+
+    def _transformed(self, batches, token):
         source = self._threaded(batches) if self.prefetch else map(self._fetch, batches)
         try:
             for images, labels in source:
                 if self.transform is not None:
                     images = self.transform(images)
                 yield images, labels
+            if self._open is not None and self._open[0] is token:
+                self._open = None          # this epoch ran to its end
         finally:
             if hasattr(source, "close"):
                 source.close()  # stops the loading thread when the caller leaves early
@@ -165,6 +210,14 @@ class Loader:
         finally:
             stop.set()
             thread.join()
+
+
+def _stateful(transform):
+    """What holds ``transform``'s random state: itself, or a bound method's object."""
+    for candidate in (transform, getattr(transform, "__self__", None)):
+        if candidate is not None and hasattr(candidate, "state_dict"):
+            return candidate
+    return None
 
 
 class _Failure:
