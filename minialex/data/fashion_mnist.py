@@ -6,14 +6,15 @@ The four standard IDX files (gzip or not) are looked for, in order, in ``data_di
 
 - ``train``: the 60,000 training images less a hold-out of ``val_size`` (5,000 by default),
   chosen by a seeded permutation, so the same seed gives the same split everywhere;
-- ``val``: that hold-out, for model selection and the learning-rate schedule (the paper lowers
-  the rate when the *validation* error stops improving);
+- ``val``: that hold-out, for model selection and the learning-rate schedule (AlexNet lowers
+  the rate when the *validation* error stops improving: Krizhevsky et al. 2012, Sec. 5);
 - ``test``: the full 10,000-image test set, touched only for the final report.
 
 Images stay ``uint8`` of shape (N, 1, 28, 28) on the host; scaling to the model's input size and
 normalising happen per batch, on the device, in :mod:`minialex.data.transforms`. ``mean`` and
-``std`` are the pixel statistics of the ``train`` split on the [0, 1] scale (the paper subtracts
-the training set's mean activity; dividing by the std as well keeps the scale near 1).
+``std`` are the pixel statistics of the ``train`` split on the [0, 1] scale (AlexNet subtracts
+the training set's mean activity, Krizhevsky et al. 2012, Sec. 2; dividing by the std as well
+keeps the scale near 1).
 """
 from __future__ import annotations
 

@@ -187,7 +187,8 @@ def load_rgb(path, min_side: int | None = None) -> Image.Image:
 
 
 def resize_center_crop(img: Image.Image, size: int) -> np.ndarray:
-    """The paper's preprocessing: shorter side to ``size``, then the central ``size`` square.
+    """AlexNet's preprocessing (Krizhevsky et al. 2012, Sec. 2): shorter side to ``size``, then
+    the central ``size`` square.
 
     Returns uint8 ``(size, size, 3)``. Bilinear (antialiased when shrinking, as Pillow does).
     The crop offset is ``(long - size) // 2``, so an odd margin leaves the extra pixel at the end.

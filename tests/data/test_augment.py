@@ -1,4 +1,5 @@
-"""Crops, flips, PCA colour noise, mean subtraction and 10-crop (minialex/data/augment.py)."""
+"""Crops, flips, PCA colour noise, mean subtraction and 10-crop (minialex/data/augment.py),
+as in Krizhevsky et al. 2012, Sec. 4.1."""
 import numpy as np
 import pytest
 
