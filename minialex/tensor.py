@@ -198,26 +198,26 @@ class Tensor:
                 grads[id(x)] = gx if id(x) not in grads else grads[id(x)] + gx
             vars(fn).clear()  # free the graph: drop the inputs and what forward saved
 
-    # -- operators: each one line, delegating to a Function in minialex.ops ------------------
-    def __add__(self, other): return _ops().Add()(self, other)
-    def __radd__(self, other): return _ops().Add()(other, self)
-    def __sub__(self, other): return _ops().Sub()(self, other)
-    def __rsub__(self, other): return _ops().Sub()(other, self)
-    def __mul__(self, other): return _ops().Mul()(self, other)
-    def __rmul__(self, other): return _ops().Mul()(other, self)
-    def __truediv__(self, other): return _ops().Div()(self, other)
-    def __rtruediv__(self, other): return _ops().Div()(other, self)
-    def __matmul__(self, other): return _ops().MatMul()(self, other)
-    def __rmatmul__(self, other): return _ops().MatMul()(other, self)
-    def __pow__(self, exponent): return _ops().Pow(exponent)(self)
-    def __neg__(self): return _ops().Neg()(self)
-    def __getitem__(self, index): return _ops().GetItem(index)(self)
-    def sum(self, axis=None, keepdims=False): return _ops().Sum(axis, keepdims)(self)
-    def mean(self, axis=None, keepdims=False): return _ops().Mean(axis, keepdims)(self)
-    def reshape(self, *shape): return _ops().Reshape(*shape)(self)
-    def transpose(self, *axes): return _ops().Transpose(*axes)(self)
-    def exp(self): return _ops().Exp()(self)
-    def log(self): return _ops().Log()(self)
+    # -- operators: each one line, delegating to a Function in minialex.ops (imported below) --
+    def __add__(self, other): return ops.Add()(self, other)
+    def __radd__(self, other): return ops.Add()(other, self)
+    def __sub__(self, other): return ops.Sub()(self, other)
+    def __rsub__(self, other): return ops.Sub()(other, self)
+    def __mul__(self, other): return ops.Mul()(self, other)
+    def __rmul__(self, other): return ops.Mul()(other, self)
+    def __truediv__(self, other): return ops.Div()(self, other)
+    def __rtruediv__(self, other): return ops.Div()(other, self)
+    def __matmul__(self, other): return ops.MatMul()(self, other)
+    def __rmatmul__(self, other): return ops.MatMul()(other, self)
+    def __pow__(self, exponent): return ops.Pow(exponent)(self)
+    def __neg__(self): return ops.Neg()(self)
+    def __getitem__(self, index): return ops.GetItem(index)(self)
+    def sum(self, axis=None, keepdims=False): return ops.Sum(axis, keepdims)(self)
+    def mean(self, axis=None, keepdims=False): return ops.Mean(axis, keepdims)(self)
+    def reshape(self, *shape): return ops.Reshape(*shape)(self)
+    def transpose(self, *axes): return ops.Transpose(*axes)(self)
+    def exp(self): return ops.Exp()(self)
+    def log(self): return ops.Log()(self)
 
 
 def _topological_order(root):
@@ -246,6 +246,7 @@ def _topological_order(root):
     return reversed(order)
 
 
-def _ops():
-    from . import ops  # ops imports this module; resolved at first use, not at import
-    return ops
+# The one import cycle in minialex: ops subclasses Function (defined above), and Tensor's
+# operators create ops' Functions when they run. Importing ops last lets either module be
+# imported first.
+from . import ops  # noqa: E402
