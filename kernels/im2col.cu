@@ -1,5 +1,5 @@
 // Convolution helpers: im2col, its adjoint col2im, and the bias-add that turns the GEMM result
-// into NCHW (optionally fused with ReLU). Math and layouts: minialex/layers/conv.py.
+// into NCHW. Math and layouts: minialex/layers/conv.py.
 //
 // Notation: x (N, C, H, W); kernel KH x KW; strides SH, SW; zero padding PH, PW;
 // OH = (H + 2 PH - KH) / SH + 1, OW likewise; col (C*KH*KW, N*OH*OW) with
@@ -65,12 +65,11 @@ __device__ __forceinline__ void col2im(const T* __restrict__ col, int N, int C, 
     }
 }
 
-// bias_add_nchw: y[n, o, p] = out[o, n*P + p] + b[o] (P = OH*OW), then max(y, 0) when relu is
-// set, fusing conv's transpose, bias and ReLU into one pass. b may be NULL (no bias). The ReLU
-// keeps NaN, as NumPy's maximum does.
+// bias_add_nchw: y[n, o, p] = Y[o, n*P + p] + b[o] (P = OH*OW), conv's transpose and bias in
+// one pass. b may be NULL (no bias).
 template <typename T>
-__device__ __forceinline__ void bias_add_nchw(const T* __restrict__ out, const T* __restrict__ b,
-                                              int OC, int N, int OH, int OW, int relu,
+__device__ __forceinline__ void bias_add_nchw(const T* __restrict__ Y, const T* __restrict__ b,
+                                              int OC, int N, int OH, int OW,
                                               T* __restrict__ y) {
     const long long P = (long long)OH * OW;
     const long long total = (long long)N * OC * P;
@@ -78,9 +77,8 @@ __device__ __forceinline__ void bias_add_nchw(const T* __restrict__ out, const T
          i += (long long)blockDim.x * gridDim.x) {
         const long long p = i % P;
         const int o = (int)((i / P) % OC), n = (int)(i / (P * OC));
-        T value = out[o * (N * P) + n * P + p];
-        if (b) value += b[o];
-        y[i] = (relu && value < T(0)) ? T(0) : value;
+        const T value = Y[o * (N * P) + n * P + p];
+        y[i] = b ? value + b[o] : value;
     }
 }
 
@@ -106,14 +104,14 @@ __global__ void col2im_f64(const double* col, int N, int C, int H, int W, int KH
     col2im<double>(col, N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW, gx);
 }
 
-__global__ void bias_add_nchw_f32(const float* out, const float* b, int OC, int N, int OH, int OW,
-                                  int relu, float* y) {
-    bias_add_nchw<float>(out, b, OC, N, OH, OW, relu, y);
+__global__ void bias_add_nchw_f32(const float* Y, const float* b, int OC, int N, int OH, int OW,
+                                  float* y) {
+    bias_add_nchw<float>(Y, b, OC, N, OH, OW, y);
 }
 
-__global__ void bias_add_nchw_f64(const double* out, const double* b, int OC, int N, int OH,
-                                  int OW, int relu, double* y) {
-    bias_add_nchw<double>(out, b, OC, N, OH, OW, relu, y);
+__global__ void bias_add_nchw_f64(const double* Y, const double* b, int OC, int N, int OH,
+                                  int OW, double* y) {
+    bias_add_nchw<double>(Y, b, OC, N, OH, OW, y);
 }
 
 }  // extern "C"

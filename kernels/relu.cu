@@ -1,6 +1,5 @@
 // ReLU backward: gx = gy where y > 0, else 0 (the subgradient 0 at the kink y = 0).
-// Math: minialex/layers/activation.py. ReLU forward is one CuPy maximum; conv's forward can also
-// fuse it into the bias-add (bias_add_nchw in kernels/im2col.cu).
+// Math: minialex/layers/activation.py. ReLU forward is one CuPy maximum, so it has no kernel.
 //
 // A grid-stride loop over the n output elements, one thread per element: no shared memory, no
 // barriers, no atomics, so the host build (kernels/host_shim.h) runs it as-is.

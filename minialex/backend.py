@@ -1,9 +1,11 @@
-"""Devices and array modules: the one place where CPU and GPU are told apart.
+"""Devices, array modules and random streams: the one place where CPU and GPU are told apart.
 
 minialex computes on raw arrays of an *array module* ``xp``: NumPy on the CPU, CuPy on an
-NVIDIA GPU. Layer code asks ``xp = get_array_module(x)`` and writes ``xp.exp(x)`` once for both.
+NVIDIA GPU. Layer code asks ``xp = get_array_module(x)`` and writes ``xp.exp(x)`` once for both;
+where a hand-written kernel exists, the layer picks it with ``is_gpu_array(x)``.
 This module is the only one that imports CuPy, and it does so lazily, so importing minialex and
-everything on the CPU works without CuPy installed.
+everything on the CPU works without CuPy installed. It imports nothing from minialex: every other
+module may depend on it, and it on none of them.
 
 Device names: ``"cpu"``, ``"gpu"`` (the current CUDA device, normally 0) and ``"gpu:N"``.
 """
@@ -160,39 +162,3 @@ def set_rng_state(state: dict) -> None:
         rng = np.random.default_rng()
         rng.bit_generator.state = state["cpu"]
         _rngs["cpu"] = rng
-
-
-def matmul(a, b, out=None):
-    """``a @ b`` for 2-D arrays, into ``out`` when given: NumPy's BLAS on the CPU, cuBLAS through
-    :func:`minialex.cuda.gemm` on a GPU (so :func:`minialex.cuda.set_tf32` governs every layer's
-    GEMMs). Transposed views (``w.T``) are passed to BLAS as flags, not copied."""
-    if is_gpu_array(a):
-        from . import cuda  # the kernels' glue; loaded at first GPU use
-        return cuda.gemm(a, b, out=out)
-    return np.matmul(a, b, out=out)
-
-
-_pool = None  # worker threads for the CPU paths' copy loops, made at first use
-
-
-def cpu_parallel(fn, n: int, work: int) -> None:
-    """Run ``fn(start, stop)`` over ``range(n)`` split into one chunk per CPU core, in threads.
-
-    Why: NumPy's BLAS already uses every core, but its copies and ufuncs (im2col, col2im, the
-    pooling loops) use one; they release the GIL, so threads over independent slices (channels
-    or images) let those run on all cores too. ``work`` (elements touched) below ~1M runs inline,
-    where starting threads would cost more than it saves.
-    """
-    global _pool
-    import os
-    cores = min(os.cpu_count() or 1, n)
-    if cores <= 1 or work < (1 << 20):
-        fn(0, n)
-        return
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="minialex-cpu")
-    bounds = [n * i // cores for i in range(cores + 1)]
-    futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    for future in futures:
-        future.result()  # re-raises a worker's exception here

@@ -2,7 +2,7 @@ r"""The GPU side of minialex: the hand-written kernels in ``kernels/*.cu`` and c
 
 Each op here has the same signature and returns the same layout as its NumPy sibling in
 ``minialex/layers/`` (``_im2col_cpu``, ``_max_pool_forward_cpu``, ...), so a layer picks one at a
-single point: ``impl = cuda.im2col if backend.is_gpu_array(x) else _im2col_cpu``. The ops take and
+single point: ``impl = cuda.im2col if is_gpu_array(x) else _im2col_cpu``. The ops take and
 return contiguous CuPy arrays of float32 or float64 (max-pool's arg-max is int32).
 
 Kernels. Each ``kernels/X.cu`` exports ``<op>_f32`` and ``<op>_f64`` under plain ``extern "C"``
@@ -20,10 +20,14 @@ own dtype.
 GEMM. :func:`gemm` calls cuBLAS directly through ``cupy.cuda.cublas.gemmEx`` on 2-D operands, so
 the compute type is ours to choose: plain FP32 by default, TF32 tensor cores only after
 ``set_tf32(True)``. (``cupy.matmul`` on 3-D batches copies transposed operands and always passes
-FP32, and ``CUPY_TF32`` is a process-wide environment switch.)
+FP32, and ``CUPY_TF32`` is a process-wide environment switch.) :func:`gemm` runs the GEMMs of
+``conv2d`` and ``linear``, so ``set_tf32`` governs every weight layer; the small products that
+stay plain ``xp.matmul`` (``Tensor @ Tensor`` and adaptive average pooling's averaging
+matrices) follow CuPy's own setting instead.
 
-Importing this module never imports CuPy: it is fetched from :func:`minialex.backend.require_cupy`
-inside each function, which raises one clear error when CuPy, the driver or a GPU is missing.
+Importing this module never imports CuPy (the layer files import it at the top on every
+machine): each function fetches CuPy from :func:`minialex.backend.require_cupy`, which raises one
+clear error when CuPy, the driver or a GPU is missing.
 
 >>> from minialex import cuda
 >>> cuda.tf32_enabled()
@@ -39,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from .layers._common import output_size
 
 BLOCK = 256          # threads per block: 8 warps; 8 such blocks fill an A100/H100 SM (2048)
 BLOCKS_PER_SM = 32   # grid cap per SM, 4x what fits at once; past it the threads loop instead
@@ -132,10 +137,6 @@ def _ints(*values) -> tuple:
     return tuple(np.int32(v) for v in values)
 
 
-def _output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def _same_dtype(op: str, reference, **arrays) -> None:
     for name, array in arrays.items():
         if array is not None and array.dtype != reference.dtype:
@@ -149,7 +150,7 @@ def im2col(x, KH, KW, SH, SW, PH, PW):
     cupy = backend.require_cupy()
     x = cupy.ascontiguousarray(x)
     N, C, H, W = x.shape
-    OH, OW = _output_size(H, KH, SH, PH), _output_size(W, KW, SW, PW)
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     col = cupy.empty((C * KH * KW, N * OH * OW), dtype=x.dtype)
     _launch("im2col", x.dtype, col.size,
             (x, *_ints(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW), col))
@@ -162,7 +163,7 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
     cupy = backend.require_cupy()
     col = cupy.ascontiguousarray(col)
     N, C, H, W = x_shape
-    OH, OW = _output_size(H, KH, SH, PH), _output_size(W, KW, SW, PW)
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     if col.shape != (C * KH * KW, N * OH * OW):
         raise ValueError(f"minialex.cuda.col2im: col must be {(C * KH * KW, N * OH * OW)} for "
                          f"x_shape {tuple(x_shape)} and kernel {(KH, KW)}, got {col.shape}")
@@ -172,22 +173,22 @@ def col2im(col, x_shape, KH, KW, SH, SW, PH, PW):
     return gx
 
 
-def bias_add_nchw(out, b, N, OH, OW, relu=False):
-    """y (N, OC, OH, OW) = out (OC, N*OH*OW) transposed, plus b (OC,) unless b is None, then
-    max(y, 0) when ``relu``: conv's GEMM result to NCHW in one pass."""
+def bias_add_nchw(Y, b, N, OH, OW):
+    """y (N, OC, OH, OW) = Y (OC, N*OH*OW) transposed, plus b (OC,) unless b is None: conv's
+    GEMM result to NCHW in one pass."""
     cupy = backend.require_cupy()
-    out = cupy.ascontiguousarray(out)
-    OC = out.shape[0]
-    if out.shape != (OC, N * OH * OW):
-        raise ValueError(f"minialex.cuda.bias_add_nchw: out must be (OC, N*OH*OW) = "
-                         f"({OC}, {N * OH * OW}), got {out.shape}")
+    Y = cupy.ascontiguousarray(Y)
+    OC = Y.shape[0]
+    if Y.shape != (OC, N * OH * OW):
+        raise ValueError(f"minialex.cuda.bias_add_nchw: Y must be (OC, N*OH*OW) = "
+                         f"({OC}, {N * OH * OW}), got {Y.shape}")
     if b is not None:
         b = cupy.ascontiguousarray(b)
-        _same_dtype("bias_add_nchw", out, b=b)
+        _same_dtype("bias_add_nchw", Y, b=b)
         if b.shape != (OC,):
             raise ValueError(f"minialex.cuda.bias_add_nchw: b must be ({OC},), got {b.shape}")
-    y = cupy.empty((N, OC, OH, OW), dtype=out.dtype)
-    _launch("bias_add_nchw", out.dtype, y.size, (out, b, *_ints(OC, N, OH, OW, bool(relu)), y))
+    y = cupy.empty((N, OC, OH, OW), dtype=Y.dtype)
+    _launch("bias_add_nchw", Y.dtype, y.size, (Y, b, *_ints(OC, N, OH, OW), y))
     return y
 
 
@@ -198,7 +199,7 @@ def max_pool_forward(x, KH, KW, SH, SW, PH, PW):
     cupy = backend.require_cupy()
     x = cupy.ascontiguousarray(x)
     N, C, H, W = x.shape
-    OH, OW = _output_size(H, KH, SH, PH), _output_size(W, KW, SW, PW)
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     y = cupy.empty((N, C, OH, OW), dtype=x.dtype)
     argmax = cupy.empty((N, C, OH, OW), dtype=np.int32)
     _launch("max_pool_forward", x.dtype, y.size,
@@ -211,7 +212,7 @@ def max_pool_backward(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
     cupy = backend.require_cupy()
     gy, argmax = cupy.ascontiguousarray(gy), cupy.ascontiguousarray(argmax)
     N, C, H, W = x_shape
-    OH, OW = _output_size(H, KH, SH, PH), _output_size(W, KW, SW, PW)
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     if gy.shape != (N, C, OH, OW) or argmax.shape != gy.shape or argmax.dtype != np.int32:
         raise ValueError(f"minialex.cuda.max_pool_backward: gy and argmax (int32) must be "
                          f"{(N, C, OH, OW)}, got {gy.shape} and {argmax.shape} {argmax.dtype}")
@@ -272,7 +273,8 @@ def dropout_forward(x, u, p, scale):
 
 # -- GEMM through cuBLAS ----------------------------------------------------------------------
 def set_tf32(enabled: bool) -> None:
-    """Allow (True) or forbid (False, the default) TF32 tensor cores in float32 :func:`gemm`.
+    """Allow (True) or forbid (False, the default) TF32 tensor cores in float32 :func:`gemm`,
+    which runs the GEMMs of ``conv2d`` and ``linear`` (not ``Tensor @ Tensor``, see above).
 
     TF32 keeps 10 mantissa bits of each product's inputs (float32 keeps 23), so results differ
     from FP32 by ~1e-3 relative; it is much faster on Ampere and later GPUs.

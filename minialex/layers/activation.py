@@ -5,7 +5,7 @@ over the axis ``dim`` (the classes), every other axis indexing independent rows.
 
 Forward and Gradient:
 
-- ReLU (AlexNet section 3.1): :math:`y = \max(0, x)`, :math:`gx = gy\,[y > 0]`. At the kink
+- ReLU (AlexNet Sec. 3.1): :math:`y = \max(0, x)`, :math:`gx = gy\,[y > 0]`. At the kink
   ``x = 0`` the subgradient 0 is used (as micrograd's ``> 0`` and PyTorch do), so a unit with
   zero input passes no gradient. Backward needs only the saved output ``y``.
 - tanh: :math:`y = \tanh x`, :math:`gx = gy\,(1 - y^2)`.
@@ -22,36 +22,23 @@ Shape:
     axis: the classes of an (N, classes) batch). PyTorch asks for ``dim`` explicitly; its
     deprecated implicit choice is 1 for inputs of 2 or more dimensions.
 
-Paper: section 3.1 (ReLU trains a CIFAR-10 net six times faster than tanh), section 2/3.5
-(1000-way softmax on fc8).
+Paper: Krizhevsky et al. (2012), Sec. 3.1 (ReLU trains a CIFAR-10 net six times faster than
+tanh) and Sec. 3.5 (1000-way softmax on fc8).
 
 GPU: kernels/relu.cu (relu_backward); tanh and softmax are plain CuPy array code.
 """
 from __future__ import annotations
 
-import numbers
-
 import numpy as np
 
-from .. import backend
-from ..backend import get_array_module
+from .. import cuda
+from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
+from ._common import check_float, is_int
 
 
 # -- ReLU -----------------------------------------------------------------------------------
-def relu_backward(y, gy):
-    """``gx = gy where y > 0 else 0`` (subgradient 0 at 0)."""
-    if backend.is_gpu_array(gy):
-        from .. import cuda  # imported at first GPU use, so CPU-only installs never load it
-        return cuda.relu_backward(y, gy)
-    return _relu_backward_cpu(y, gy)
-
-
-def _relu_backward_cpu(y, gy):
-    return gy * (y > 0)
-
-
 class ReLUFunction(Function):
     """``y = max(0, x)``; keeps ``y`` only. No double backward."""
 
@@ -62,8 +49,8 @@ class ReLUFunction(Function):
         return self.y
 
     def backward(self, gy):
-        xp = get_array_module(gy)
-        return relu_backward(self.y, xp.ascontiguousarray(gy))
+        impl = cuda.relu_backward if is_gpu_array(gy) else _relu_backward_cpu
+        return impl(self.y, get_array_module(gy).ascontiguousarray(gy))
 
 
 class TanhFunction(Function):
@@ -113,16 +100,10 @@ class LogSoftmaxFunction(Function):
 
 
 # -- functional -----------------------------------------------------------------------------
-def _check_input(op, x):
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{op}: input must be a Tensor or an array, got {type(x).__name__}")
-    if np.dtype(x.dtype).kind != "f":
-        raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
-
-
 def _check_dim(op, x, dim):
-    ndim = len(x.shape)
-    if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+    """``dim`` as a non-negative axis of ``x``, after checking x and dim."""
+    ndim = len(check_float(op, "input", x))
+    if not is_int(dim):
         raise TypeError(f"{op}: dim must be an int, got dim={dim!r}")
     if ndim == 0 or not -ndim <= dim < ndim:
         raise ValueError(f"{op}: dim={dim} is out of range for input of shape {tuple(x.shape)}")
@@ -135,7 +116,7 @@ def relu(x) -> Tensor:
     >>> relu(Tensor(np.array([-1.0, 0.0, 2.0], dtype=np.float32))).numpy()
     array([0., 0., 2.], dtype=float32)
     """
-    _check_input("relu", x)
+    check_float("relu", "input", x)
     return ReLUFunction()(x)
 
 
@@ -145,7 +126,7 @@ def tanh(x) -> Tensor:
     >>> tanh(Tensor(np.array([0.0, 100.0]))).numpy()
     array([0., 1.])
     """
-    _check_input("tanh", x)
+    check_float("tanh", "input", x)
     return TanhFunction()(x)
 
 
@@ -156,7 +137,6 @@ def softmax(x, dim=-1) -> Tensor:
     array([[0.25, 0.75],
            [0.5 , 0.5 ]])
     """
-    _check_input("softmax", x)
     return SoftmaxFunction(_check_dim("softmax", x, dim))(x)
 
 
@@ -166,7 +146,6 @@ def log_softmax(x, dim=-1) -> Tensor:
     >>> log_softmax(Tensor(np.array([[1e4, 1e4 - np.log(3.0)]]))).numpy().round(4)
     array([[-0.2877, -1.3863]])
     """
-    _check_input("log_softmax", x)
     return LogSoftmaxFunction(_check_dim("log_softmax", x, dim))(x)
 
 
@@ -221,3 +200,9 @@ class LogSoftmax(Softmax):
 
     def forward(self, x):
         return log_softmax(x, self.dim)
+
+
+# -- ReLU backward on the CPU: the NumPy sibling of kernels/relu.cu -------------------------
+def _relu_backward_cpu(y, gy):
+    """``gx = gy where y > 0 else 0`` (subgradient 0 at 0), as a product like the kernel's."""
+    return gy * (y > 0)

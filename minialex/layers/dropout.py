@@ -1,4 +1,4 @@
-r"""Dropout: zero each activity with probability ``p`` while training (AlexNet, section 4.2).
+r"""Dropout: zero each activity with probability ``p`` while training (AlexNet, Sec. 4.2).
 
 Notation: ``x`` input, ``y`` output, ``m`` the mask, ``p`` the drop probability, ``s`` the
 training-time scale.
@@ -26,8 +26,8 @@ Gradient. ``y = s * m * x`` is linear in ``x`` with the mask held fixed, so
 Shape:
     x of any shape -> y of the same shape; ``mask`` has that shape and x's dtype.
 
-Paper: section 4.2, p = 0.5 on fc6 and fc7; it "roughly doubles the number of iterations
-required to converge".
+Paper: Krizhevsky et al. (2012), Sec. 4.2, p = 0.5 on fc6 and fc7; it "roughly doubles the
+number of iterations required to converge".
 
 GPU: kernels/dropout.cu (dropout_forward applies the mask drawn from CuPy's generator).
 """
@@ -37,26 +37,14 @@ import numbers
 
 import numpy as np
 
-from .. import backend
-from ..backend import get_array_module
+from .. import backend, cuda
+from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
+from ._common import check_float
 
 MODES = ("inverted", "paper")
 PAPER_P = 0.5
-
-
-def dropout_forward(x, u, p, scale):
-    """``(y, mask)``: ``mask = (u >= p)`` as x's dtype, ``y = x * mask * scale``."""
-    if backend.is_gpu_array(x):
-        from .. import cuda  # imported at first GPU use, so CPU-only installs never load it
-        return cuda.dropout_forward(x, u, p, scale)
-    return _dropout_forward_cpu(x, u, p, scale)
-
-
-def _dropout_forward_cpu(x, u, p, scale):
-    mask = (u >= p).astype(x.dtype)
-    return x * mask * x.dtype.type(scale), mask
 
 
 class DropoutFunction(Function):
@@ -71,10 +59,10 @@ class DropoutFunction(Function):
         self.p, self.scale = p, scale
 
     def forward(self, x):
-        xp = get_array_module(x)
-        x = xp.ascontiguousarray(x)
+        impl = cuda.dropout_forward if is_gpu_array(x) else _dropout_forward_cpu
+        x = get_array_module(x).ascontiguousarray(x)
         u = backend.rng_for(x).random(x.shape, dtype=x.dtype)
-        y, self.mask = dropout_forward(x, u, self.p, self.scale)
+        y, self.mask = impl(x, u, self.p, self.scale)
         return y
 
     def backward(self, gy):
@@ -107,10 +95,7 @@ def dropout(x, p=PAPER_P, training=True, mode="inverted") -> Tensor:
     >>> dropout(x, 0.5, training=False, mode="paper").numpy()
     array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5], dtype=float32)
     """
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"dropout: input must be a Tensor or an array, got {type(x).__name__}")
-    if np.dtype(x.dtype).kind != "f":
-        raise TypeError(f"dropout: input must be floating point, got dtype {x.dtype}")
+    check_float("dropout", "input", x)
     _check_p("dropout", p)
     _check_mode("dropout", mode)
     if not isinstance(training, (bool, np.bool_)):
@@ -146,3 +131,10 @@ class Dropout(Module):
 
     def extra_repr(self):
         return f"p={self.p}" + ("" if self.mode == "inverted" else f", mode={self.mode!r}")
+
+
+# -- dropout on the CPU: the NumPy sibling of kernels/dropout.cu ----------------------------
+def _dropout_forward_cpu(x, u, p, scale):
+    """``(y, mask)``: ``mask = (u >= p)`` as x's dtype, ``y = x * mask * scale``."""
+    mask = (u >= p).astype(x.dtype)
+    return x * mask * x.dtype.type(scale), mask

@@ -1,77 +1,71 @@
 r"""Fully connected layers (fc6, fc7, fc8) and the flatten between conv5 and fc6.
 
-Notation: ``x`` input (\*, in), ``W`` weight (out, in) in PyTorch's layout, ``b`` bias (out,),
+Notation: ``x`` input (\*, in), ``w`` weight (out, in) in PyTorch's layout, ``b`` bias (out,),
 ``y`` output (\*, out); ``X`` (M, in) and ``gY`` (M, out) are ``x`` and ``gy`` with the leading
 axes flattened into M rows.
 
 Forward:
 
-.. math::  y[\ldots, o] = b[o] + \sum_{i} x[\ldots, i]\, W[o, i], \qquad Y = X W^T + b.
+.. math::  y[\ldots, o] = b[o] + \sum_{i} x[\ldots, i]\, w[o, i], \qquad Y = X w^T + b.
 
-Gradient. The product rule for a matrix product, rows summed where ``b`` and ``W`` are shared:
+Gradient. The product rule for a matrix product, rows summed where ``b`` and ``w`` are shared:
 
-.. math::  gX = gY\, W, \qquad gW = gY^T X, \qquad gb[o] = \sum_{m} gY[m, o].
+.. math::  gX = gY\, w, \qquad gw = gY^T X, \qquad gb[o] = \sum_{m} gY[m, o].
 
 ``flatten`` only moves elements, so its gradient is ``gy`` reshaped back to ``x``'s shape.
 
 Shape:
-    linear: x (\*, in), W (out, in), b (out,) -> y (\*, out); a 1-D x (in,) gives (out,).
+    linear: x (\*, in), w (out, in), b (out,) -> y (\*, out); a 1-D x (in,) gives (out,).
     flatten(start_dim=s, end_dim=e): (d_0, ..., d_{n-1}) ->
     (d_0, ..., d_{s-1}, d_s \cdot \ldots \cdot d_e, d_{e+1}, ..., d_{n-1}); AlexNet's
     (N, 256, 6, 6) becomes (N, 9216).
 
-Paper: sections 3.5 and 4.2 (fc6 and fc7 with 4096 units, fc8 with 1000).
+Paper: Krizhevsky et al. (2012), Sec. 3.5 and 4.2 (fc6 and fc7 with 4096 units, fc8 with
+1000).
 
-GPU: no kernels/ file; the GEMMs are cuBLAS through CuPy, the same code as on the CPU.
+GPU: no kernels/ file; the GEMMs are cuBLAS through ``minialex.cuda.gemm`` (TF32 only after
+``minialex.cuda.set_tf32(True)``), NumPy's BLAS on the CPU.
 """
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
-from .. import backend
-from ..backend import get_array_module
+from .. import backend, cuda
+from ..backend import get_array_module, is_gpu_array
 from ..module import Module, Parameter
 from ..tensor import Function, Tensor
+from ._common import check_float, is_int, positive_int
 
 
 class LinearFunction(Function):
-    """``y = x @ W.T + b`` over the last axis of ``x``. No double backward.
+    """``y = x @ w.T + b`` over the last axis of ``x``. No double backward.
 
-    Keeps ``x`` (only when ``W`` needs a gradient) and ``W`` (only when ``x`` does).
+    Keeps ``X`` (only when ``w`` needs a gradient) and ``w`` (only when ``x`` does).
     """
 
-    def forward(self, x, W, b=None):
-        xp = get_array_module(x)
+    def forward(self, x, w, b=None):
+        matmul = cuda.gemm if is_gpu_array(x) else np.matmul
         X = x.reshape(-1, x.shape[-1])
-        Y = backend.matmul(X, W.T)
+        Y = matmul(X, w.T)
         if b is not None:
             Y += b
-        needs_x, needs_W = self.needs_input_grad[:2]
-        self.saved = (X if needs_W else None, W if needs_x else None)
+        needs_x, needs_w = self.needs_input_grad[:2]
+        self.saved = (X if needs_w else None, w if needs_x else None)
         self.x_shape = x.shape
-        return xp.ascontiguousarray(Y).reshape(x.shape[:-1] + (W.shape[0],))
+        return get_array_module(x).ascontiguousarray(Y).reshape(x.shape[:-1] + (w.shape[0],))
 
     def backward(self, gy):
-        X, W = self.saved
+        matmul = cuda.gemm if is_gpu_array(gy) else np.matmul
+        X, w = self.saved
         gY = gy.reshape(-1, gy.shape[-1])
-        gx = backend.matmul(gY, W).reshape(self.x_shape) if self.needs_input_grad[0] else None
-        gW = backend.matmul(gY.T, X) if self.needs_input_grad[1] else None
+        gx = matmul(gY, w).reshape(self.x_shape) if self.needs_input_grad[0] else None
+        gw = matmul(gY.T, X) if self.needs_input_grad[1] else None
         gb = None
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             gb = gY.sum(axis=0)
-        return gx, gW, gb
-
-
-def _check_float(op, name, x, ndim=None, layout=""):
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{op}: {name} must be a Tensor or an array, got {type(x).__name__}")
-    if ndim is not None and len(x.shape) != ndim:
-        raise ValueError(f"{op}: {name} must be {layout}, got shape {tuple(x.shape)}")
-    if np.dtype(x.dtype).kind != "f":
-        raise TypeError(f"{op}: {name} must be floating point, got dtype {x.dtype}")
+        return gx, gw, gb
 
 
 def linear(x, weight, bias=None) -> Tensor:
@@ -82,25 +76,17 @@ def linear(x, weight, bias=None) -> Tensor:
     >>> linear(x, w, Tensor(np.array([0.0, 0.5, 1.0]))).numpy()
     array([[ 1. ,  3.5, -1. ]])
     """
-    _check_float("linear", "input", x)
-    _check_float("linear", "weight", weight, 2, "(out_features, in_features)")
-    if len(x.shape) == 0:
-        raise ValueError("linear: input must have at least 1 dimension (*, in_features), got a "
-                         "0-d scalar")
-    if x.shape[-1] != weight.shape[1]:
-        raise ValueError(f"linear: input {tuple(x.shape)} has {x.shape[-1]} features but weight "
-                         f"{tuple(weight.shape)} expects in_features={weight.shape[1]}")
-    if np.dtype(x.dtype) != np.dtype(weight.dtype):
-        raise TypeError(f"linear: input is {x.dtype} but weight is {weight.dtype}; convert one "
-                        f"with .to(dtype=...)")
+    shape = check_float("linear", "input", x, "(*, in_features)")
+    out_features, in_features = check_float("linear", "weight", weight,
+                                            "(out_features, in_features)", like=x)
+    if shape[-1] != in_features:
+        raise ValueError(f"linear: input {shape} has {shape[-1]} features but weight "
+                         f"{tuple(weight.shape)} expects in_features={in_features}")
     if bias is None:
         return LinearFunction()(x, weight)
-    _check_float("linear", "bias", bias)
-    if tuple(bias.shape) != (weight.shape[0],):
-        raise ValueError(f"linear: bias must have shape ({weight.shape[0]},) for weight "
+    if check_float("linear", "bias", bias, like=x) != (out_features,):
+        raise ValueError(f"linear: bias must have shape ({out_features},) for weight "
                          f"{tuple(weight.shape)}, got {tuple(bias.shape)}")
-    if np.dtype(bias.dtype) != np.dtype(weight.dtype):
-        raise TypeError(f"linear: weight is {weight.dtype} but bias is {bias.dtype}")
     return LinearFunction()(x, weight, bias)
 
 
@@ -108,7 +94,7 @@ def _check_dims(op, ndim, start_dim, end_dim):
     """``(start, end)`` as non-negative axes, or ValueError naming the bad one."""
     out = []
     for name, dim in (("start_dim", start_dim), ("end_dim", end_dim)):
-        if not isinstance(dim, numbers.Integral) or isinstance(dim, bool):
+        if not is_int(dim):
             raise TypeError(f"{op}: {name} must be an int, got {name}={dim!r}")
         if not -max(ndim, 1) <= dim < max(ndim, 1):
             raise ValueError(f"{op}: {name}={dim} is out of range for a tensor with {ndim} "
@@ -153,10 +139,8 @@ class Linear(Module):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Linear: {name} must be a positive int, got {value!r}")
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = positive_int("Linear", "in_features", in_features)
+        self.out_features = positive_int("Linear", "out_features", out_features)
         bound = 1.0 / math.sqrt(in_features)
         rng = backend.rng_for(np)
         self.weight = Parameter(

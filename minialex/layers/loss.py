@@ -30,7 +30,8 @@ Shape:
 
 Not supported (PyTorch has them): class ``weight``, ``ignore_index``, ``label_smoothing``.
 
-Paper: section 4 ("maximize the multinomial logistic regression objective"; softmax on fc8).
+Paper: Krizhevsky et al. (2012), Sec. 4 ("maximize the multinomial logistic regression
+objective"; softmax on fc8).
 
 GPU: no kernels/ file; plain CuPy array code (max, exp, sum and one fancy-indexed gather).
 """
@@ -42,6 +43,7 @@ from .. import backend
 from ..backend import get_array_module
 from ..module import Module
 from ..tensor import Function, Tensor
+from ._common import check_float
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -111,12 +113,7 @@ class NLLLossFunction(Function):
 
 def _check_args(op, name, x, labels, reduction):
     """The labels as an integer array on ``x``'s device, after checking every argument."""
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"{op}: {name} must be a Tensor or an array, got {type(x).__name__}")
-    if len(x.shape) != 2:
-        raise ValueError(f"{op}: {name} must be (N, C), got shape {tuple(x.shape)}")
-    if np.dtype(x.dtype).kind != "f":
-        raise TypeError(f"{op}: {name} must be floating point, got dtype {x.dtype}")
+    N, C = check_float(op, name, x, "(N, C)")
     if reduction not in REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     data = x.data if isinstance(x, Tensor) else x
@@ -125,7 +122,6 @@ def _check_args(op, name, x, labels, reduction):
         t = np.asarray(t)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers (class indices), got dtype {t.dtype}")
-    N, C = x.shape
     if tuple(t.shape) != (N,):
         raise ValueError(f"{op}: labels must have shape ({N},) for {name} {tuple(x.shape)}, "
                          f"got {tuple(t.shape)}")

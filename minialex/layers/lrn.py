@@ -1,4 +1,4 @@
-r"""Local response normalisation across channels (AlexNet, section 3.3).
+r"""Local response normalisation across channels (AlexNet, Sec. 3.3).
 
 Notation: ``x`` input (N, C, H, W) (the paper's activities :math:`a`), ``y`` output (the paper's
 :math:`b`), channel index ``c`` (the paper's ``i``), ``size`` the number of adjacent channels
@@ -51,8 +51,8 @@ Shape:
     x (N, C, \*) -> y of the same shape; typically (N, C, H, W). Channels are axis 1; any
     trailing axes (none, or L, or H, W, or D, H, W) are treated as positions.
 
-Paper: section 3.3 (k=2, n=5, alpha=1e-4, beta=0.75, applied after the ReLU of conv1 and
-conv2); it cut top-1/top-5 error by 1.4%/1.2%.
+Paper: Krizhevsky et al. (2012), Sec. 3.3 (k=2, n=5, alpha=1e-4, beta=0.75, applied after the
+ReLU of conv1 and conv2); it cut top-1/top-5 error by 1.4%/1.2%.
 
 GPU: kernels/lrn.cu (lrn_forward, lrn_backward), through ``minialex.cuda``.
 """
@@ -63,64 +63,16 @@ import numbers
 
 import numpy as np
 
-from .. import backend
-from ..backend import get_array_module
+from .. import cuda
+from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
+from ._common import check_float, positive_int
 
 CONVENTIONS = ("paper", "pytorch")
 PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K = 5, 1e-4, 0.75, 2.0
 
 
-# -- channel-window sums: the CPU implementations and the one dispatch point ---------------
-def _window_sum(a, before: int, after: int):
-    """``out[:, c] = sum(a[:, j] for j in c-before .. c+after, clipped to [0, C-1])``.
-
-    One shifted add per offset (``size`` passes): unlike a cumulative sum over channels, it
-    never subtracts large partial sums, so small windows after large ones keep their precision.
-    """
-    C = a.shape[1]
-    out = a.copy()
-    for d in range(1, min(before, C - 1) + 1):
-        out[:, d:] += a[:, :C - d]
-    for d in range(1, min(after, C - 1) + 1):
-        out[:, :C - d] += a[:, d:]
-    return out
-
-
-def lrn_forward(x, size, alpha, beta, k):
-    """``(y, scale)`` for x (N, C, H, W) contiguous; ``alpha`` is the coefficient as used
-    (already divided by ``size`` for the PyTorch convention)."""
-    if backend.is_gpu_array(x):
-        from .. import cuda  # imported at first GPU use, so CPU-only installs never load it
-        return cuda.lrn_forward(x, size, alpha, beta, k)
-    return _lrn_forward_cpu(x, size, alpha, beta, k)
-
-
-def _lrn_forward_cpu(x, size, alpha, beta, k):
-    scale = _window_sum(x * x, size // 2, (size - 1) // 2)
-    scale *= alpha
-    scale += k
-    return x * scale ** -beta, scale
-
-
-def lrn_backward(x, y, scale, gy, size, alpha, beta):
-    """``gx`` from the saved ``x``, ``y`` and ``scale`` (see the module docstring)."""
-    if backend.is_gpu_array(gy):
-        from .. import cuda
-        return cuda.lrn_backward(x, y, scale, gy, size, alpha, beta)
-    return _lrn_backward_cpu(x, y, scale, gy, size, alpha, beta)
-
-
-def _lrn_backward_cpu(x, y, scale, gy, size, alpha, beta):
-    # Sum over the j whose window holds i: the mirrored window, hence the swapped offsets.
-    t = _window_sum(gy * y / scale, (size - 1) // 2, size // 2)
-    gx = gy * scale ** -beta
-    gx -= (2.0 * alpha * beta) * x * t
-    return gx
-
-
-# -- the differentiable op ------------------------------------------------------------------
 class LocalResponseNormFunction(Function):
     """``y = x * (k + alpha * window_sum(x^2)) ** -beta``, with ``alpha`` as used in the formula
     (the functional divides by ``size`` for ``convention="pytorch"``). No double backward.
@@ -138,7 +90,8 @@ class LocalResponseNormFunction(Function):
         if x.ndim != 4:  # the kernels take (N, C, H, W): other ranks put positions in H, W = 1
             x = x.reshape(N, C, math.prod(x.shape[2:]), 1)
         x = xp.ascontiguousarray(x)
-        y, scale = lrn_forward(x, self.size, self.alpha, self.beta, self.k)
+        impl = cuda.lrn_forward if is_gpu_array(x) else _lrn_forward_cpu
+        y, scale = impl(x, self.size, self.alpha, self.beta, self.k)
         self.saved = x, y, scale
         return y.reshape(self.x_shape)
 
@@ -146,14 +99,14 @@ class LocalResponseNormFunction(Function):
         xp = get_array_module(gy)
         x, y, scale = self.saved
         gy = xp.ascontiguousarray(gy.reshape(x.shape))
-        gx = lrn_backward(x, y, scale, gy, self.size, self.alpha, self.beta)
+        impl = cuda.lrn_backward if is_gpu_array(gy) else _lrn_backward_cpu
+        gx = impl(x, y, scale, gy, self.size, self.alpha, self.beta)
         return gx.reshape(self.x_shape)
 
 
 # -- functional -----------------------------------------------------------------------------
 def _check_options(op, size, alpha, beta, k, convention):
-    if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
-        raise ValueError(f"{op}: size must be a positive int, got size={size!r}")
+    positive_int(op, "size", size)
     for name, value, ok, need in (("alpha", alpha, lambda v: v >= 0, ">= 0"),
                                   ("beta", beta, lambda v: True, "a number"),
                                   ("k", k, lambda v: v > 0, "> 0")):
@@ -178,15 +131,7 @@ def local_response_norm(x, size=PAPER_SIZE, alpha=PAPER_ALPHA, beta=PAPER_BETA, 
     >>> local_response_norm(x, 3, 1.0, 1.0, 1.0, convention="pytorch").numpy().ravel().round(4)
     array([0.6, 0.5, 0.6], dtype=float32)
     """
-    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-        raise TypeError(f"local_response_norm: input must be a Tensor or an array, got "
-                        f"{type(x).__name__}")
-    if len(x.shape) < 2:
-        raise ValueError(f"local_response_norm: expected input (N, C, ...) with at least 2 "
-                         f"dimensions, got shape {tuple(x.shape)}")
-    if np.dtype(x.dtype).kind != "f":
-        raise TypeError(f"local_response_norm: input must be floating point, got dtype "
-                        f"{x.dtype}")
+    check_float("local_response_norm", "input", x, "(N, C, ...)")
     _check_options("local_response_norm", size, alpha, beta, k, convention)
     alpha_used = alpha / size if convention == "pytorch" else alpha
     return LocalResponseNormFunction(int(size), float(alpha_used), float(beta), float(k))(x)
@@ -222,3 +167,37 @@ class LocalResponseNorm(Module):
         if self.convention != "paper":
             text += f", convention={self.convention!r}"
         return text
+
+
+# -- channel-window sums on the CPU: the NumPy siblings of kernels/lrn.cu ------------------
+def _window_sum(a, before: int, after: int):
+    """``out[:, c] = sum(a[:, j] for j in c-before .. c+after, clipped to [0, C-1])``.
+
+    One shifted add per offset (``size`` passes): unlike a cumulative sum over channels, it
+    never subtracts large partial sums, so small windows after large ones keep their precision.
+    """
+    C = a.shape[1]
+    out = a.copy()
+    for d in range(1, min(before, C - 1) + 1):
+        out[:, d:] += a[:, :C - d]
+    for d in range(1, min(after, C - 1) + 1):
+        out[:, :C - d] += a[:, d:]
+    return out
+
+
+def _lrn_forward_cpu(x, size, alpha, beta, k):
+    """``(y, scale)`` for x (N, C, H, W) contiguous; ``alpha`` is the coefficient as used
+    (already divided by ``size`` for the PyTorch convention)."""
+    scale = _window_sum(x * x, size // 2, (size - 1) // 2)
+    scale *= alpha
+    scale += k
+    return x * scale ** -beta, scale
+
+
+def _lrn_backward_cpu(x, y, scale, gy, size, alpha, beta):
+    """``gx`` from the saved ``x``, ``y`` and ``scale`` (see the module docstring)."""
+    # Sum over the j whose window holds i: the mirrored window, hence the swapped offsets.
+    t = _window_sum(gy * y / scale, (size - 1) // 2, size // 2)
+    gx = gy * scale ** -beta
+    gx -= (2.0 * alpha * beta) * x * t
+    return gx

@@ -38,74 +38,26 @@ Shape:
     OW = floor((W + 2 PW - KW) / SW) + 1 (floor mode); stride defaults to the kernel size and
     padding may be at most half the kernel (PyTorch's rule: every window keeps a real element).
 
-Paper: section 3.4, "Overlapping Pooling": z = 3, s = 2 instead of z = s = 2 cut top-1/top-5 error
-by 0.4%/0.3%.
+Paper: Krizhevsky et al. (2012), Sec. 3.4, "Overlapping Pooling": z = 3, s = 2 instead of
+z = s = 2 cut top-1/top-5 error by 0.4%/0.3%.
 
-GPU: kernels/pool.cu (max_pool_forward, max_pool_backward); average pooling is plain CuPy code.
+GPU: kernels/pool.cu (max_pool_forward, max_pool_backward); average pooling is plain CuPy code,
+and adaptive average pooling's two small products are ``xp.matmul`` (not ``cuda.gemm``, so
+``set_tf32`` does not apply to them).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .. import backend
-from ..backend import get_array_module
+from .. import cuda
+from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
-from .conv import as_pair, check_input, conv_output_size, padded, unpadded, window
+from ._common import (check_float, check_window_fits, cpu_parallel, output_size, pair, padded,
+                      unpadded, window)
 
 
 # -- max pooling ----------------------------------------------------------------------------
-def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
-    """(y, argmax) for x (N, C, H, W): loop over the KH*KW window offsets, not over pixels.
-
-    Why phases: the element at offset (kh, kw) of every window is ``x_pad[kh::SH, kw::SW]``, a
-    view with gaps that NumPy walks slowly. Splitting ``x_pad`` once into its SH*SW stride phases
-    (rows a, a+SH, ...; columns b, b+SW, ...) makes each offset a plain contiguous-row slice of
-    one phase: ``phase[kh % SH, kw % SW][kh // SH : kh // SH + OH, kw // SW : kw // SW + OW]``.
-    This halves the time of AlexNet's 3/2 pool.
-    """
-    OH, OW = conv_output_size(x.shape[2], KH, SH, PH), conv_output_size(x.shape[3], KW, SW, PW)
-    x_pad = padded(x, PH, PW, value=-np.inf)
-    phases = {(a, b): np.ascontiguousarray(x_pad[:, :, a::SH, b::SW])
-              for a in range(min(SH, KH)) for b in range(min(SW, KW))}
-
-    def offset(kh, kw):
-        return phases[kh % SH, kw % SW][:, :, kh // SH:kh // SH + OH, kw // SW:kw // SW + OW]
-
-    y = offset(0, 0).copy()
-    argmax = np.zeros(y.shape, dtype=np.int32)
-
-    def scan_images(n0, n1):  # images are independent: one slice per thread
-        y_n, argmax_n = y[n0:n1], argmax[n0:n1]
-        better = np.empty(y_n.shape, dtype=bool)
-        for kh in range(KH):
-            for kw in range(KW):
-                if kh == 0 and kw == 0:
-                    continue
-                candidate = offset(kh, kw)[n0:n1]
-                np.greater(candidate, y_n, out=better)  # strictly: at a tie the earlier stays
-                np.maximum(y_n, candidate, out=y_n)  # NaN propagates to y, as in PyTorch
-                np.copyto(argmax_n, kh * KW + kw, where=better)
-    backend.cpu_parallel(scan_images, y.shape[0], y.size * KH * KW)
-    return y, argmax
-
-
-def _max_pool_backward_cpu(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
-    N, C, H, W = x_shape
-    OH, OW = gy.shape[2:]
-    gx_pad = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=gy.dtype)
-
-    def route_images(n0, n1):
-        chosen = np.empty(gy[n0:n1].shape, dtype=gy.dtype)
-        for kh in range(KH):
-            for kw in range(KW):
-                np.equal(argmax[n0:n1], kh * KW + kw, out=chosen)
-                chosen *= gy[n0:n1]
-                window(gx_pad[n0:n1], kh, kw, SH, SW, OH, OW)[...] += chosen
-    backend.cpu_parallel(route_images, N, gy.size * KH * KW)
-    return np.ascontiguousarray(unpadded(gx_pad, PH, PW))
-
-
 class MaxPool2dFunction(Function):
     """Max over each window; keeps the int32 arg-max (``self.argmax``). No double backward."""
 
@@ -113,27 +65,17 @@ class MaxPool2dFunction(Function):
         (self.KH, self.KW), (self.SH, self.SW), (self.PH, self.PW) = kernel_size, stride, padding
 
     def forward(self, x):
-        xp = get_array_module(x)
-        if backend.is_gpu_array(x):
-            from .. import cuda  # imported at first GPU use, so CPU-only installs never load it
-            impl = cuda.max_pool_forward
-        else:
-            impl = _max_pool_forward_cpu
-        y, self.argmax = impl(xp.ascontiguousarray(x), self.KH, self.KW, self.SH, self.SW,
-                              self.PH, self.PW)
+        impl = cuda.max_pool_forward if is_gpu_array(x) else _max_pool_forward_cpu
+        x = get_array_module(x).ascontiguousarray(x)
+        y, self.argmax = impl(x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW)
         self.x_shape = x.shape
         return y
 
     def backward(self, gy):
-        xp = get_array_module(gy)
-        if backend.is_gpu_array(gy):
-            from .. import cuda
-            impl = cuda.max_pool_backward
-        else:
-            impl = _max_pool_backward_cpu
-        gx = impl(xp.ascontiguousarray(gy), self.argmax, self.x_shape, self.KH, self.KW,
-                  self.SH, self.SW, self.PH, self.PW)
-        return (gx,)
+        impl = cuda.max_pool_backward if is_gpu_array(gy) else _max_pool_backward_cpu
+        gy = get_array_module(gy).ascontiguousarray(gy)
+        return impl(gy, self.argmax, self.x_shape, self.KH, self.KW, self.SH, self.SW, self.PH,
+                    self.PW)
 
 
 # -- average pooling ------------------------------------------------------------------------
@@ -144,8 +86,8 @@ class AvgPool2dFunction(Function):
         (self.KH, self.KW), (self.SH, self.SW), (self.PH, self.PW) = kernel_size, stride, padding
 
     def forward(self, x):
-        OH = conv_output_size(x.shape[2], self.KH, self.SH, self.PH)
-        OW = conv_output_size(x.shape[3], self.KW, self.SW, self.PW)
+        OH = output_size(x.shape[2], self.KH, self.SH, self.PH)
+        OW = output_size(x.shape[3], self.KW, self.SW, self.PW)
         x_pad = padded(x, self.PH, self.PW)
         y = window(x_pad, 0, 0, self.SH, self.SW, OH, OW).copy()
         for kh in range(self.KH):
@@ -209,28 +151,21 @@ class AdaptiveAvgPool2dFunction(Function):
 
 # -- functional -----------------------------------------------------------------------------
 def _pool_args(op, x, kernel_size, stride, padding):
-    """Validated ((KH, KW), (SH, SW), (PH, PW)) for a window pool of x."""
-    (_, _, H, W), _ = check_input(op, "input", x)
-    KH, KW = as_pair(kernel_size, "kernel_size", op)
-    SH, SW = (KH, KW) if stride is None else as_pair(stride, "stride", op)
-    PH, PW = as_pair(padding, "padding", op)
-    if min(KH, KW) < 1:
-        raise ValueError(f"{op}: kernel_size must be >= 1, got {(KH, KW)}")
-    if min(SH, SW) < 1:
-        raise ValueError(f"{op}: stride must be >= 1, got {(SH, SW)}")
+    """Checked ((KH, KW), (SH, SW), (PH, PW)) for a window pool of x."""
+    _, _, H, W = check_float(op, "input", x, "(N, C, H, W)")
+    KH, KW = pair(op, "kernel_size", kernel_size, 1)
+    SH, SW = (KH, KW) if stride is None else pair(op, "stride", stride, 1)
+    PH, PW = pair(op, "padding", padding)
     if min(PH, PW) < 0 or PH > KH // 2 or PW > KW // 2:
         raise ValueError(f"{op}: padding must be between 0 and half the kernel size "
                          f"{(KH // 2, KW // 2)}, got padding {(PH, PW)} for kernel {(KH, KW)}")
-    if KH > H + 2 * PH or KW > W + 2 * PW:
-        raise ValueError(f"{op}: kernel {(KH, KW)} is larger than the padded input "
-                         f"{(H + 2 * PH, W + 2 * PW)} (input {(H, W)}, padding {(PH, PW)})")
+    check_window_fits(op, H, W, (KH, KW), (PH, PW))
     return (KH, KW), (SH, SW), (PH, PW)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
     """Max over KH x KW windows (stride defaults to kernel_size), as ``F.max_pool2d``.
 
-    >>> from minialex import Tensor
     >>> x = Tensor(np.arange(16.0).reshape(1, 1, 4, 4))
     >>> max_pool2d(x, 3, stride=1).numpy()[0, 0]
     array([[10., 11.],
@@ -242,7 +177,6 @@ def max_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
 def avg_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
     """Mean over KH x KW windows, zero padding included in the count (PyTorch's default).
 
-    >>> from minialex import Tensor
     >>> x = Tensor(np.ones((1, 1, 2, 2)))
     >>> avg_pool2d(x, 3, stride=1, padding=1).numpy()[0, 0]
     array([[0.44444444, 0.44444444],
@@ -253,27 +187,23 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0) -> Tensor:
 
 def _adaptive_size(output_size, H, W):
     """(OH, OW) from an int or a pair whose entries may be None (= keep the input size)."""
-    pair = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
-    if len(pair) != 2:
+    sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
+    if len(sizes) != 2:
         raise TypeError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got "
                         f"{output_size!r}")
-    filled = tuple(size if value is None else value for value, size in zip(pair, (H, W)))
-    OH, OW = as_pair(filled, "output_size", "adaptive_avg_pool2d")
-    if min(OH, OW) < 1:
-        raise ValueError(f"adaptive_avg_pool2d: output_size must be >= 1, got {output_size!r}")
-    return OH, OW
+    filled = tuple(size if value is None else value for value, size in zip(sizes, (H, W)))
+    return pair("adaptive_avg_pool2d", "output_size", filled, 1)
 
 
 def adaptive_avg_pool2d(x, output_size) -> Tensor:
     """Average over PyTorch's adaptive bins, giving a fixed (OH, OW) whatever the input size.
 
-    >>> from minialex import Tensor
     >>> x = Tensor(np.arange(16.0).reshape(1, 1, 4, 4))
     >>> adaptive_avg_pool2d(x, 2).numpy()[0, 0]
     array([[ 2.5,  4.5],
            [10.5, 12.5]])
     """
-    (_, _, H, W), _ = check_input("adaptive_avg_pool2d", "input", x)
+    _, _, H, W = check_float("adaptive_avg_pool2d", "input", x, "(N, C, H, W)")
     return AdaptiveAvgPool2dFunction(_adaptive_size(output_size, H, W))(x)
 
 
@@ -329,3 +259,55 @@ class AdaptiveAvgPool2d(Module):
 
     def extra_repr(self):
         return f"output_size={self.output_size}"
+
+
+# -- max pooling on the CPU: the NumPy siblings of kernels/pool.cu --------------------------
+def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
+    """(y, argmax) for x (N, C, H, W): loop over the KH*KW window offsets, not over pixels.
+
+    Why phases: the element at offset (kh, kw) of every window is ``x_pad[kh::SH, kw::SW]``, a
+    view with gaps that NumPy walks slowly. Splitting ``x_pad`` once into its SH*SW stride phases
+    (rows a, a+SH, ...; columns b, b+SW, ...) makes each offset a plain contiguous-row slice of
+    one phase: ``phase[kh % SH, kw % SW][kh // SH : kh // SH + OH, kw // SW : kw // SW + OW]``.
+    This halves the time of AlexNet's 3/2 pool.
+    """
+    OH, OW = output_size(x.shape[2], KH, SH, PH), output_size(x.shape[3], KW, SW, PW)
+    x_pad = padded(x, PH, PW, value=-np.inf)
+    phases = {(a, b): np.ascontiguousarray(x_pad[:, :, a::SH, b::SW])
+              for a in range(min(SH, KH)) for b in range(min(SW, KW))}
+
+    def offset(kh, kw):
+        return phases[kh % SH, kw % SW][:, :, kh // SH:kh // SH + OH, kw // SW:kw // SW + OW]
+
+    y = offset(0, 0).copy()
+    argmax = np.zeros(y.shape, dtype=np.int32)
+
+    def scan_images(n0, n1):  # images are independent: one slice per thread
+        y_n, argmax_n = y[n0:n1], argmax[n0:n1]
+        better = np.empty(y_n.shape, dtype=bool)
+        for kh in range(KH):
+            for kw in range(KW):
+                if kh == 0 and kw == 0:
+                    continue
+                candidate = offset(kh, kw)[n0:n1]
+                np.greater(candidate, y_n, out=better)  # strictly: at a tie the earlier stays
+                np.maximum(y_n, candidate, out=y_n)  # NaN propagates to y, as in PyTorch
+                np.copyto(argmax_n, kh * KW + kw, where=better)
+    cpu_parallel(scan_images, y.shape[0], y.size * KH * KW)
+    return y, argmax
+
+
+def _max_pool_backward_cpu(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
+    N, C, H, W = x_shape
+    OH, OW = gy.shape[2:]
+    gx_pad = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=gy.dtype)
+
+    def route_images(n0, n1):
+        chosen = np.empty(gy[n0:n1].shape, dtype=gy.dtype)
+        for kh in range(KH):
+            for kw in range(KW):
+                np.equal(argmax[n0:n1], kh * KW + kw, out=chosen)
+                chosen *= gy[n0:n1]
+                window(gx_pad[n0:n1], kh, kw, SH, SW, OH, OW)[...] += chosen
+    cpu_parallel(route_images, N, gy.size * KH * KW)
+    return np.ascontiguousarray(unpadded(gx_pad, PH, PW))

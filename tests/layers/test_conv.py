@@ -243,7 +243,7 @@ def test_conv2d_module_parameters_and_init():
         assert np.all(np.abs(p.numpy()) <= bound)
     assert np.abs(m.weight.numpy()).max() > 0.9 * bound  # 720 draws fill the interval
     assert abs(m.weight.numpy().mean()) < 0.1 * bound
-    assert Conv2d(3, 96, 11, stride=4).num_parameters() == 34_944         # ALEXNET.md conv1
+    assert Conv2d(3, 96, 11, stride=4).num_parameters() == 34_944         # the paper's conv1
     assert Conv2d(96, 256, 5, padding=2, groups=2).num_parameters() == 307_456  # conv2
 
 
@@ -318,7 +318,8 @@ def test_conv2d_bias_dtype_mismatch():
     (dict(in_channels=5, out_channels=4, kernel_size=3, groups=2), "in_channels=5 is not div"),
     (dict(in_channels=4, out_channels=5, kernel_size=3, groups=2), "out_channels=5 is not div"),
     (dict(in_channels=0, out_channels=4, kernel_size=3), "in_channels must be a positive int"),
-    (dict(in_channels=4, out_channels=4, kernel_size=0), "need kernel_size >= 1"),
+    (dict(in_channels=4, out_channels=4, kernel_size=0),
+     r"kernel_size must be >= 1, got \(0, 0\)"),
 ])
 def test_conv2d_module_validation(kwargs, match):
     with pytest.raises(ValueError, match="Conv2d: " + match):

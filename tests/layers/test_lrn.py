@@ -157,7 +157,7 @@ def test_module_defaults_are_the_papers():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(size=0), "size must be a positive int, got size=0"),
+    (dict(size=0), "size must be a positive int, got 0"),
     (dict(size=2.5), "size must be a positive int"),
     (dict(size=True), "size must be a positive int"),
     (dict(alpha=-1.0), "alpha must be finite and >= 0"),
