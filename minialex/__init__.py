@@ -13,10 +13,10 @@ from .tensor import Function, Tensor, is_grad_enabled, no_grad
 from .module import Module, Parameter, Sequential
 from .testing import GradcheckError, GradcheckReport, gradcheck
 from . import functional, models, nn, optim
-from .summary import summary
+from .summary import model_summary
 
 __version__ = "0.1.0"
 
 __all__ = ["Function", "GradcheckError", "GradcheckReport", "Module", "Parameter", "Sequential",
            "Tensor", "functional", "gpu_available", "gradcheck", "is_grad_enabled",
-           "manual_seed", "models", "nn", "no_grad", "optim", "summary"]
+           "manual_seed", "model_summary", "models", "nn", "no_grad", "optim"]

@@ -1,4 +1,5 @@
-"""``summary(model, input_shape)``: each layer's output shape and parameter count, and memory.
+"""``model_summary(model, input_shape)``: each layer's output shape and parameter count, and
+memory, as a table in the style of torchsummary.
 
 One forward pass on zeros of shape ``(batch_size, *input_shape)`` runs under ``no_grad`` in eval
 mode (so dropout draws no random numbers and the random streams are left as they were). Every
@@ -7,7 +8,7 @@ returns, so the rows come in execution order and are named by the module's dotte
 (``features.0``). Operations done in a model's own ``forward`` rather than by a module (the
 flatten before AlexNet's classifier) have no row, as in torchsummary.
 
-Memory, as torchsummary estimates it (seed 004 quotes its numbers, in MiB):
+Memory, as torchsummary estimates it (in MiB, so the figures can be compared with its tables):
 
 - input: the input batch;
 - activations: the sum of every layer output for the batch (``activation_bytes``), counted twice
@@ -16,8 +17,7 @@ Memory, as torchsummary estimates it (seed 004 quotes its numbers, in MiB):
 
 >>> import minialex
 >>> from minialex.models import alexnet
->>> from minialex.summary import summary
->>> s = summary(alexnet("mini"), (1, 28, 28))
+>>> s = minialex.model_summary(alexnet("mini"), (1, 28, 28))
 >>> s.rows[0]
 Row(name='features.0', type='Conv2d', output_shape=(1, 32, 28, 28), params=832)
 >>> s.total_params, s.activation_bytes
@@ -47,7 +47,7 @@ class Row(NamedTuple):
 
 @dataclass
 class Summary:
-    """What :func:`summary` measured; ``str()`` renders the table."""
+    """What :func:`model_summary` measured; ``str()`` renders the table."""
     model_name: str
     input_shape: tuple    # full shape, batch first
     dtype: np.dtype
@@ -89,7 +89,8 @@ class _LayerError(ValueError):
     """A leaf layer failed during the summary pass; already names the layer."""
 
 
-def summary(model: Module, input_shape, batch_size: int = 1, dtype=np.float32) -> Summary:
+def model_summary(model: Module, input_shape, batch_size: int = 1,
+                  dtype=np.float32) -> Summary:
     """Run ``model`` once on zeros of ``(batch_size, *input_shape)`` and tabulate its layers.
 
     ``input_shape`` excludes the batch, e.g. ``(3, 227, 227)``. The input is created on the
@@ -98,13 +99,14 @@ def summary(model: Module, input_shape, batch_size: int = 1, dtype=np.float32) -
     does not fit the model.
     """
     if not isinstance(model, Module):
-        raise TypeError(f"summary: model must be a Module, got {type(model).__name__}")
+        raise TypeError(f"model_summary: model must be a Module, got {type(model).__name__}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
     if not shape or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape):
-        raise ValueError(f"summary: input_shape must be a tuple of positive ints (without the "
-                         f"batch), got {input_shape!r}")
+        raise ValueError(f"model_summary: input_shape must be a tuple of positive ints (without "
+                         f"the batch), got {input_shape!r}")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"summary: batch_size must be a positive int, got {batch_size!r}")
+        raise ValueError(f"model_summary: batch_size must be a positive int, got "
+                         f"{batch_size!r}")
 
     params = list({id(p): p for p in model.parameters()}.values())  # shared ones once
     first = params[0].data if params else np.zeros(0)
@@ -134,7 +136,7 @@ def summary(model: Module, input_shape, batch_size: int = 1, dtype=np.float32) -
                 if expected is not None else "")
         if isinstance(exc, _LayerError):
             raise ValueError(f"{exc}{hint}") from exc
-        raise ValueError(f"summary: input {shape} does not fit {type(model).__name__}: "
+        raise ValueError(f"model_summary: input {shape} does not fit {type(model).__name__}: "
                          f"{exc}{hint}") from exc
     finally:
         for _, module in leaves.values():
@@ -152,8 +154,8 @@ def _recording(name, module, result):
         try:
             y = forward(x, *args, **kwargs)
         except (ValueError, TypeError) as exc:
-            raise _LayerError(f"summary: layer {name} ({type(module).__name__}) failed on input "
-                              f"of shape {tuple(x.shape)}: {exc}") from exc
+            raise _LayerError(f"model_summary: layer {name} ({type(module).__name__}) failed on "
+                              f"input of shape {tuple(x.shape)}: {exc}") from exc
         nbytes = math.prod(y.shape) * y.dtype.itemsize
         result.rows.append(Row(name, type(module).__name__, tuple(y.shape),
                                sum(p.size for p in module._parameters.values())))

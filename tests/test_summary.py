@@ -1,13 +1,15 @@
-"""summary(): per-layer output shapes and parameter counts against the seeds' tables."""
+"""model_summary(): per-layer output shapes, parameter counts and memory, against published
+tables (the paper's Fig. 2, torchsummary and Keras summaries of the same nets)."""
 import numpy as np
 import pytest
 
 from minialex import backend, nn
 from minialex.models import alexnet
-from minialex.summary import Row, summary
+from minialex.summary import Row, model_summary
 
-# Seed 004's torchsummary table of its 65x65 AlexNet (2 classes), row by row.
-SEED_004 = [
+# torchsummary's table of the ``small`` net built in PyTorch (3x65x65 input, 2 classes), row by
+# row.
+TORCHSUMMARY_SMALL = [
     ("Conv2d", (48, 55, 55), 17_472), ("ReLU", (48, 55, 55), 0), ("MaxPool2d", (48, 27, 27), 0),
     ("Conv2d", (128, 27, 27), 153_728), ("ReLU", (128, 27, 27), 0),
     ("MaxPool2d", (128, 13, 13), 0),
@@ -19,14 +21,14 @@ SEED_004 = [
     ("Linear", (2048,), 4_196_352), ("ReLU", (2048,), 0), ("Dropout", (2048,), 0),
     ("Linear", (2,), 4_098),
 ]
-SEED_004_FOOTER = ["Total params: 14,585,538", "Trainable params: 14,585,538",
+TORCHSUMMARY_SMALL_FOOTER = ["Total params: 14,585,538", "Trainable params: 14,585,538",
                    "Non-trainable params: 0", "Input size (MiB): 0.05",
                    "Forward/backward pass size (MiB): 5.52", "Params size (MiB): 55.64",
                    "Estimated Total Size (MiB): 61.21"]
 
-# Seed 002's Keras summary (1x224x224 input, no conv padding in conv1, 1000 classes); Keras
-# fuses the ReLU into Conv2D/Dense, so it has no ReLU rows.
-SEED_002 = [
+# Keras's model.summary() of a one-channel AlexNet (1x224x224 input, no conv padding in conv1,
+# 1000 classes); Keras fuses the ReLU into Conv2D/Dense, so it has no ReLU rows.
+KERAS_224 = [
     ("Conv2d", (96, 54, 54), 11_712), ("MaxPool2d", (96, 26, 26), 0),
     ("Conv2d", (256, 26, 26), 614_656), ("MaxPool2d", (256, 12, 12), 0),
     ("Conv2d", (384, 12, 12), 885_120), ("Conv2d", (384, 12, 12), 1_327_488),
@@ -35,7 +37,8 @@ SEED_002 = [
     ("Linear", (4096,), 16_781_312), ("Dropout", (4096,), 0), ("Linear", (1000,), 4_097_000),
 ]
 
-# ALEXNET.md section 1 (paper, 227 input): output shapes (C, H, W) and parameters per layer.
+# The paper's net (Krizhevsky et al. 2012, Sec. 3.5 and Fig. 2) at 227x227 input: output shapes
+# (C, H, W) and parameters per layer.
 PAPER = [
     ("features.0", (96, 55, 55), 34_944), ("features.3", (96, 27, 27), 0),
     ("features.4", (256, 27, 27), 307_456), ("features.7", (256, 13, 13), 0),
@@ -55,22 +58,22 @@ def table(s):
     return [(r.type, r.output_shape[1:], r.params) for r in s.rows]
 
 
-def test_small_reproduces_seed_004_table_totals_and_memory():
-    s = summary(alexnet("small"), (3, 65, 65))
-    assert table(s) == SEED_004
+def test_small_reproduces_the_torchsummary_table_totals_and_memory():
+    s = model_summary(alexnet("small"), (3, 65, 65))
+    assert table(s) == TORCHSUMMARY_SMALL
     assert [r.name for r in s.rows][:3] == ["features.0", "features.1", "features.2"]
     assert s.rows[-1].name == "classifier.6"
     assert s.total_params == s.trainable_params == 14_585_538
     assert s.param_bytes == 4 * 14_585_538
     assert s.input_bytes == 4 * 3 * 65 * 65
     text = str(s)
-    for line in SEED_004_FOOTER:
+    for line in TORCHSUMMARY_SMALL_FOOTER:
         assert line in text
     assert "features.0        Conv2d" in text and "[-1, 48, 55, 55]" in text
 
 
 def test_paper_shapes_and_parameters_per_layer():
-    s = summary(alexnet("paper"), (3, 227, 227))
+    s = model_summary(alexnet("paper"), (3, 227, 227))
     rows = {r.name: r for r in s.rows}
     assert [(name, rows[name].output_shape[1:], rows[name].params) for name, _, _ in PAPER] \
         == PAPER
@@ -79,7 +82,7 @@ def test_paper_shapes_and_parameters_per_layer():
     assert s.total_params == 60_965_224
 
 
-def test_keras_net_of_seed_002():
+def test_keras_one_channel_net():
     pool = dict(kernel_size=3, stride=2)
     model = nn.Sequential(
         nn.Conv2d(1, 96, 11, stride=4), nn.ReLU(), nn.MaxPool2d(**pool),
@@ -88,20 +91,20 @@ def test_keras_net_of_seed_002():
         nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(**pool),
         nn.Flatten(), nn.Linear(6400, 4096), nn.ReLU(), nn.Dropout(0.5),
         nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 1000))
-    s = summary(model, (1, 224, 224))
-    assert [row for row in table(s) if row[0] != "ReLU"] == SEED_002
+    s = model_summary(model, (1, 224, 224))
+    assert [row for row in table(s) if row[0] != "ReLU"] == KERAS_224
     assert s.total_params == 50_820_776
     assert s.rows[0].name == "0"
 
 
 def test_batch_and_dtype_scale_the_activation_memory_only():
     model = alexnet("mini")
-    one, three = summary(model, (1, 28, 28)), summary(model, (1, 28, 28), batch_size=3)
+    one, three = model_summary(model, (1, 28, 28)), model_summary(model, (1, 28, 28), batch_size=3)
     assert three.activation_bytes == 3 * one.activation_bytes
     assert three.rows[0].output_shape == (3, 32, 28, 28)
     assert three.param_bytes == one.param_bytes == 4 * one.total_params
     assert one.activation_bytes == 4 * sum(int(np.prod(r.output_shape)) for r in one.rows)
-    double = summary(model.double(), (1, 28, 28), dtype=np.float64)
+    double = model_summary(model.double(), (1, 28, 28), dtype=np.float64)
     assert double.activation_bytes == 2 * one.activation_bytes
     assert double.param_bytes == 2 * one.param_bytes
 
@@ -109,33 +112,33 @@ def test_batch_and_dtype_scale_the_activation_memory_only():
 def test_summary_leaves_model_mode_forwards_and_random_stream_alone():
     model = alexnet("mini")
     state = backend.get_rng_state()
-    summary(model, (1, 28, 28))
+    model_summary(model, (1, 28, 28))
     assert model.training and all(m.training for m in model.modules())
     assert all("forward" not in vars(m) for m in model.modules())
     assert backend.get_rng_state() == state    # eval mode: dropout drew nothing
     model.eval()
-    summary(model, (1, 28, 28))
+    model_summary(model, (1, 28, 28))
     assert not any(m.training for m in model.modules())
 
 
 def test_summary_of_a_single_layer():
-    s = summary(nn.Conv2d(3, 8, 3), (3, 5, 5))
+    s = model_summary(nn.Conv2d(3, 8, 3), (3, 5, 5))
     assert s.rows == [Row("Conv2d", "Conv2d", (1, 8, 3, 3), 8 * 3 * 9 + 8)]
 
 
 def test_too_small_input_names_the_failing_layer_and_the_expected_input():
     with pytest.raises(ValueError, match=r"features\.\d+ \(\w+\).*expects input \(3, 65, 65\), "
                                          r"got \(3, 20, 20\)"):
-        summary(alexnet("small"), (3, 20, 20))
+        model_summary(alexnet("small"), (3, 20, 20))
 
 
 def test_wrong_channels_name_expected_and_actual():
     with pytest.raises(ValueError, match=r"expects input \(1, 28, 28\), got \(3, 28, 28\)"):
-        summary(alexnet("mini"), (3, 28, 28))
+        model_summary(alexnet("mini"), (3, 28, 28))
 
 
 @pytest.mark.parametrize("shape", [(3, 0, 28), (3, 28.0, 28), 28, ()])
 def test_bad_input_shape_is_refused(shape):
     with pytest.raises(ValueError, match="input_shape"):
-        summary(alexnet("mini"), shape)
+        model_summary(alexnet("mini"), shape)
 
