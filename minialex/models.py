@@ -23,7 +23,9 @@ the fully connected part, both ``Sequential``, so parameter names read as torchv
 - ``owt``: torchvision's ``alexnet`` ("one weird trick", Krizhevsky 2014): conv1 padding 2, no
   LRN, and an ``AdaptiveAvgPool2d((6, 6))`` (``model.avgpool``) before the classifier, with
   torchvision's layer order and names exactly, so its weights load by name.
-- ``small``: the 65x65 net of seed 004 (conv1 stride 1, no groups, no LRN, fc 2048).
+- ``small``: a one-device net with the widths of one of the paper's two GPU towers (Fig. 2:
+  48-128-192-192-128 kernels, fc layers of 2048 units), for 65x65 images and 2 classes: conv1
+  stride 1, no groups, no LRN.
 - ``fmnist``: d2l.ai's AlexNet for Fashion-MNIST upsampled to 224x224 (one channel, conv1
   padding 1, no groups, no LRN).
 - ``mini``: a CPU-sized AlexNet for 28x28 one-channel images that keeps every ingredient of the
@@ -31,7 +33,7 @@ the fully connected part, both ``Sequential``, so parameter names read as torchv
 
 Dropout placement. The paper applies dropout to the outputs of fc6 and fc7, so every variant but
 ``owt`` orders its classifier Linear-ReLU-Dropout, Linear-ReLU-Dropout, Linear (fc weights at
-``classifier.0``, ``.3``, ``.6``), as seed 004, seed 002 and d2l.ai do. torchvision puts dropout
+``classifier.0``, ``.3``, ``.6``), as d2l.ai and Caffe's bvlc_alexnet do. torchvision puts dropout
 *before* fc6 and fc7 instead (Dropout-Linear-ReLU, ..., fc weights at ``classifier.1``, ``.4``,
 ``.6``); ``owt`` keeps that order so that its state_dict matches torchvision's.
 
@@ -76,6 +78,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend, nn
+from .layers._common import output_size, positive_int
 from .module import Module
 
 LRN_POSITIONS = ("paper", "caffe")
@@ -114,10 +117,6 @@ VARIANTS = {
 }
 
 
-def _pooled(size: int) -> int:
-    return (size - POOL["kernel_size"]) // POOL["stride"] + 1
-
-
 class AlexNet(Module):
     """features -> (avgpool) -> flatten -> classifier; see the module docstring for variants."""
 
@@ -136,20 +135,18 @@ class AlexNet(Module):
         spec = VARIANTS[variant]
         num_classes = spec.num_classes if num_classes is None else num_classes
         in_channels = spec.in_channels if in_channels is None else in_channels
-        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"alexnet: {name} must be a positive int, got {value!r}")
         self.variant, self.input_size = variant, spec.input_size
-        self.in_channels, self.num_classes = int(in_channels), int(num_classes)
+        self.num_classes = positive_int("alexnet", "num_classes", num_classes)
+        self.in_channels = positive_int("alexnet", "in_channels", in_channels)
 
         layers, channels, size = [], self.in_channels, spec.input_size
         for i, (out, kernel, stride, padding, groups) in enumerate(spec.convs):
             layers += [nn.Conv2d(channels, out, kernel, stride=stride, padding=padding,
                                  groups=groups), nn.ReLU()]
-            channels, size = out, (size + 2 * padding - kernel) // stride + 1
+            channels, size = out, output_size(size, kernel, stride, padding)
             norm = [nn.LocalResponseNorm()] if spec.lrn and i < 2 else []
             pool = [nn.MaxPool2d(**POOL)] if i in (0, 1, 4) else []
-            size = _pooled(size) if pool else size
+            size = output_size(size, POOL["kernel_size"], POOL["stride"], 0) if pool else size
             layers += norm + pool if lrn_position == "paper" else pool + norm
         self.features = nn.Sequential(*layers)
         if spec.avgpool:

@@ -1,4 +1,4 @@
-"""AlexNet variants: parameter counts (oracles from shared/ALEXNET.md), structure, names, init."""
+"""AlexNet variants: parameter counts, structure, names, init."""
 import math
 
 import numpy as np
@@ -10,7 +10,9 @@ from minialex.layers.loss import cross_entropy
 from minialex.models import VARIANTS, alexnet
 from minialex.optim import SGD
 
-# Totals quoted in shared/ALEXNET.md (paper, seeds 000 and 004, torchvision, d2l.ai).
+# Expected totals: counted from the paper's Fig. 2 (two towers, and the same net on one device
+# with CaffeNet's widths), torchvision's alexnet(), torchsummary's table of the ``small`` net,
+# and d2l.ai's Fashion-MNIST AlexNet.
 PARAM_COUNTS = {
     ("paper", 1000): 60_965_224,
     ("one-tower", 1000): 62_378_344,
@@ -18,7 +20,7 @@ PARAM_COUNTS = {
     ("small", 2): 14_585_538,
     ("fmnist", 10): 46_764_746,
 }
-# Paper, per layer (ALEXNET.md section 1): conv1..conv5, fc6..fc8.
+# Paper (Krizhevsky et al. 2012, Fig. 2), per layer: conv1..conv5, fc6..fc8.
 PAPER_LAYER_PARAMS = [34_944, 307_456, 885_120, 663_936, 442_624, 37_752_832, 16_781_312,
                       4_097_000]
 # torchvision.models.alexnet().state_dict(): names and shapes, in order.
@@ -114,7 +116,8 @@ def test_paper_layer_order_and_dropout_on_fc6_fc7_outputs():
         "Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d",
         "Conv2d", "ReLU", "LocalResponseNorm", "MaxPool2d",
         "Conv2d", "ReLU", "Conv2d", "ReLU", "Conv2d", "ReLU", "MaxPool2d"]
-    # the paper drops fc6's and fc7's outputs (seed 004's order), not pool5's as torchvision
+    # the paper drops fc6's and fc7's outputs (Sec. 4.2; d2l.ai's and Caffe's order), not pool5's
+    # as torchvision does
     assert layer_types(model.classifier) == ["Linear", "ReLU", "Dropout", "Linear", "ReLU",
                                              "Dropout", "Linear"]
     assert [m.groups for m in model.features if isinstance(m, nn.Conv2d)] == [1, 2, 1, 2, 2]
