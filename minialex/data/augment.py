@@ -63,10 +63,10 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from .crops import RandomTransform, crop_flip, draw_crops, windows
+from .stats import PIXEL_MAX   # eigenvalues are of pixels / PIXEL_MAX; shifts are in 0..255
 
 CROP_SIZE = 224          # the paper's input patches
 PCA_STD = 0.1            # alpha_i ~ N(0, 0.1)
-PIXEL_MAX = 255.0        # eigenvalues are of pixels / PIXEL_MAX; shifts are added in 0..255
 TEN_CROPS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre",
              "top-left mirrored", "top-right mirrored", "bottom-left mirrored",
              "bottom-right mirrored", "centre mirrored")

@@ -5,9 +5,12 @@ import numpy as np
 import pytest
 
 import minialex
+from minialex import backend
 from minialex.data import augment as aug
 from minialex.data import crops
 from minialex.data import transforms as T
+
+from conftest import TOL
 
 
 def by_slicing(x, top, left, flip, size, image, channels_last):
@@ -95,3 +98,14 @@ def test_load_state_dict_refuses_a_mismatched_state():
         T.image_transforms(8, 0.5, 0.5, flip=True)[0].load_state_dict({})
     with pytest.raises(ValueError, match="generator must be None or a numpy.random.Generator"):
         T.RandomHorizontalFlip(0.5, generator=np.random.RandomState(0))
+
+
+@pytest.mark.parametrize("index", range(4))
+def test_the_same_seed_gives_the_same_augmentation_on_every_device(index, device):
+    transform, x = random_transforms(None)[index]
+    minialex.manual_seed(7)
+    cpu = call(transform, x)
+    minialex.manual_seed(7)
+    out = call(transform, backend.to_device(x, device))
+    assert backend.device_of(out) == backend.parse_device(device)
+    np.testing.assert_allclose(backend.to_numpy(out), cpu, **TOL[np.float32])
