@@ -17,8 +17,13 @@ Forward and Gradient:
   :math:`\partial y_j / \partial x_i = \delta_{ij} - \mathrm{softmax}(x)_i`,
   :math:`gx_i = gy_i - e^{y_i} \sum_j gy_j`.
 
+- average_softmax (evaluation only, no gradient): the mean over crops of the softmax of each
+  crop's logits, :math:`\bar p_n = \frac{1}{n_{crops}} \sum_r \mathrm{softmax}(x_{r,n})`, the
+  paper's averaging of its 10 test patches (Krizhevsky et al. 2012, Sec. 4.1).
+
 Shape:
-    any shape -> the same shape. softmax and log_softmax take ``dim`` (default -1, the last
+    any shape -> the same shape; average_softmax: (n_crops * N, K) crop-major or
+    (n_crops, N, K) -> (N, K). softmax and log_softmax take ``dim`` (default -1, the last
     axis: the classes of an (N, classes) batch). PyTorch asks for ``dim`` explicitly; its
     deprecated implicit choice is 1 for inputs of 2 or more dimensions.
 
@@ -35,7 +40,7 @@ from .. import cuda
 from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
-from ._common import check_float, is_int
+from ._common import check_float, is_int, positive_int
 
 
 # -- ReLU -----------------------------------------------------------------------------------
@@ -147,6 +152,28 @@ def log_softmax(x, dim=-1) -> Tensor:
     array([[-0.2877, -1.3863]])
     """
     return LogSoftmaxFunction(_check_dim("log_softmax", x, dim))(x)
+
+
+def average_softmax(logits, n_crops: int = 10):
+    """Softmax averaged over crops: ``(n_crops * N, K)`` crop-major or ``(n_crops, N, K)``
+    logits -> ``(N, K)`` probabilities. An evaluation helper on raw arrays (a Tensor's data is
+    taken), returning an array of the same array module; it records no graph.
+
+    >>> average_softmax(np.log(np.array([[1.0, 3.0], [3.0, 1.0]])), n_crops=2)
+    array([[0.5, 0.5]])
+    """
+    x = logits.data if isinstance(logits, Tensor) else logits
+    shape = check_float("average_softmax", "logits", x)
+    n_crops = positive_int("average_softmax", "n_crops", n_crops)
+    if len(shape) == 2:
+        if shape[0] % n_crops:
+            raise ValueError(f"average_softmax: logits has {shape[0]} rows, not a multiple of "
+                             f"n_crops={n_crops}")
+        x = x.reshape(n_crops, shape[0] // n_crops, shape[1])
+    if x.ndim != 3 or x.shape[0] != n_crops:
+        raise ValueError(f"average_softmax: logits must be ({n_crops}*N, K) or ({n_crops}, N, K), "
+                         f"got shape {shape}")
+    return SoftmaxFunction(-1).forward(x).mean(axis=0)
 
 
 # -- modules --------------------------------------------------------------------------------

@@ -5,8 +5,8 @@ from hypothesis import given, strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers.activation import (LogSoftmax, ReLU, Softmax, Tanh, log_softmax, relu,
-                                        softmax, tanh)
+from minialex.layers.activation import (LogSoftmax, ReLU, Softmax, Tanh, average_softmax,
+                                        log_softmax, relu, softmax, tanh)
 from conftest import GRADCHECK, TOL, shuffled_linspace
 
 
@@ -162,3 +162,36 @@ def test_device_agrees_with_cpu(device, name):
         outs.append((y.numpy(), backend.to_numpy(xt.grad)))
     for a, b in zip(*outs):
         np.testing.assert_allclose(b, a, **TOL[np.float32])
+
+
+# -- average_softmax (test-time crops) -----------------------------------------------------
+@pytest.mark.parametrize("n_crops", [1, 2, 10])
+def test_average_softmax_is_the_mean_of_each_crops_softmax(n_crops):
+    N, K = 3, 5
+    logits = 4.0 * shuffled_linspace((n_crops, N, K))
+    expected = np.empty((N, K))
+    for n in range(N):  # loop reference: crop by crop, image by image
+        expected[n] = sum(softmax_ref(logits[r, n], 0) for r in range(n_crops)) / n_crops
+    np.testing.assert_allclose(average_softmax(logits, n_crops), expected, **TOL[np.float64])
+    flat = logits.reshape(n_crops * N, K)  # crop-major rows, as a model sees a batch of crops
+    np.testing.assert_allclose(average_softmax(Tensor(flat), n_crops), expected,
+                               **TOL[np.float64])
+
+
+def test_average_softmax_keeps_dtype_and_is_stable():
+    logits = np.array([[1e4, 0.0], [0.0, 1e4]], dtype=np.float32)
+    probs = average_softmax(logits, n_crops=2)
+    assert probs.dtype == np.float32
+    np.testing.assert_array_equal(probs, [[0.5, 0.5]])
+
+
+def test_average_softmax_errors_name_the_argument():
+    with pytest.raises(ValueError, match="logits has 5 rows, not a multiple of n_crops=2"):
+        average_softmax(np.zeros((5, 3)), n_crops=2)
+    with pytest.raises(ValueError, match=r"logits must be \(3\*N, K\) or \(3, N, K\), got "
+                                         r"shape \(2, 4, 5\)"):
+        average_softmax(np.zeros((2, 4, 5)), n_crops=3)
+    with pytest.raises(ValueError, match="n_crops must be a positive int, got 0"):
+        average_softmax(np.zeros((4, 3)), n_crops=0)
+    with pytest.raises(TypeError, match="logits must be floating point"):
+        average_softmax(np.zeros((4, 3), dtype=np.int64), n_crops=2)
