@@ -41,20 +41,31 @@ LRN position. ``lrn_position="paper"`` gives conv-ReLU-LRN-pool (paper Sec. 3.3)
 ``"caffe"`` gives CaffeNet's conv-ReLU-pool-LRN. Either way the convolutions keep their indices
 (``features.0, 4, 8, 10, 12``). Variants without LRN ignore the option.
 
-Initialisation (``init``):
+Initialisation (``init``), with fan_in = in_channels/groups * KH * KW for a convolution and
+in_features for a linear layer, fan_out = out_channels * KH * KW or out_features:
 
+- ``"kaiming"`` (He et al., 2015), the default: weights ~ N(0, 2/fan_in); biases 0.
+- ``"xavier"`` (Glorot & Bengio, 2010; d2l.ai's choice for this net): weights ~ U(-a, a),
+  a = sqrt(6 / (fan_in + fan_out)); biases 0.
+- ``"torch"``: PyTorch's default for ``Conv2d`` and ``Linear`` (so runs compare with an untouched
+  torchvision model): weights and biases ~ U(-b, b), b = 1/sqrt(fan_in).
 - ``"paper"`` (Sec. 5): every weight ~ N(0, 0.01); biases 1 in conv2, conv4, conv5, fc6 and fc7
   (so the ReLUs start with positive input), 0 elsewhere.
-- ``"kaiming"`` (He et al., 2015): weights ~ N(0, 2/fan_in), fan_in = in_channels/groups * KH *
-  KW for a convolution and in_features for a linear layer; biases 0.
 
-The default is ``"kaiming"`` for every variant. With N(0, 0.01) a ReLU layer of fan-in n scales
-the second moment of its input by about n * 1e-4 / 2, which is 0.02 to 0.46 for AlexNet's
-layers; over its eight layers the signal (and the gradient flowing back) shrinks by a factor
-~1e-4 in standard deviation (~3e-8 for ``mini``, whose fan-ins are smaller). The paper's net
-trained anyway, with bias 1 keeping units alive and a 90-epoch schedule, but a short run from
-scratch barely moves its convolutions (on ``mini``, the mean |gradient| reaching conv1 is about
-4e-8 against 1e-2 with Kaiming). He's scale keeps every layer's second moment constant.
+With N(0, 0.01) a ReLU layer of fan-in n scales the second moment of its input by about
+n * 1e-4 / 2, which is 0.02 to 0.46 for AlexNet's layers; over its eight layers the signal (and
+the gradient flowing back) shrinks by a factor ~1e-4 in standard deviation (~3e-8 for ``mini``,
+whose fan-ins are smaller). The paper's net trained anyway, with bias 1 keeping units alive and
+a 90-epoch schedule, but a short run from scratch barely moves its convolutions. He's scale keeps
+every layer's second moment constant, but carried through fc8 it starts the logits large (up to
+~14 for ``fmnist``: a first loss ~9 against chance 2.3), and the first step at lr 0.01 with
+momentum 0.9 overshoots until the ReLUs die: the training recipes (:mod:`minialex.config`)
+pair Kaiming's scale with a learning-rate warm-up. Glorot's variance 2/(fan_in + fan_out) is
+half of He's wherever fan_in ~ fan_out, and at conv1, whose fan_out (96 * 121) dwarfs its
+fan_in (3 * 121), some 30 times smaller: compounded over the layers, the logits start near 0
+and the loss at chance, so the paper's learning rate trains the large variants without a
+warm-up; but the signal reaching the last layers is then so small that ``mini`` (small fan-ins,
+LRN dividing by k^0.75 = 1.7 twice) barely moves in its first hundred steps.
 
 Attributes of the returned model: ``variant``, ``input_size`` (H = W the variant expects),
 ``in_channels``, ``num_classes``, ``input_shape`` (``(in_channels, input_size, input_size)``).
@@ -82,7 +93,7 @@ from .layers._common import output_size, positive_int
 from .module import Module
 
 LRN_POSITIONS = ("paper", "caffe")
-INITS = ("kaiming", "paper")
+INITS = ("kaiming", "xavier", "torch", "paper")
 POOL = dict(kernel_size=3, stride=2)    # overlapping pooling, z = 3, s = 2 (paper Sec. 3.4)
 PAPER_BIAS_ONE = (1, 3, 4, 5, 6)        # conv2, conv4, conv5, fc6, fc7 (0-based over 8 layers)
 
@@ -129,7 +140,7 @@ class AlexNet(Module):
         if lrn_position not in LRN_POSITIONS:
             raise ValueError(f"alexnet: lrn_position must be one of {LRN_POSITIONS}, got "
                              f"{lrn_position!r}")
-        init = "kaiming" if init is None else init
+        init = INITS[0] if init is None else init
         if init not in INITS:
             raise ValueError(f"alexnet: init must be one of {INITS} or None, got {init!r}")
         spec = VARIANTS[variant]
@@ -212,21 +223,32 @@ def alexnet(variant="paper", num_classes=None, in_channels=None, *, lrn_position
 
 
 def initialize(model: Module, init: str) -> Module:
-    """Redraw every Conv2d and Linear of ``model`` in place with scheme ``"kaiming"`` or
-    ``"paper"`` (see the module docstring); layers are counted in order, conv1 first."""
+    """Redraw every Conv2d and Linear of ``model`` in place with scheme ``init`` (see the
+    module docstring); layers are counted in order, conv1 first."""
     if init not in INITS:
         raise ValueError(f"initialize: init must be one of {INITS}, got {init!r}")
     rng = backend.rng_for(np)
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     for index, layer in enumerate(layers):
         w = layer.weight
-        fan_in = math.prod(w.shape[1:])   # in_channels/groups * KH * KW, or in_features
-        std = 0.01 if init == "paper" else math.sqrt(2.0 / fan_in)
+        fan_in = math.prod(w.shape[1:])                  # in_channels/groups * KH * KW
+        fan_out = w.shape[0] * math.prod(w.shape[2:])    # out_channels * KH * KW
         # drawn on the CPU in float32 whatever the model's device, so a seed gives one model
-        w.data = _like(rng.standard_normal(w.shape, dtype=np.float32) * np.float32(std), w)
+        if init in ("xavier", "torch"):
+            a = (math.sqrt(6.0 / (fan_in + fan_out)) if init == "xavier"
+                 else 1.0 / math.sqrt(fan_in))
+            weight = rng.uniform(-a, a, w.shape).astype(np.float32)
+        else:
+            std = 0.01 if init == "paper" else math.sqrt(2.0 / fan_in)
+            weight = rng.standard_normal(w.shape, dtype=np.float32) * np.float32(std)
+        w.data = _like(weight, w)
         if getattr(layer, "bias", None) is not None:
-            value = 1.0 if init == "paper" and index in PAPER_BIAS_ONE else 0.0
-            layer.bias.data = _like(np.full(layer.bias.shape, value, dtype=np.float32), layer.bias)
+            shape = layer.bias.shape
+            if init == "torch":
+                bias = rng.uniform(-1.0 / math.sqrt(fan_in), 1.0 / math.sqrt(fan_in), shape)
+            else:
+                bias = np.full(shape, 1.0 if init == "paper" and index in PAPER_BIAS_ONE else 0.0)
+            layer.bias.data = _like(bias.astype(np.float32), layer.bias)
     return model
 
 

@@ -17,7 +17,9 @@ momentum; PyTorch's is already ten times smaller.
 
 Schedules change ``optimizer.lr`` between epochs: :class:`ReduceLROnPlateau` divides it by 10
 when the validation error stops improving, as the paper did three times before stopping, and
-:class:`StepLR` divides it every ``step_size`` epochs.
+:class:`StepLR` divides it every ``step_size`` epochs. :class:`LinearWarmup` changes it within
+the first steps of a run: a departure from the paper (Goyal et al., 2017, "Accurate, Large
+Minibatch SGD", Sec. 2.2), so that the first and largest gradients meet a small step.
 
 All state (``state_dict``) is plain data: Python numbers and strings, and NumPy arrays, so it can
 be saved with ``np.savez`` or JSON without pickle.
@@ -33,6 +35,7 @@ array([ 0.949, -2.023])
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 
@@ -293,3 +296,64 @@ class StepLR:
         restored = StepLR(self.optimizer, int(state["step_size"]), float(state["gamma"]))
         restored.epoch = int(state["epoch"])
         self.__dict__.update(restored.__dict__)
+
+
+class LinearWarmup:
+    r"""Raise ``optimizer.lr`` linearly to its value over the first ``steps`` steps: the
+    optimiser step number :math:`t = 0, 1, \ldots` uses :math:`\epsilon \min(1, (t+1)/T)`.
+    Call :meth:`step` before each ``optimizer.step()``. ``steps=0`` changes nothing.
+
+    Epoch schedules act on the *target* rate :math:`\epsilon`, not on the ramped one: wrap
+    their ``step`` in :meth:`scheduling` so that a division by 10 during the warm-up divides
+    the target and the ramp goes on towards the new one.
+
+    >>> from minialex import Parameter
+    >>> opt = SGD([Parameter(np.zeros(1))], lr=0.1)
+    >>> warmup = LinearWarmup(opt, steps=4)
+    >>> lrs = []
+    >>> for t in range(6):
+    ...     warmup.step()
+    ...     lrs.append(round(opt.lr, 6))
+    >>> lrs
+    [0.025, 0.05, 0.075, 0.1, 0.1, 0.1]
+    """
+
+    def __init__(self, optimizer, steps: int):
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"LinearWarmup: steps must be an int >= 0, got {steps!r}")
+        self.optimizer, self.steps = optimizer, int(steps)
+        self.target = optimizer.lr
+        self.taken = 0                      # optimiser steps seen so far
+
+    @property
+    def active(self) -> bool:
+        return self.taken < self.steps
+
+    def step(self) -> None:
+        """Set the rate of the next optimiser step."""
+        if self.active:
+            self.optimizer.lr = self.target * (self.taken + 1) / self.steps
+        elif self.taken == self.steps and self.steps:
+            self.optimizer.lr = self.target
+        self.taken += 1
+
+    @contextlib.contextmanager
+    def scheduling(self):
+        """Let an epoch schedule see and change the target rate (see the class docstring)."""
+        self.optimizer.lr = self.target
+        try:
+            yield
+        finally:
+            self.target = self.optimizer.lr
+            if self.active and self.taken:    # the rate of the last step, on the new target
+                self.optimizer.lr = self.target * self.taken / self.steps
+
+    def state_dict(self) -> dict:
+        return {"steps": self.steps, "target": self.target, "taken": self.taken}
+
+    def load_state_dict(self, state):
+        missing = [k for k in self.state_dict() if k not in state]
+        if missing:
+            raise ValueError(f"LinearWarmup.load_state_dict: missing key(s) {', '.join(missing)}")
+        self.steps, self.target, self.taken = (int(state["steps"]), float(state["target"]),
+                                               int(state["taken"]))

@@ -1,60 +1,104 @@
-r"""Training: the epoch loop, top-k metrics, progress, logs and resumable checkpoints.
+r"""Training: one epoch, evaluation, and a :class:`Trainer` that runs epochs and can be resumed.
 
-:class:`Trainer` runs, for each epoch: a training pass over shuffled mini-batches (forward,
-softmax cross-entropy, backward, optimiser step), a validation pass, one step of the learning-rate
-schedule on the validation error (the paper divides the rate by 10 when it stops improving), and
-then writes
+The loop itself is four lines, in :func:`train_one_epoch`::
 
-- ``metrics.jsonl``: one JSON object per epoch (losses, top-1/top-5 accuracies, learning rate,
-  images/s, data-loading and compute seconds);
-- ``last.npz``: the whole training state (weights, optimiser velocities, schedule, epoch and step,
-  best validation error, history, every random generator), written atomically
-  (:mod:`minialex.checkpoint`); ``best.npz``: the same at the lowest validation error so far.
+    logits = model(Tensor(x))                 # forward
+    loss = F.cross_entropy(logits, y)         # softmax cross-entropy, averaged over the batch
+    loss.backward()                           # every parameter's .grad
+    optimizer.step()                          # SGD with momentum and weight decay
 
-Top-k accuracy: an image counts as correct at ``k`` when fewer than ``k`` classes score strictly
-higher than its true class; the top-k *error* is one minus that. :func:`evaluate` scores one
-(centre) crop per image; :func:`evaluate_ten_crop` scores the paper's ten crops per image by
-their averaged softmax.
+:func:`evaluate` scores a model on one (centre) crop per image, :func:`evaluate_ten_crop` on the
+paper's ten crops per image by their averaged softmax (Sec. 4.1). Top-k accuracy: an image counts
+as correct at ``k`` when fewer than ``k`` classes score strictly higher than its true class.
+
+:class:`Trainer` adds what a long run needs around that loop, one epoch at a time: a validation
+pass, the learning-rate warm-up and schedule, a watch on the loss (:mod:`minialex.watch`), a
+progress line, ``metrics.jsonl`` (one JSON line per epoch, written *before* the checkpoint that
+includes that epoch, so a kill between the two loses nothing) and the checkpoints ``last.npz``
+and ``best.npz`` (lowest validation error), written atomically (:mod:`minialex.checkpoint`).
 
 Exact resumption. Everything random is drawn from generators whose state the checkpoint holds:
-``minialex.backend``'s CPU generator (dropout; on a GPU the dropout stream is reseeded from the
-seed on resume, so GPU runs resume exactly except for dropout masks), the loader's shuffling generator *as it was
-at the start of the current epoch* (so the epoch's order can be drawn again), and any other named
-generators (augmentation) as they are now. A checkpoint may be taken in the middle of an epoch,
-after step ``s``: resuming redraws the epoch's order, skips its first ``s`` batches and carries on
-with the same running sums, so the run continues where it stopped, step for step.
+``minialex.backend``'s (dropout; on a GPU the dropout stream is reseeded on resume, so GPU runs
+resume exactly except for dropout masks) and the training loader's (shuffling and augmentation:
+``Loader.state_dict``). A checkpoint taken after step ``s`` of an epoch resumes by drawing that
+epoch's order again, skipping its first ``s`` batches and carrying on with the same running
+sums, so the run continues step for step.
 
 Ctrl-C. During :meth:`Trainer.fit` the first Ctrl-C only sets a flag: the current step finishes,
-``last.npz`` is saved and ``fit`` returns with ``stopped == "interrupted"``. A second Ctrl-C raises
+``last.npz`` is saved and ``fit`` returns ``"interrupted"``. A second Ctrl-C raises
 ``KeyboardInterrupt`` at once and saves nothing (it may land mid-update, or after the next
 batch's random draws), so ``last.npz`` keeps the last state saved before.
 
-Divergence. A loss that is NaN or infinite raises :class:`TrainingDiverged` before the update,
-naming the epoch and step; nothing is saved, so ``last.npz`` keeps the last good state.
+Stopping early. A NaN or infinite loss, or a loss stuck at chance (:mod:`minialex.watch`), raises
+:class:`~minialex.watch.TrainingStopped` before the update; nothing is saved, so ``last.npz``
+keeps the last good state and resumes from it.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import math
 import os
-import platform
 import signal
-import sys
 import threading
 import time
 
 import numpy as np
 
-from . import __version__, backend, checkpoint
+from . import backend, checkpoint
 from . import functional as F
-from .data.augment import average_softmax
 from .optim import ReduceLROnPlateau
+from .progress import StatusLine
 from .tensor import Tensor, no_grad
+from .watch import TrainingDiverged, TrainingStopped
 
 TOPK = (1, 5)
-METRICS_FILE, SUMMARY_FILE = "metrics.jsonl", "summary.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+# -- the loop ----------------------------------------------------------------------------------
+def train_one_epoch(model, loader, optimizer, *, start=0, running=None, before_update=None,
+                    after_step=None):
+    """One pass over ``loader`` (from its batch ``start`` on), one SGD step per batch; returns
+    the :class:`Running` sums. ``before_update(loss)``, called between the loss and the update,
+    may raise to stop with the weights untouched, or adjust the learning rate;
+    ``after_step(running)`` returning True stops after that step."""
+    running = Running() if running is None else running
+    model.train()
+    batches = loader.epoch(start=start)
+    try:
+        for x, y in _timed(batches, running):
+            logits = model(Tensor(x))
+            loss = F.cross_entropy(logits, y)
+            value = float(loss.item())
+            if before_update is not None:
+                before_update(value)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            running.add(len(y), value * len(y), topk_correct(logits.data, y))
+            if after_step is not None and after_step(running):
+                break
+    finally:
+        batches.close()
+    return running
+
+
+def evaluate(model, loader) -> dict:
+    """Loss and top-1/top-5 accuracy of ``model`` over ``loader``, in eval mode and without
+    gradients: ``{"loss", "top1", "top5", "images", "images_per_second", ...}``."""
+    return _evaluate(model, loader, _single_crop_scores)
+
+
+def evaluate_ten_crop(model, loader) -> dict:
+    """:func:`evaluate` with the paper's test-time averaging: ``loader`` yields batches of
+    crops ``(n_crops, N, C, H, W)`` (e.g. ``transform=Augmenter.ten_crop``); all ``n_crops * N``
+    go through the model as one batch, and the mean of their softmax outputs is each image's
+    prediction. ``loss`` is the cross-entropy of that mean, ``-log p[label]``; ``images``
+    counts images, not crops."""
+    return _evaluate(model, loader, _averaged_crop_scores)
 
 
 def topk_correct(logits, labels, ks=TOPK) -> list:
@@ -70,10 +114,6 @@ def topk_correct(logits, labels, ks=TOPK) -> list:
 def topk_accuracy(logits, labels, k=1) -> float:
     """Fraction of rows whose label is among the ``k`` highest scores."""
     return topk_correct(logits, labels, (k,))[0] / max(len(logits), 1)
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the message names the epoch and step."""
 
 
 @dataclasses.dataclass
@@ -107,21 +147,6 @@ class Running:
                 f"{prefix}_compute_seconds": self.compute_seconds}
 
 
-def evaluate(model, loader) -> dict:
-    """Loss and top-1/top-5 accuracy of ``model`` over ``loader``, in eval mode and without
-    gradients: ``{"loss", "top1", "top5", "images", "images_per_second", ...}``."""
-    return _evaluate(model, loader, _single_crop_scores)
-
-
-def evaluate_ten_crop(model, loader) -> dict:
-    """:func:`evaluate` with the paper's test-time averaging: ``loader`` yields batches of
-    crops ``(n_crops, N, C, H, W)`` (e.g. ``transform=Augmenter.ten_crop``); all ``n_crops * N``
-    go through the model as one batch, and the mean of their softmax outputs
-    (:func:`~minialex.data.augment.average_softmax`) is each image's prediction. ``loss`` is
-    the cross-entropy of that mean, ``-log p[label]``; ``images`` counts images, not crops."""
-    return _evaluate(model, loader, _averaged_crop_scores)
-
-
 def _single_crop_scores(model, x, y):
     logits = model(Tensor(x))
     return float(F.cross_entropy(logits, y, reduction="sum").item()), logits.data
@@ -133,7 +158,7 @@ def _averaged_crop_scores(model, x, y):
                          f"got shape {x.shape}")
     n_crops, n = x.shape[:2]
     logits = model(Tensor(x.reshape((n_crops * n,) + x.shape[2:])))   # crop-major rows
-    probs = average_softmax(logits.data, n_crops)
+    probs = F.average_softmax(logits.data, n_crops)
     xp = backend.get_array_module(probs)
     p_true = xp.take_along_axis(probs, xp.asarray(y)[:, None].astype(np.int64), axis=1)
     # an averaged probability can underflow to 0 only if every crop gave it 0: cap the loss
@@ -159,8 +184,7 @@ def _evaluate(model, loader, scores) -> dict:
 
 def _timed(iterator, running):
     """Yield from ``iterator``, adding the time spent waiting for each item to
-    ``running.data_seconds`` and the time the caller spends on it to ``compute_seconds``
-    (counted when the caller asks for the next item)."""
+    ``running.data_seconds`` and the time the caller spends on it to ``compute_seconds``."""
     end = time.perf_counter()
     for item in iterator:
         start = time.perf_counter()
@@ -168,6 +192,293 @@ def _timed(iterator, running):
         yield item
         end = time.perf_counter()
         running.compute_seconds += end - start
+
+
+# -- the trainer -------------------------------------------------------------------------------
+class Trainer:
+    """Train ``model`` with ``optimizer`` on ``train_loader`` for ``epochs``, validating on
+    ``val_loader`` after each; see the module docstring for what it writes and how it resumes.
+
+    Args:
+        model: a Module mapping a batch (N, C, H, W) to logits (N, classes), on its device.
+        optimizer: e.g. :class:`minialex.optim.SGD` over ``model.parameters()``.
+        train_loader: a :class:`minialex.data.Loader` (its ``state_dict`` is checkpointed).
+        val_loader: a Loader for validation (needed for ``best.npz`` and ReduceLROnPlateau).
+        scheduler: ReduceLROnPlateau (stepped on the validation error), StepLR, or None.
+        warmup: a :class:`minialex.optim.LinearWarmup`, or None.
+        watch: a :class:`minialex.watch.LossWatch`, or None (NaN/inf still stop the run).
+        epochs: total epochs of the run (a resumed run counts the epochs already done).
+        out_dir: where checkpoints and ``metrics.jsonl`` go (None: nowhere).
+        config: JSON-able run settings, stored in the checkpoints.
+        extra_state: JSON-able facts stored in the checkpoints as they are (e.g. class names).
+        print_freq: progress line every ``print_freq`` steps (0: only the epoch lines).
+        stream: where progress goes (default ``sys.stdout``); rewritten in place on a terminal.
+    """
+
+    def __init__(self, model, optimizer, train_loader, val_loader=None, *, scheduler=None,
+                 warmup=None, watch=None, epochs=1, out_dir=None, config=None,
+                 extra_state=None, print_freq=50, stream=None):
+        if isinstance(scheduler, ReduceLROnPlateau) and val_loader is None:
+            raise ValueError("Trainer: ReduceLROnPlateau steps on the validation error, so it "
+                             "needs a val_loader")
+        if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+            raise ValueError(f"Trainer: epochs must be a positive int, got {epochs!r}")
+        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
+        self.warmup, self.watch = warmup, watch
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.epochs, self.out_dir, self.print_freq = int(epochs), out_dir, print_freq
+        self.config, self.extra_state = dict(config or {}), dict(extra_state or {})
+        self.status = StatusLine(stream)
+        self.architecture = getattr(model, "variant", type(model).__name__)
+        self.device = backend.device_of(next(iter(model.parameters())).data)
+        self.epoch, self.step = 0, 0          # epochs completed; steps done in the current one
+        self.global_step = 0                  # steps done in the whole run
+        self.running = Running()              # sums of the current training epoch
+        self.best_val_error, self.best_epoch = math.inf, None
+        self.history, self.stopped, self.warnings = [], None, []
+        self.train_images_total, self.train_seconds_total = 0, 0.0
+        self._interrupted = False
+        self._last_saved = None               # (epoch, step) of the last last.npz written
+        if out_dir is not None:
+            os.makedirs(out_dir, exist_ok=True)
+
+    @property
+    def stream(self):
+        return self.status.stream
+
+    def path(self, name):
+        return None if self.out_dir is None else os.path.join(self.out_dir, name)
+
+    def fit(self) -> str:
+        """Train until ``epochs`` are done, the schedule is exhausted, or Ctrl-C; returns (and
+        sets ``self.stopped`` to) ``"completed"``, ``"schedule exhausted"`` or
+        ``"interrupted"``. Raises :class:`~minialex.watch.TrainingStopped` when the loss is
+        NaN/inf or stuck at chance."""
+        self._interrupted, self.stopped = False, None
+        try:
+            with self._first_ctrl_c_sets_a_flag():
+                while self.epoch < self.epochs and self.stopped is None:
+                    if self._train_epoch():
+                        self._end_epoch()
+                    if self._interrupted:
+                        self.stopped = "interrupted"
+                    elif getattr(self.scheduler, "exhausted", False):
+                        self.stopped = "schedule exhausted"
+        except KeyboardInterrupt:
+            self.status.print(f"\nstopped at once: nothing saved; {self.path('last.npz')} holds "
+                              f"the state saved before")
+            raise
+        self.stopped = self.stopped or "completed"
+        if self.stopped == "interrupted":
+            saved = self.save("last.npz")
+            self.status.print(f"interrupted at {_where(self.epoch, self.step)}"
+                              + (f"; saved {saved}" if saved else ""))
+        return self.stopped
+
+    @contextlib.contextmanager
+    def _first_ctrl_c_sets_a_flag(self):
+        """The first Ctrl-C lets the step finish; the second raises KeyboardInterrupt. Only in
+        the main thread, where Python delivers signals."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def on_sigint(signum, frame):
+            if self._interrupted:
+                raise KeyboardInterrupt
+            self._interrupted = True
+            self.status.print("\nCtrl-C: stopping after this step and saving a checkpoint "
+                              "(Ctrl-C again to stop at once)")
+
+        previous = signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def _train_epoch(self) -> bool:
+        """One training pass (or the rest of one); False when interrupted before its end."""
+        total = len(self.train_loader)
+
+        def before_update(loss):
+            where = (f"epoch {self.epoch + 1}, step {self.step + 1}/{total} (lr "
+                     f"{self.optimizer.lr:g})")
+            if self.watch is not None:
+                warning = self.watch.check(self.global_step, loss, where)
+                if warning:
+                    self.warnings.append(warning)
+                    self.status.print(f"warning: {warning}")
+            elif not math.isfinite(loss):
+                raise TrainingDiverged(f"training diverged: the loss is {loss} at {where}")
+            if self.warmup is not None:
+                self.warmup.step()
+
+        def after_step(running):
+            self.step, self.global_step = running.steps, self.global_step + 1
+            if self.print_freq and (self.step % self.print_freq == 0 or self.step == total):
+                self.status.show(self._progress_line(total))
+            return self._interrupted
+
+        try:
+            self.running = train_one_epoch(
+                self.model, self.train_loader, self.optimizer, start=self.step,
+                running=self.running, before_update=before_update, after_step=after_step)
+        except TrainingStopped as exc:          # say what the disk still holds
+            raise type(exc)(f"{exc.what}; stopped without saving, {self._kept()}",
+                            exc.advice) from None
+        return not self._interrupted or self.step == total
+
+    def _kept(self) -> str:
+        last = self.path("last.npz")
+        if self._last_saved is not None:
+            return f"{last} keeps the last good state, from {_where(*self._last_saved)}"
+        if last is not None and os.path.exists(last):
+            return f"{last} is left as it was"
+        return "no checkpoint had been written yet"
+
+    def _end_epoch(self):
+        val = evaluate(self.model, self.val_loader) if self.val_loader is not None else None
+        if val is not None and not math.isfinite(val["loss"]):
+            # weights that give a NaN validation loss are no "best": keep what is on disk
+            raise TrainingDiverged(
+                f"training diverged: validation loss is {val['loss']} after epoch "
+                f"{self.epoch + 1} (lr {self.optimizer.lr:g}); stopped before saving that "
+                f"epoch, so any checkpoint on disk is from an earlier one")
+        lr = self.optimizer.lr
+        record = {"epoch": self.epoch + 1, "lr": lr, "steps": self.global_step,
+                  **self.running.metrics("train")}
+        if val is not None:
+            record.update({f"val_{k}": v for k, v in val.items()})
+            record["val_error"] = 1.0 - val["top1"]
+        improved = val is not None and record["val_error"] < self.best_val_error
+        record["best"] = improved
+        record["time"] = datetime.datetime.now().isoformat(timespec="seconds")
+        # the epoch is complete: advance the state, log it, then save it
+        self.train_images_total += self.running.images
+        self.train_seconds_total += self.running.seconds
+        self.epoch, self.step, self.running = self.epoch + 1, 0, Running()
+        if improved:
+            self.best_val_error, self.best_epoch = record["val_error"], self.epoch
+        if self.scheduler is not None:
+            with (self.warmup.scheduling() if self.warmup else contextlib.nullcontext()):
+                self.scheduler.step(record.get("val_error"))
+        self.history.append(record)
+        if self.out_dir is not None:
+            with open(self.path(METRICS_FILE), "a") as f:
+                f.write(json.dumps(record) + "\n")
+        state = self.state()                    # built once for both files
+        self.save("last.npz", state)
+        if improved:
+            self.save("best.npz", state)
+        self.status.print(self._epoch_line(record))
+
+    # -- output ------------------------------------------------------------------------------
+    def _progress_line(self, total) -> str:
+        r = self.running
+        steps = max(r.steps, 1)
+        eta = (total - self.step) * r.seconds / steps
+        return (f"epoch {self.epoch + 1}/{self.epochs} [{self.step:>{len(str(total))}}/{total}] "
+                f"loss {r.loss_sum / max(r.images, 1):.4f} acc {r.correct1 / max(r.images, 1):6.2%} "
+                f"{r.images / max(r.seconds, 1e-9):8.1f} img/s | data "
+                f"{1e3 * r.data_seconds / steps:6.1f} ms compute "
+                f"{1e3 * r.compute_seconds / steps:7.1f} ms per step | lr {self.optimizer.lr:.3g}"
+                f" | ETA {_clock(eta)}")
+
+    def _epoch_line(self, record) -> str:
+        line = (f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.4f} "
+                f"top1 {record['train_top1']:.2%} ({record['train_images_per_second']:.1f} "
+                f"img/s, data {record['train_data_seconds']:.1f} s + compute "
+                f"{record['train_compute_seconds']:.1f} s)")
+        if "val_loss" in record:
+            line += (f" | val loss {record['val_loss']:.4f} top1 {record['val_top1']:.2%} "
+                     f"top5 {record['val_top5']:.2%}")
+        line += f" | lr {record['lr']:g}" + (" | best" if record["best"] else "")
+        if self.optimizer.lr != record["lr"] and not (self.warmup and self.warmup.active):
+            line += f" | lr -> {self.optimizer.lr:g}"
+        return line
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state(self) -> dict:
+        """The whole training state as a checkpoint tree (see the module docstring)."""
+        return {
+            "architecture": self.architecture,
+            "config": self.config,
+            **self.extra_state,
+            "model": dict(self.model.state_dict()),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "warmup": None if self.warmup is None else self.warmup.state_dict(),
+            "watch": None if self.watch is None else self.watch.state_dict(),
+            "trainer": {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
+                        "global_step": self.global_step,
+                        "running": dataclasses.asdict(self.running),
+                        "best_val_error": self.best_val_error, "best_epoch": self.best_epoch,
+                        "train_images_total": self.train_images_total,
+                        "train_seconds_total": self.train_seconds_total,
+                        "history": self.history, "warnings": self.warnings},
+            "rng": {"backend": backend.get_rng_state(),
+                    "train_loader": self.train_loader.state_dict()},
+        }
+
+    def save(self, name, state=None):
+        """Write ``state`` (default :meth:`state`) to ``out_dir/name`` atomically; returns the
+        path (None without an ``out_dir``)."""
+        path = self.path(name)
+        if path is not None:
+            checkpoint.save(path, self.state() if state is None else state)
+            if name == "last.npz":
+                self._last_saved = (self.epoch, self.step)
+        return path
+
+    def load_state(self, tree, source="checkpoint"):
+        """Restore a :meth:`state` tree (from ``checkpoint.load``); ``source`` names it in
+        errors. A checkpoint of another architecture is refused with the mismatches; a partial
+        one changes nothing. ``metrics.jsonl`` is cut back to the checkpoint's epochs, so an
+        epoch logged after it was saved is not logged twice."""
+        arch, weights = tree.get("architecture"), tree.get("model")
+        if not isinstance(weights, dict):
+            raise ValueError(f"{source}: holds no model weights")
+        if arch != self.architecture:
+            details = _shape_mismatches(self.model, weights)
+            raise ValueError(f"{source}: checkpoint of architecture {arch!r} cannot be loaded "
+                             f"into a {self.architecture!r} model"
+                             + (": " + "; ".join(details) if details else ""))
+        try:  # read every field first, so a partial file changes nothing and says what is missing
+            t, rng = tree["trainer"], tree["rng"]
+            position = int(t["epoch"]), int(t["step"]), int(t.get("global_step", 0))
+            running = Running(**t["running"])
+            best = float(t["best_val_error"]), t["best_epoch"]
+            totals = int(t["train_images_total"]), float(t["train_seconds_total"])
+            history, warnings = list(t["history"]), list(t.get("warnings", []))
+            backend_rng, loader_state = rng["backend"], rng["train_loader"]
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(tree["optimizer"])
+            for part in ("scheduler", "warmup", "watch"):
+                if getattr(self, part) is not None and tree.get(part) is not None:
+                    getattr(self, part).load_state_dict(tree[part])
+            self.train_loader.load_state_dict(loader_state)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"{source}: incomplete training state (missing {exc})") from None
+        except ValueError as exc:
+            raise ValueError(f"{source}: {exc}") from None
+        self.epoch, self.step, self.global_step = position
+        self.running = running
+        self.best_val_error, self.best_epoch = best
+        self.train_images_total, self.train_seconds_total = totals
+        self.history, self.warnings = history, warnings
+        backend.set_rng_state(backend_rng)
+        self._trim_metrics()
+
+    def _trim_metrics(self):
+        path = self.path(METRICS_FILE)
+        if path is None or not os.path.exists(path):
+            return
+        with open(path) as f:
+            lines = [line for line in f if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("epoch", 0) <= self.epoch]
+        if len(kept) != len(lines):
+            text = "".join(kept)
+            checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _where(epoch, step) -> str:
@@ -180,15 +491,6 @@ def _clock(seconds) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def describe_device(device: str) -> str:
-    """``cpu (2 cores, x86_64)`` or ``gpu:0 (NVIDIA H100 80GB HBM3)``."""
-    if device.startswith("gpu"):
-        props = backend.require_cupy().cuda.runtime.getDeviceProperties(int(device[4:]))
-        name = props["name"]
-        return f"{device} ({name.decode() if isinstance(name, bytes) else name})"
-    return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
-
-
 def _shape_mismatches(model, state) -> list:
     own = {k: tuple(p.shape) for k, p in model.named_parameters()}
     theirs = {k: tuple(np.shape(v)) for k, v in state.items()}
@@ -198,353 +500,3 @@ def _shape_mismatches(model, state) -> list:
     out += [f"{k}: not in the model" for k in theirs if k not in own]
     return out
 
-
-class Trainer:
-    """Train ``model`` with ``optimizer`` on ``train_loader``, validating on ``val_loader``.
-
-    Args:
-        model: a Module mapping a batch (N, C, H, W) to logits (N, classes), on its device.
-        optimizer: e.g. :class:`minialex.optim.SGD` over ``model.parameters()``.
-        train_loader: a :class:`minialex.data.Loader`; its ``generator`` shuffles.
-        val_loader: a Loader for the validation pass (needed for ``best.npz`` and for
-            ReduceLROnPlateau), or None.
-        scheduler: ReduceLROnPlateau (stepped on the validation error), StepLR, or None.
-        epochs: total epochs of the run (a resumed run counts the epochs already done).
-        out_dir: where checkpoints, ``metrics.jsonl`` and ``summary.json`` go (None: nowhere).
-        rngs: other named ``numpy.random.Generator`` s to checkpoint, e.g. augmentation's.
-        config: JSON-able run settings, stored in checkpoints and the summary.
-        print_freq: progress line every ``print_freq`` steps (0: only the epoch lines).
-        stream: where progress goes (default ``sys.stdout``); ``\r``-updated on a terminal.
-    """
-
-    def __init__(self, model, optimizer, train_loader, val_loader=None, *, scheduler=None,
-                 epochs=1, out_dir=None, rngs=None, config=None, print_freq=50, stream=None):
-        if isinstance(scheduler, ReduceLROnPlateau) and val_loader is None:
-            raise ValueError("Trainer: ReduceLROnPlateau steps on the validation error, so it "
-                             "needs a val_loader")
-        if not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"Trainer: epochs must be a positive int, got {epochs!r}")
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.epochs, self.out_dir, self.print_freq = int(epochs), out_dir, print_freq
-        self.rngs, self.config = dict(rngs or {}), dict(config or {})
-        self.stream = sys.stdout if stream is None else stream
-        self.architecture = getattr(model, "variant", type(model).__name__)
-        first = next(iter(model.parameters()))
-        self.device = backend.device_of(first.data)
-        # progress through the run
-        self.epoch, self.step = 0, 0          # epochs completed; steps done in the current one
-        self.running = Running()              # sums of the current training epoch
-        self.epoch_open = False               # the current epoch's order has been drawn
-        self.epoch_start_state = None         # shuffle generator state when it was drawn
-        self.best_val_error, self.best_epoch = math.inf, None
-        self.history, self.stopped = [], None
-        self.train_images_total, self.train_seconds_total = 0, 0.0
-        self._interrupted = False
-        self._last_saved = None               # (epoch, step) of the last last.npz written
-        if out_dir is not None:
-            os.makedirs(out_dir, exist_ok=True)
-
-    # -- paths ---------------------------------------------------------------------------
-    def path(self, name):
-        return None if self.out_dir is None else os.path.join(self.out_dir, name)
-
-    # -- the loop ------------------------------------------------------------------------
-    def fit(self) -> str:
-        """Train until ``epochs`` are done, the schedule is exhausted, or Ctrl-C; returns (and
-        sets ``self.stopped`` to) ``"completed"``, ``"schedule exhausted"`` or
-        ``"interrupted"``. Raises :class:`TrainingDiverged` on a NaN/inf loss."""
-        self._interrupted, self.stopped = False, None
-        previous = self._install_sigint()
-        try:
-            while self.epoch < self.epochs and self.stopped is None:
-                if self._train_epoch():
-                    self._end_epoch()
-                if self._interrupted:
-                    self.stopped = "interrupted"
-                elif getattr(self.scheduler, "exhausted", False):
-                    self.stopped = "schedule exhausted"
-            self.stopped = self.stopped or "completed"
-        except KeyboardInterrupt:
-            # A second Ctrl-C lands anywhere: mid-update, or after the next batch was already
-            # drawn (its crops, flips and dropout masks): saving now would not resume exactly.
-            print(f"\nstopped at once: nothing saved; {self.path('last.npz')} holds the state "
-                  f"saved before", file=self.stream)
-            raise
-        finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
-        if self.stopped == "interrupted":
-            saved = self.save("last.npz")
-            where = f"; saved {saved}" if saved else ""
-            print(f"\ninterrupted at {_where(self.epoch, self.step)}{where}", file=self.stream)
-        return self.stopped
-
-    def _install_sigint(self):
-        """First Ctrl-C: finish the step, then stop and save. Only in the main thread, where
-        Python delivers signals."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
-
-        def on_sigint(signum, frame):
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
-            print("\nCtrl-C: stopping after this step and saving a checkpoint "
-                  "(Ctrl-C again to stop at once)", file=self.stream, flush=True)
-
-        return signal.signal(signal.SIGINT, on_sigint)
-
-    def _train_epoch(self) -> bool:
-        """One training pass (or the rest of one); False when interrupted before its end."""
-        loader, shuffler = self.train_loader, self.train_loader.generator
-        if not self.epoch_open:
-            self.epoch_start_state = shuffler.bit_generator.state if shuffler else None
-            self.running, self.step, self.epoch_open = Running(), 0, True
-        elif shuffler is not None:   # continuing an epoch: draw its order again
-            shuffler.bit_generator.state = self.epoch_start_state
-        total = len(loader)
-        batches = loader.epoch(start=self.step)
-        self.model.train()
-        running = self.running
-        try:
-            while True:
-                start = time.perf_counter()
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                loaded = time.perf_counter()
-                n, loss_sum, correct = self._forward_backward(*batch, total)
-                self.optimizer.step()
-                running.add(n, loss_sum, correct)
-                self.step += 1
-                running.data_seconds += loaded - start
-                running.compute_seconds += time.perf_counter() - loaded
-                if self.print_freq and (self.step % self.print_freq == 0 or self.step == total):
-                    self._progress(total)
-                if self._interrupted:
-                    return False
-        finally:
-            batches.close()
-        return True
-
-    def _forward_backward(self, x, y, total):
-        """Loss and gradients of one batch; raises TrainingDiverged before any update."""
-        logits = self.model(Tensor(x))
-        loss = F.cross_entropy(logits, y)
-        value = float(loss.item())
-        if not math.isfinite(value):
-            last = self.path("last.npz")
-            if self._last_saved is not None:
-                kept = f"{last} keeps the last good state, from {_where(*self._last_saved)}"
-            elif last is not None and os.path.exists(last):
-                kept = f"{last} is left as it was"
-            else:
-                kept = "no checkpoint had been written yet"
-            raise TrainingDiverged(
-                f"training diverged: loss is {value} at epoch {self.epoch + 1}, step "
-                f"{self.step + 1}/{total} (lr {self.optimizer.lr:g}); stopped without saving, "
-                f"{kept}; try a lower learning rate")
-        self.optimizer.zero_grad()
-        loss.backward()
-        return len(y), value * len(y), topk_correct(logits.data, y)
-
-    def evaluate(self, loader) -> dict:
-        """:func:`evaluate` of this trainer's model."""
-        return evaluate(self.model, loader)
-
-    def _end_epoch(self):
-        val = self.evaluate(self.val_loader) if self.val_loader is not None else None
-        if val is not None and not math.isfinite(val["loss"]):
-            # weights that give a NaN validation loss are no "best": keep what is on disk
-            raise TrainingDiverged(
-                f"training diverged: validation loss is {val['loss']} after epoch "
-                f"{self.epoch + 1} (lr {self.optimizer.lr:g}); stopped before saving that "
-                f"epoch, so any checkpoint on disk is from an earlier one; try a lower "
-                f"learning rate")
-        running, lr = self.running, self.optimizer.lr
-        record = {"epoch": self.epoch + 1, "lr": lr, **running.metrics("train")}
-        if val is not None:
-            record.update({f"val_{k}": v for k, v in val.items()})
-            record["val_error"] = 1.0 - val["top1"]
-        improved = val is not None and record["val_error"] < self.best_val_error
-        record["best"] = improved
-        record["time"] = datetime.datetime.now().isoformat(timespec="seconds")
-        # the epoch is complete: advance the state, then save it
-        self.train_images_total += running.images
-        self.train_seconds_total += running.seconds
-        self.epoch, self.step, self.epoch_open = self.epoch + 1, 0, False
-        self.running = Running()
-        if improved:
-            self.best_val_error, self.best_epoch = record["val_error"], self.epoch
-        if self.scheduler is not None:
-            self.scheduler.step(record.get("val_error"))
-        self.history.append(record)
-        self.save("last.npz")
-        if improved:
-            self.save("best.npz")
-        if self.out_dir is not None:
-            with open(self.path(METRICS_FILE), "a") as f:
-                f.write(json.dumps(record) + "\n")
-        self._epoch_line(record)
-
-    # -- output --------------------------------------------------------------------------
-    def _write(self, line, end="\n"):
-        live = getattr(self.stream, "isatty", lambda: False)()
-        if live and end == "\r":
-            self.stream.write("\r" + line.ljust(getattr(self, "_width", 0)))
-            self._width = len(line)
-        elif end == "\r":
-            self.stream.write(line + "\n")
-        else:
-            self.stream.write(("\r" + " " * getattr(self, "_width", 0) + "\r" if live else "")
-                              + line + end)
-            self._width = 0
-        self.stream.flush()
-
-    def _progress(self, total):
-        r = self.running
-        steps = max(r.steps, 1)
-        eta = (total - self.step) * r.seconds / steps
-        self._write(f"epoch {self.epoch + 1}/{self.epochs} [{self.step:>{len(str(total))}}/"
-                    f"{total}] loss {r.loss_sum / max(r.images, 1):.4f} "
-                    f"acc {r.correct1 / max(r.images, 1):6.2%} "
-                    f"{r.images / max(r.seconds, 1e-9):8.1f} img/s | "
-                    f"data {1e3 * r.data_seconds / steps:6.1f} ms "
-                    f"compute {1e3 * r.compute_seconds / steps:7.1f} ms per step | "
-                    f"ETA {_clock(eta)}", end="\r")
-
-    def _epoch_line(self, record):
-        line = (f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.4f} "
-                f"top1 {record['train_top1']:.2%} ({record['train_images_per_second']:.1f} "
-                f"img/s, data {record['train_data_seconds']:.1f} s + compute "
-                f"{record['train_compute_seconds']:.1f} s)")
-        if "val_loss" in record:
-            line += (f" | val loss {record['val_loss']:.4f} top1 {record['val_top1']:.2%} "
-                     f"top5 {record['val_top5']:.2%}")
-        line += f" | lr {record['lr']:g}" + (" | best" if record["best"] else "")
-        if self.optimizer.lr != record["lr"]:
-            line += f" | lr -> {self.optimizer.lr:g}"
-        self._write(line)
-
-    # -- checkpoints ---------------------------------------------------------------------
-    def state(self) -> dict:
-        """The whole training state as a checkpoint tree (see the module docstring)."""
-        shuffler = self.train_loader.generator
-        shuffle_state = (self.epoch_start_state if self.epoch_open
-                         else shuffler.bit_generator.state if shuffler else None)
-        return {
-            "architecture": self.architecture,
-            "config": self.config,
-            "model": dict(self.model.state_dict()),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "trainer": {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
-                        "epoch_open": self.epoch_open,
-                        "running": dataclasses.asdict(self.running),
-                        "best_val_error": self.best_val_error, "best_epoch": self.best_epoch,
-                        "train_images_total": self.train_images_total,
-                        "train_seconds_total": self.train_seconds_total,
-                        "history": self.history},
-            "rng": {"backend": backend.get_rng_state(), "shuffle": shuffle_state,
-                    "generators": {k: g.bit_generator.state for k, g in self.rngs.items()}},
-        }
-
-    def save(self, name):
-        """Write :meth:`state` to ``out_dir/name`` atomically; returns the path (None without
-        an ``out_dir``)."""
-        path = self.path(name)
-        if path is not None:
-            checkpoint.save(path, self.state())
-            if name == "last.npz":
-                self._last_saved = (self.epoch, self.step)
-        return path
-
-    def load_state(self, tree, source="checkpoint"):
-        """Restore a :meth:`state` tree (from ``checkpoint.load``); ``source`` names it in
-        errors. A checkpoint of another architecture is refused with the mismatches."""
-        arch, weights = tree.get("architecture"), tree.get("model")
-        if not isinstance(weights, dict):
-            raise ValueError(f"{source}: holds no model weights")
-        if arch != self.architecture:
-            details = _shape_mismatches(self.model, weights)
-            raise ValueError(f"{source}: checkpoint of architecture {arch!r} cannot be loaded "
-                             f"into a {self.architecture!r} model"
-                             + (": " + "; ".join(details) if details else ""))
-        try:  # read every field first, so a partial file changes nothing and says what is missing
-            t, rng = tree["trainer"], tree["rng"]
-            generators = rng["generators"]
-            missing = [k for k in self.rngs if k not in generators]
-            if missing:
-                raise ValueError(f"no state for generator(s) {', '.join(missing)}")
-            position = int(t["epoch"]), int(t["step"]), t["epoch_open"]
-            running = Running(**t["running"])
-            best = float(t["best_val_error"]), t["best_epoch"]
-            totals = int(t["train_images_total"]), float(t["train_seconds_total"])
-            history, backend_rng, shuffle = list(t["history"]), rng["backend"], rng["shuffle"]
-            self.model.load_state_dict(weights)
-            self.optimizer.load_state_dict(tree["optimizer"])
-            if self.scheduler is not None and tree.get("scheduler") is not None:
-                self.scheduler.load_state_dict(tree["scheduler"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: incomplete training state (missing {exc})") from None
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
-        self.epoch, self.step, self.epoch_open = position
-        self.running = running
-        self.best_val_error, self.best_epoch = best
-        self.train_images_total, self.train_seconds_total = totals
-        self.history = history
-        backend.set_rng_state(backend_rng)
-        for name, g in self.rngs.items():
-            g.bit_generator.state = generators[name]
-        if self.train_loader.generator is not None and shuffle is not None:
-            self.train_loader.generator.bit_generator.state = shuffle
-        self.epoch_start_state = shuffle if self.epoch_open else None
-
-    # -- the end of a run ----------------------------------------------------------------
-    def test(self, loader, weights="best") -> dict:
-        """Evaluate on ``loader`` with the ``"best"`` checkpoint's weights (loaded into the
-        model, when there is one) or the ``"last"`` (current) ones."""
-        best = self.path("best.npz")
-        used = "last"
-        if weights == "best" and best is not None and os.path.exists(best):
-            self.model.load_state_dict(checkpoint.load(best)["model"])
-            used = f"best (epoch {self.best_epoch})"
-        metrics = self.evaluate(loader)
-        metrics["weights"] = used
-        return metrics
-
-    def summary(self, test=None, **extra) -> dict:
-        """The run's summary: test metrics (accuracies in [0, 1]), epochs, throughput, device,
-        model and settings; ``extra`` entries are added as given."""
-        out = {}
-        if test is not None:
-            out.update({"test_top1": test["top1"], "test_top5": test["top5"],
-                        "test_loss": test["loss"], "test_images": test["images"],
-                        "test_weights": test.get("weights", "last"),
-                        "eval_images_per_second": test["images_per_second"]})
-        out.update({
-            "epochs": self.epoch, "epochs_planned": self.epochs, "stopped": self.stopped,
-            "best_epoch": self.best_epoch,
-            "best_val_top1": None if self.best_epoch is None else 1.0 - self.best_val_error,
-            "final_lr": self.optimizer.lr,
-            "images_per_second": self.train_images_total / max(self.train_seconds_total, 1e-9),
-            "train_seconds": self.train_seconds_total,
-            "device": describe_device(self.device),
-            "model": self.architecture, "parameters": int(self.model.num_parameters()),
-            "args": self.config,
-            "versions": {"minialex": __version__, "numpy": np.__version__,
-                         "python": platform.python_version()},
-            "finished": datetime.datetime.now().isoformat(timespec="seconds"),
-        })
-        out.update(extra)
-        return out
-
-    def write_summary(self, summary) -> str | None:
-        """Write ``summary`` to ``out_dir/summary.json`` atomically; returns the path."""
-        path = self.path(SUMMARY_FILE)
-        if path is not None:
-            text = json.dumps(summary, indent=2) + "\n"
-            checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-        return path

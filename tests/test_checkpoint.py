@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 
 import minialex
-from minialex import checkpoint, nn
-from minialex.data import ArrayDataset, Loader
-from minialex.data import transforms as T
-from minialex.optim import SGD, StepLR
-from minialex.train import Trainer
+from minialex import checkpoint
+
+from support import make_trainer
 
 
 # -- the file format ---------------------------------------------------------------------------
@@ -87,34 +85,6 @@ def test_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
 
 
 # -- exact resumption through the Trainer ------------------------------------------------------
-def tiny_net(width=4):
-    return nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
-                         nn.Flatten(), nn.Linear(width * 16, 16), nn.ReLU(), nn.Dropout(0.5),
-                         nn.Linear(16, 10))
-
-
-def tiny_data(n=40, seed=0):
-    rng = np.random.default_rng(seed)
-    return ArrayDataset(rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8),
-                        rng.integers(0, 10, n))
-
-
-def make_trainer(out_dir, epochs, model_seed=0, width=4):
-    """Everything seeded as the example does: model, shuffling, augmentation, dropout."""
-    minialex.manual_seed(model_seed)
-    model = tiny_net(width)
-    optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-    augment = np.random.default_rng(2)
-    transform = T.Compose([T.ToFloat(), T.RandomCrop(None, 1, augment),
-                           T.RandomHorizontalFlip(0.5, augment)])
-    train = Loader(tiny_data(), 8, shuffle=True, generator=np.random.default_rng(1),
-                   transform=transform)
-    val = Loader(tiny_data(16, seed=1), 16, transform=T.ToFloat())
-    return Trainer(model, optimizer, train, val, scheduler=StepLR(optimizer, 1, gamma=0.5),
-                   epochs=epochs, out_dir=out_dir, rngs={"augment": augment}, print_freq=0,
-                   stream=open(os.devnull, "w"))
-
-
 def weights(trainer):
     return {k: v.copy() for k, v in trainer.model.state_dict().items()}
 
@@ -183,7 +153,7 @@ def test_checkpoint_of_another_architecture_is_refused_with_names_and_shapes(tmp
 
 
 @pytest.mark.parametrize("path", [("trainer", "running"), ("trainer", "epoch"),
-                                  ("rng", "backend")])
+                                  ("rng", "backend"), ("rng", "train_loader")])
 def test_incomplete_training_state_is_refused_before_anything_changes(tmp_path, path):
     first = make_trainer(tmp_path / "a", epochs=1)
     first.fit()

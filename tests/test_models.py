@@ -166,6 +166,27 @@ def test_kaiming_init_is_the_default_and_uses_grouped_fan_in():
         assert not layer.bias.numpy().any()
 
 
+def test_xavier_init_is_glorot_uniform_over_grouped_fans():
+    model = alexnet("small", init="xavier")
+    for layer in weighted(model):
+        w = layer.weight.numpy()
+        fan_in = math.prod(w.shape[1:])                  # in_channels / groups * KH * KW
+        fan_out = w.shape[0] * math.prod(w.shape[2:])    # out_channels * KH * KW
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.95 * bound, layer
+        assert abs(w.std() / (bound / math.sqrt(3)) - 1) < 0.1, layer   # U(-a, a): std a/sqrt3
+        assert not layer.bias.numpy().any()
+
+
+def test_torch_init_is_pytorchs_default_for_weights_and_biases():
+    model = alexnet("mini", init="torch")
+    for layer in weighted(model):
+        w, b = layer.weight.numpy(), layer.bias.numpy()
+        bound = 1 / math.sqrt(math.prod(w.shape[1:]))    # kaiming_uniform_(a=sqrt(5))
+        assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound, layer
+        assert np.abs(b).max() <= bound and b.std() > 0, layer
+
+
 def test_same_seed_same_model_other_seed_other_model():
     minialex.manual_seed(7)
     a = alexnet("mini").state_dict()
@@ -180,7 +201,7 @@ def test_same_seed_same_model_other_seed_other_model():
 @pytest.mark.parametrize("kwargs, match", [
     (dict(variant="vgg"), "paper, one-tower, owt, small, fmnist, mini"),
     (dict(variant="mini", lrn_position="before"), "lrn_position"),
-    (dict(variant="mini", init="xavier"), "init"),
+    (dict(variant="mini", init="glorot"), "init"),
     (dict(variant="mini", num_classes=0), "num_classes"),
     (dict(variant="mini", in_channels=2.0), "in_channels"),
 ])

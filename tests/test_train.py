@@ -1,4 +1,5 @@
-"""The Trainer: top-k metrics, logs, divergence, the schedule stopping a run, real learning."""
+"""Training: the plain epoch loop, top-k metrics, the Trainer's logs, divergence, the schedule
+stopping a run, resuming without logging an epoch twice, and real learning."""
 import io
 import json
 
@@ -6,17 +7,49 @@ import numpy as np
 import pytest
 
 import minialex
-from minialex import Tensor, checkpoint
-from minialex.data import Loader, fashion_mnist
+from minialex import Tensor, checkpoint, nn
+from minialex.data import ArrayDataset, Loader, fashion_mnist
 from minialex.data.transforms import image_transforms
 from minialex.models import alexnet
 from minialex.optim import SGD, ReduceLROnPlateau
-from minialex import nn
-from minialex.data import ArrayDataset
-from minialex.train import (Trainer, TrainingDiverged, evaluate_ten_crop, topk_accuracy,
-                            topk_correct)
+from minialex.train import (Trainer, evaluate, evaluate_ten_crop, topk_accuracy, topk_correct,
+                            train_one_epoch)
+from minialex.watch import TrainingDiverged
 
-from test_checkpoint import make_trainer
+from support import make_trainer, tiny_data, tiny_net
+
+
+# -- the plain loop ----------------------------------------------------------------------------
+def test_train_one_epoch_is_the_four_line_loop_over_every_batch():
+    minialex.manual_seed(0)
+    model = tiny_net()
+    optimizer = SGD(model.parameters(), lr=0.05)
+    loader = Loader(tiny_data(), 8, transform=lambda x: x.astype(np.float32) / 255)
+    before = evaluate(model, loader)["loss"]
+    losses = []
+    running = train_one_epoch(model, loader, optimizer, before_update=losses.append)
+    assert running.steps == 5 and running.images == 40 and len(losses) == 5
+    assert running.loss_sum == pytest.approx(8 * sum(losses))
+    for _ in range(20):
+        train_one_epoch(model, loader, optimizer)
+    assert evaluate(model, loader)["loss"] < before
+
+
+def test_train_one_epoch_stops_before_the_update_when_asked():
+    minialex.manual_seed(0)
+    model = tiny_net()
+    optimizer = SGD(model.parameters(), lr=0.05)
+    loader = Loader(tiny_data(), 8, transform=lambda x: x.astype(np.float32) / 255)
+    weights = {k: v.copy() for k, v in model.state_dict().items()}
+
+    def refuse(loss):
+        raise TrainingDiverged("planted")
+
+    with pytest.raises(TrainingDiverged):
+        train_one_epoch(model, loader, optimizer, before_update=refuse)
+    assert all(np.array_equal(weights[k], v) for k, v in model.state_dict().items())
+    running = train_one_epoch(model, loader, optimizer, after_step=lambda r: r.steps == 2)
+    assert running.steps == 2
 
 
 # -- top-k -------------------------------------------------------------------------------------
@@ -85,9 +118,7 @@ def test_evaluate_ten_crop_wants_batches_of_crops():
 
 # -- logs, summary, stopping -------------------------------------------------------------------
 def test_fit_writes_one_metrics_line_per_epoch_and_a_summary(tmp_path):
-    trainer = make_trainer(tmp_path, epochs=2)
-    trainer.stream = io.StringIO()
-    trainer.print_freq = 2
+    trainer = make_trainer(tmp_path, epochs=2, stream=io.StringIO(), print_freq=2)
     trainer.fit()
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     records = [json.loads(line) for line in lines]
@@ -99,14 +130,25 @@ def test_fit_writes_one_metrics_line_per_epoch_and_a_summary(tmp_path):
     assert (tmp_path / "last.npz").exists() and (tmp_path / "best.npz").exists()
     output = trainer.stream.getvalue()
     assert "epoch 1/2 [2/5] loss" in output and "img/s" in output and "ETA" in output
-    assert "data" in output and "compute" in output
-    summary = trainer.summary(trainer.test(trainer.val_loader), wall_time_s=1.0)
-    for key in ("test_top1", "test_top5", "epochs", "images_per_second", "device"):
-        assert key in summary
-    assert 0 <= summary["test_top1"] <= summary["test_top5"] <= 1 and summary["epochs"] == 2
-    assert summary["device"].startswith("cpu")
-    trainer.write_summary(summary)
-    assert json.loads((tmp_path / "summary.json").read_text())["wall_time_s"] == 1.0
+    assert "data" in output and "compute" in output and "lr 0.05" in output
+    # each epoch's line is in metrics.jsonl before the checkpoint that includes it
+    assert checkpoint.load(tmp_path / "last.npz")["trainer"]["history"] == records
+
+
+def test_resuming_cuts_metrics_back_to_the_checkpoint_so_no_epoch_is_logged_twice(tmp_path):
+    trainer = make_trainer(tmp_path, epochs=1)
+    trainer.fit()
+    saved = checkpoint.load(tmp_path / "last.npz")
+    trainer.epochs = 2
+    trainer.fit()                 # as if killed after logging epoch 2, before saving it
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed = make_trainer(tmp_path, epochs=2)
+    resumed.load_state(saved)
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
+    resumed.fit()
+    epochs = [json.loads(line)["epoch"] for line in
+              (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2]
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -126,8 +168,9 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
     with pytest.raises(TrainingDiverged) as info:
         trainer.fit()
     message = str(info.value)
-    assert "loss is nan at epoch 2, step 3/5" in message
+    assert "training diverged: the loss is nan at epoch 2, step 3/5 (lr 0.025)" in message
     assert "last.npz keeps the last good state, from the end of epoch 1" in message
+    assert "try a lower --lr" in message
     assert (tmp_path / "last.npz").read_bytes() == before
     assert checkpoint.load(tmp_path / "last.npz")["trainer"]["epoch"] == 1
 
@@ -157,7 +200,7 @@ def test_an_exhausted_plateau_schedule_stops_the_run(tmp_path):
     trainer.scheduler = ReduceLROnPlateau(trainer.optimizer, max_reductions=1)
     assert trainer.fit() == "schedule exhausted"
     assert trainer.epoch == 3                      # best, reduce, then exhausted
-    assert trainer.summary()["stopped"] == "schedule exhausted"
+    assert trainer.stopped == "schedule exhausted"
 
 
 # -- real data ---------------------------------------------------------------------------------
@@ -179,7 +222,7 @@ def test_mini_alexnet_learns_on_a_slice_of_real_fashion_mnist():
     val = Loader(data.val.head(256), 256, transform=eval_tf)
     trainer = Trainer(model, optimizer, train, val, epochs=2, print_freq=0,
                       stream=io.StringIO())
-    before = trainer.evaluate(val)
+    before = evaluate(model, val)
     trainer.fit()                                  # 32 steps of 64 images
     after = trainer.history[-1]
     assert after["val_loss"] < 0.8 * before["loss"]

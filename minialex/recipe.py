@@ -1,0 +1,402 @@
+r"""A run from its configuration: data, model, optimiser, schedule and loaders, then fit and test.
+
+:func:`fit` is the whole job of ``examples/train_alexnet.py``: it loads the data a
+:class:`~minialex.config.RunConfig` names, builds everything from it (:func:`build`), trains
+with a :class:`~minialex.train.Trainer` (or resumes one from a checkpoint), tests the best
+epoch's weights on the test set once, and writes ``summary.json``. :func:`evaluate_checkpoint`
+tests a saved checkpoint; :func:`find_lr` runs the learning-rate range test on the run's model
+and data.
+
+A run that does not learn fails loudly: a NaN loss or one stuck at chance stops it
+(:mod:`minialex.watch`), and a run whose test accuracy ends no better than chance raises
+:class:`~minialex.watch.TrainingStalled` after writing its summary, so that no such run ends as
+"completed".
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+import warnings
+
+import numpy as np
+
+from . import __version__, backend, checkpoint
+from .config import FASHION_MNIST, RunConfig, resolve
+from .data import Loader, load_fashion_mnist
+from .data.augment import PCA_STD, Augmenter
+from .data.prepare import prepare
+from .data.transforms import image_transforms
+from .lr_finder import lr_range_test
+from .models import VARIANTS, alexnet
+from .optim import SGD, LinearWarmup, ReduceLROnPlateau, StepLR
+from .train import Trainer, evaluate, evaluate_ten_crop
+from .watch import LossWatch, TrainingStalled, TrainingStopped, above_chance
+
+SUMMARY_FILE = "summary.json"
+
+
+@dataclasses.dataclass
+class RunData:
+    """A run's splits and what the model and transforms need to know about them."""
+    train: object
+    val: object
+    test: object
+    classes: list
+    in_channels: int
+    test_split: str                  # where the final accuracy is measured
+    fashion_mnist: object = None     # FashionMNIST: pixel mean and std, root
+    folder: object = None            # PreparedDataset: mean image, RGB PCA, skipped files
+
+    def describe(self, config: RunConfig) -> str:
+        counts = (f"train {len(self.train):,}, val {len(self.val):,}, test "
+                  f"({self.test_split}/) {len(self.test):,}")
+        if self.folder is None:
+            scaled = VARIANTS[config.model].input_size
+            return (f"data: Fashion-MNIST from {self.fashion_mnist.root}: "
+                    + counts.replace(f"({self.test_split}/) ", "")
+                    + (f"; images scaled 28x28 -> {scaled}x{scaled} per batch on the device"
+                       if scaled != 28 else ""))
+        return f"data: {config.dataset}: {counts} | {describe_folder(self.folder)}"
+
+
+def describe_folder(data) -> str:
+    """One line: where the prepared data is, its classes, and what was skipped."""
+    skipped = [rel for split in data.splits for rel, _ in data.skipped[split]]
+    names = ", ".join(data.classes[:10]) + (", ..." if len(data.classes) > 10 else "")
+    return (f"{'reused' if data.reused else 'prepared'} {data.size}x{data.size} cache "
+            f"{data.path}; {len(data.classes)} classes ({names}); "
+            + (f"{len(skipped)} unreadable file(s) skipped ({', '.join(skipped[:3])}"
+               f"{', ...' if len(skipped) > 3 else ''})" if skipped else "no file skipped"))
+
+
+def prepare_folder(root, size, *, cache=None, workers=None):
+    """The prepared image folder (its cache reused when unchanged); unreadable files are
+    counted in :func:`describe_folder`'s line instead of one warning each."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return prepare(root, size=size, cache_dir=cache, workers=workers)
+
+
+def load_data(config: RunConfig, *, data_dir=None, cache=None, workers=None,
+              classes=None) -> RunData:
+    """The splits ``config`` names. An image folder without ``test/`` is tested on ``val/``;
+    ``classes``, when given (from a checkpoint), must be the folder's."""
+    limit_train, limit_test = config.limit_train, config.limit_test
+    if not config.is_folder:
+        data = load_fashion_mnist(data_dir, val_size=config.val_size)
+        return RunData(data.train.head(limit_train), data.val.head(limit_test),
+                       data.test.head(limit_test), list(data.classes), 1, "test",
+                       fashion_mnist=data)
+    data = prepare_folder(config.dataset, config.prepared_size, cache=cache, workers=workers)
+    if classes is not None and list(classes) != list(data.classes):
+        raise ValueError(f"{config.dataset}: classes {list(data.classes)} differ from the "
+                         f"checkpoint's {list(classes)}")
+    test_split = "test" if "test" in data.splits else "val"
+    return RunData(data.split("train").head(limit_train), data.split("val").head(limit_test),
+                   data.split(test_split).head(limit_test), list(data.classes), 3, test_split,
+                   folder=data)
+
+
+def input_scale(folder) -> float:
+    """1 / the pixel std in 0..255 levels: the RGB covariance's trace (of pixels/255) is the sum
+    of its eigenvalues, a third of it per channel."""
+    std = 255.0 * float(np.sqrt(np.sum(folder.eigvals, dtype=np.float64) / 3))
+    return 1.0 / std if std > 0 else 1.0      # a folder of flat images has no spread to undo
+
+
+@dataclasses.dataclass
+class Run:
+    """Everything :func:`build` makes from a configuration and its data."""
+    config: RunConfig
+    data: RunData
+    model: object
+    optimizer: SGD
+    scheduler: object
+    warmup: LinearWarmup
+    train_loader: Loader
+    val_loader: Loader | None
+    test_loader: Loader
+    ten_crop_loader: Loader | None
+    normalization: dict                # Fashion-MNIST's pixel mean and std, kept for resuming
+
+    def augmentation(self) -> str:
+        c = self.config
+        size = self.model.input_size
+        if c.is_folder:
+            parts = [c.random_crop and f"random {size}x{size} crops", c.flip and "horizontal flips",
+                     c.pca and f"PCA colour noise (std {PCA_STD:g})",
+                     c.subtract_mean and "mean image subtracted",
+                     c.normalize and f"divided by the pixel std "
+                                     f"{1 / input_scale(self.data.folder):.1f}"]
+        else:
+            parts = [c.crop_padding and f"random crops (padding {c.crop_padding})",
+                     c.flip and "horizontal flips"]
+        return ", ".join(filter(None, parts)) or "none"
+
+
+def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=None) -> Run:
+    """Model, optimiser, schedule, warm-up and loaders for ``config`` on ``device``, all seeded
+    from ``config.seed`` (one seed, independent streams: weights and dropout from minialex's
+    generator, shuffling and augmentation from their own). ``normalization``: Fashion-MNIST's
+    ``{"mean", "std"}`` to use instead of the data's (a resumed run keeps its own)."""
+    backend.manual_seed(config.seed)
+    model = alexnet(config.model, num_classes=len(data.classes), in_channels=data.in_channels,
+                    init=config.init, lrn_position=config.lrn_position, dropout=config.dropout,
+                    dropout_mode=config.dropout_mode).to(device)
+    optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                    weight_decay=config.weight_decay)
+    if config.schedule == "plateau" and not len(data.val):
+        raise ValueError("schedule: plateau needs a validation set; use --val-size > 0")
+    scheduler = {"plateau": lambda: ReduceLROnPlateau(optimizer),
+                 "step": lambda: StepLR(optimizer, config.step_size),
+                 "none": lambda: None}[config.schedule]()
+    augment = np.random.default_rng([config.seed, 2])
+    norm = None
+    if config.is_folder:
+        folder = data.folder
+        augmenter = Augmenter(folder.mean if config.subtract_mean else None, folder.eigvals,
+                              folder.eigvecs, crop=model.input_size,
+                              random_crop=config.random_crop, flip=config.flip,
+                              pca_std=PCA_STD if config.pca else None,
+                              scale=input_scale(folder) if config.normalize else 1.0,
+                              generator=augment)
+        train_tf, eval_tf, ten_tf = augmenter.train, augmenter.eval, augmenter.ten_crop
+    else:
+        source = normalization or {"mean": data.fashion_mnist.mean,
+                                   "std": data.fashion_mnist.std}
+        norm = {"mean": float(source["mean"]), "std": float(source["std"])}
+        train_tf, eval_tf = image_transforms(model.input_size, norm["mean"], norm["std"],
+                                             crop_padding=config.crop_padding, flip=config.flip,
+                                             generator=augment)
+        ten_tf = None
+    eval_batch = 2 * config.batch_size
+    loader = dict(device=device)
+    return Run(
+        config, data, model, optimizer, scheduler, LinearWarmup(optimizer, config.warmup),
+        Loader(data.train, config.batch_size, shuffle=True,
+               generator=np.random.default_rng([config.seed, 1]), transform=train_tf, **loader),
+        Loader(data.val, eval_batch, transform=eval_tf, **loader) if len(data.val) else None,
+        Loader(data.test, eval_batch, transform=eval_tf, **loader),
+        Loader(data.test, max(1, eval_batch // 10), transform=ten_tf, **loader)
+        if config.ten_crop else None,
+        norm)
+
+
+def describe_device(device: str) -> str:
+    """``cpu (2 cores, x86_64)`` or ``gpu:0 (NVIDIA H100 80GB HBM3)``."""
+    if device.startswith("gpu"):
+        props = backend.require_cupy().cuda.runtime.getDeviceProperties(int(device[4:]))
+        name = props["name"]
+        return f"{device} ({name.decode() if isinstance(name, bytes) else name})"
+    return f"cpu ({os.cpu_count()} cores, {platform.machine()})"
+
+
+def resolve_device(choice: str = "auto") -> str:
+    """``"auto"``: the GPU when CuPy and a GPU are usable, else the CPU; ``"gpu"`` without a
+    usable GPU raises RuntimeError with the reason."""
+    if choice == "auto":
+        return backend.parse_device("gpu") if backend.gpu_available() else "cpu"
+    return backend.parse_device(choice)
+
+
+def default_out_dir(config: RunConfig) -> str:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return os.path.join("runs", f"{config.model}-{stamp}")
+
+
+def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resume=None,
+        data_dir=None, cache=None, workers=None, stream=None, notes=()) -> dict:
+    """Train ``config`` (or resume the run saved in checkpoint ``resume``: its settings win
+    over ``config``'s, see :func:`minialex.config.resolve`), test it, and return the summary
+    that is also written to ``out/summary.json``. ``summary["stopped"]`` is ``"completed"``,
+    ``"schedule exhausted"`` or ``"interrupted"``; a run that stopped learning raises
+    :class:`~minialex.watch.TrainingStopped` after writing a summary that says why."""
+    started = time.time()
+    stream = sys.stdout if stream is None else stream
+    tree = None
+    if resume is not None:
+        tree = checkpoint.load(resume)
+        config, resume_notes = resolve(config.to_dict(), device, tree.get("config", {}))
+        notes = list(notes) + resume_notes
+    for note in notes:
+        print(f"note: {note}", file=stream)
+    data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
+                     classes=tree.get("classes") if tree else None)
+    saved = tree.get("normalization") if tree else None
+    run = build(config, data, device, normalization=saved)
+    if config.limit_train and config.limit_train < config.batch_size:
+        print(f"note: --limit-train {config.limit_train} is below the batch size", file=stream)
+    out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
+                  default_out_dir(config))
+    watch = LossWatch(len(data.classes), warmup=config.warmup, stall_steps=config.stall_steps)
+    trainer = Trainer(run.model, run.optimizer, run.train_loader, run.val_loader,
+                      scheduler=run.scheduler, warmup=run.warmup, watch=watch,
+                      epochs=config.epochs, out_dir=out,
+                      config={**config.to_dict(), "device": device},
+                      extra_state={"classes": data.classes, "normalization": run.normalization},
+                      print_freq=config.print_freq, stream=stream)
+    if tree is not None:
+        trainer.load_state(tree, source=str(resume))
+    _print_header(run, trainer, device, out, resume, stream)
+
+    try:
+        stopped = trainer.fit()
+    except TrainingStopped as exc:
+        trainer.stopped = f"{exc.reason}: {exc}"
+        _write_summary(out, run_summary(trainer, run, device, None, started))
+        raise
+    if stopped == "interrupted":
+        return run_summary(trainer, run, device, None, started)
+    test = test_best(trainer, run.test_loader)
+    extra = {}
+    if run.ten_crop_loader is not None:    # test_best left the weights it used in the model
+        ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
+        extra = {"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
+                 "test_loss_10crop": ten["loss"]}
+    summary = run_summary(trainer, run, device, test, started, **extra)
+    if not above_chance(test["top1"], test["images"], len(data.classes)):
+        what = (f"the run ended at chance: test top-1 {test['top1']:.2%} over "
+                f"{test['images']} images of {len(data.classes)} classes is no better than "
+                f"guessing ({1 / len(data.classes):.2%})")
+        summary["stopped"] = f"{TrainingStalled.reason}: {what}"
+        _write_summary(out, summary)
+        raise TrainingStalled(what)
+    summary["summary_file"] = _write_summary(out, summary)
+    return summary
+
+
+def _print_header(run, trainer, device, out, resume, stream):
+    c, model = run.config, run.model
+    print(f"minialex {__version__} | device {describe_device(device)} | model {model.variant} "
+          f"({model.num_parameters():,} parameters, input "
+          f"{'x'.join(map(str, model.input_shape))})", file=stream)
+    print(run.data.describe(c), file=stream)
+    steps = len(run.train_loader)
+    print(f"training: {c.epochs} epoch{'s' * (c.epochs != 1)}, batch {c.batch_size} ({steps} "
+          f"steps/epoch), SGD lr {c.lr:g} momentum {c.momentum:g} weight decay "
+          f"{c.weight_decay:g}, warm-up {c.warmup} steps, init {c.init}, schedule {c.schedule}, "
+          f"augmentation: {run.augmentation()}", file=stream)
+    where = (f" | resuming {resume} at epoch {trainer.epoch + 1}, step {trainer.step}"
+             if resume else "")
+    print(f"output: {out}{where}", file=stream, flush=True)
+
+
+def test_best(trainer: Trainer, loader) -> dict:
+    """Evaluate on ``loader`` with the weights of ``best.npz`` (loaded into the model) when
+    the run wrote one, else the current ones; ``"weights"`` says which."""
+    best = trainer.path("best.npz")
+    used = "last"
+    if best is not None and os.path.exists(best):
+        trainer.model.load_state_dict(checkpoint.load(best)["model"])
+        used = f"best (epoch {trainer.best_epoch})"
+    metrics = evaluate(trainer.model, loader)
+    metrics["weights"] = used
+    return metrics
+
+
+def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **extra) -> dict:
+    """The run's summary: test metrics (accuracies in [0, 1]), epochs, why it stopped,
+    throughput, device, model, settings and versions; ``extra`` entries added as given."""
+    out = {}
+    if test is not None:
+        out.update({"test_top1": test["top1"], "test_top5": test["top5"],
+                    "test_loss": test["loss"], "test_images": test["images"],
+                    "test_weights": test.get("weights", "last"),
+                    "eval_images_per_second": test["images_per_second"]})
+    out.update({
+        "epochs": trainer.epoch, "epochs_planned": trainer.epochs, "stopped": trainer.stopped,
+        "steps": trainer.global_step, "warnings": trainer.warnings,
+        "best_epoch": trainer.best_epoch,
+        "best_val_top1": None if trainer.best_epoch is None else 1.0 - trainer.best_val_error,
+        "final_lr": trainer.optimizer.lr,
+        "images_per_second": trainer.train_images_total / max(trainer.train_seconds_total, 1e-9),
+        "train_seconds": trainer.train_seconds_total,
+        "device": describe_device(device),
+        "model": trainer.architecture, "parameters": int(trainer.model.num_parameters()),
+        "args": trainer.config, "classes": run.data.classes,
+        "versions": {"minialex": __version__, "numpy": np.__version__,
+                     "python": platform.python_version()},
+        "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+    })
+    if started is not None:
+        out["wall_time_s"] = time.time() - started
+        out["started"] = datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds")
+    out["out"] = trainer.out_dir
+    if run.data.folder is not None:
+        folder = run.data.folder
+        out.update({"test_split": run.data.test_split, "prepared": str(folder.path),
+                    "skipped_files": {split: folder.skipped[split] for split in folder.splits}})
+    out.update(extra)
+    return out
+
+
+def _write_summary(out, summary) -> str:
+    path = os.path.join(out, SUMMARY_FILE)
+    text = json.dumps(summary, indent=2) + "\n"
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    return path
+
+
+def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data_dir=None,
+                        cache=None, workers=None, limit_test=None, ten_crop=False,
+                        out=None) -> dict:
+    """Test the checkpoint at ``path`` on its dataset's test split (an image folder's
+    ``test/``, else ``val/``), with the model and input normalisation it was trained with.
+    ``dataset`` and ``model`` override the checkpoint's. Returns the metrics, also written to
+    ``out/evaluate.json`` when ``out`` is given."""
+    tree = checkpoint.load(path)
+    saved = dict(tree.get("config", {}))
+    saved.update({k: v for k, v in (("dataset", dataset), ("model", model)) if v is not None})
+    saved.setdefault("model", tree.get("architecture"))
+    config, _ = resolve({"limit_test": limit_test, "ten_crop": ten_crop or None}, device, saved)
+    config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop)).check()
+    data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
+                     classes=tree.get("classes"))
+    normalization = tree.get("normalization") or ({"mean": saved["mean"], "std": saved["std"]}
+                                                  if "mean" in saved else None)
+    run = build(config, data, device, normalization=normalization)
+    arch = tree.get("architecture")
+    if arch != run.model.variant:
+        raise ValueError(f"{path}: checkpoint of architecture {arch!r} cannot be loaded into a "
+                         f"{run.model.variant!r} model")
+    try:
+        run.model.load_state_dict(tree["model"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
+    metrics = evaluate(run.model, run.test_loader)
+    result = {"checkpoint": str(path), "epoch": tree.get("trainer", {}).get("epoch"),
+              "test_top1": metrics["top1"], "test_top5": metrics["top5"],
+              "test_loss": metrics["loss"], "test_images": metrics["images"],
+              "device": describe_device(device), "model": run.model.variant,
+              "classes": data.classes}
+    if run.ten_crop_loader is not None:
+        ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
+        result.update({"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
+                       "test_loss_10crop": ten["loss"]})
+    if data.folder is not None:
+        result.update({"test_split": data.test_split, "prepared": str(data.folder.path)})
+    if out:
+        os.makedirs(out, exist_ok=True)
+        text = json.dumps(result, indent=2) + "\n"
+        checkpoint.atomic_write(os.path.join(out, "evaluate.json"),
+                                lambda f: f.write(text.encode("utf-8")))
+    return result
+
+
+def find_lr(config: RunConfig, *, device: str = "cpu", data_dir=None, cache=None, workers=None,
+            steps: int = 100, start_lr: float = 1e-5, end_lr: float = 1.0) -> dict:
+    """The learning-rate range test (:func:`minialex.lr_finder.lr_range_test`) on the model,
+    optimiser and training batches ``config`` builds; nothing is trained."""
+    data = load_data(config, data_dir=data_dir, cache=cache, workers=workers)
+    run = build(config, data, device)
+    return lr_range_test(run.model, run.train_loader, run.optimizer, steps=steps,
+                         start_lr=start_lr, end_lr=end_lr)
+
+
+__all__ = ["FASHION_MNIST", "Run", "RunData", "build", "describe_device", "evaluate_checkpoint",
+           "find_lr", "fit", "load_data", "resolve_device", "run_summary", "test_best"]
