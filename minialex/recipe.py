@@ -226,7 +226,7 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     for note in notes:
         print(f"note: {note}", file=stream)
     data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
-                     classes=tree.get("classes") if tree else None)
+                     classes=saved_classes(tree) if tree else None)
     saved = tree.get("normalization") if tree else None
     run = build(config, data, device, normalization=saved)
     if config.limit_train and config.limit_train < config.batch_size:
@@ -266,8 +266,14 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
         summary["stopped"] = f"{TrainingStalled.reason}: {what}"
         _write_summary(out, summary)
         raise TrainingStalled(what)
-    summary["summary_file"] = _write_summary(out, summary)
+    _write_summary(out, summary)
     return summary
+
+
+def saved_classes(tree) -> list | None:
+    """The class names a checkpoint was trained on (checkpoints before 0.2 kept them in their
+    settings)."""
+    return tree.get("classes") or tree.get("config", {}).get("classes")
 
 
 def _print_header(run, trainer, device, out, resume, stream):
@@ -327,6 +333,7 @@ def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **e
         out["wall_time_s"] = time.time() - started
         out["started"] = datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds")
     out["out"] = trainer.out_dir
+    out["summary_file"] = os.path.join(trainer.out_dir, SUMMARY_FILE)
     if run.data.folder is not None:
         folder = run.data.folder
         out.update({"test_split": run.data.test_split, "prepared": str(folder.path),
@@ -356,7 +363,7 @@ def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, 
     config, _ = resolve({"limit_test": limit_test, "ten_crop": ten_crop or None}, device, saved)
     config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop)).check()
     data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
-                     classes=tree.get("classes"))
+                     classes=saved_classes(tree))
     normalization = tree.get("normalization") or ({"mean": saved["mean"], "std": saved["std"]}
                                                   if "mean" in saved else None)
     run = build(config, data, device, normalization=normalization)

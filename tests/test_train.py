@@ -67,10 +67,16 @@ def test_topk_matches_sorting(k):
     assert topk_accuracy(logits, labels, k) == topk_reference(logits, labels, k) / 30
 
 
-def test_topk_counts_ties_for_the_label_and_all_at_k_beyond_classes():
-    logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 2.0, 1.0]])
-    labels = np.array([1, 2, 2])
-    assert topk_correct(logits, labels, (1, 2, 5)) == [1, 2, 3]
+def test_topk_breaks_ties_by_class_index_and_counts_all_at_k_beyond_classes():
+    logits = np.array([[1.0, 1.0, 0.0], [0.0, 2.0, 1.0], [3.0, 2.0, 1.0], [1.0, 1.0, 1.0]])
+    labels = np.array([1, 2, 2, 0])
+    assert topk_correct(logits, labels, (1, 2, 5)) == [1, 3, 4]
+    assert topk_accuracy(logits[:1], labels[:1]) == float(np.argmax(logits[0]) == labels[0])
+
+
+def test_a_network_with_equal_scores_is_right_only_on_class_0():
+    labels = np.arange(10) % 5
+    assert topk_correct(np.zeros((10, 5)), labels, (1, 5)) == [2, 10]
 
 
 # -- ten-crop evaluation ----------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""The run configuration: presets, one place of checks, the paper's recipe one setting away,
+and how flags, a checkpoint's settings and the preset combine."""
+import dataclasses
+
+import pytest
+
+from minialex import config as cfg
+from minialex.config import CPU_PRESET, GPU_PRESET, IMAGES_PRESET, RunConfig, resolve
+from minialex.models import VARIANTS
+from minialex.optim import MOMENTUM, WEIGHT_DECAY
+
+
+def test_presets_are_checked_instances_picked_by_dataset_and_device():
+    for preset in cfg.PRESETS.values():
+        assert preset.check() is preset
+    assert cfg.preset_for(None, "cpu") is CPU_PRESET
+    assert cfg.preset_for("fashion-mnist", "gpu:0") is GPU_PRESET
+    folder = cfg.preset_for("/photos", "gpu")
+    assert folder == dataclasses.replace(IMAGES_PRESET, dataset="/photos")
+
+
+def test_every_departure_from_the_paper_is_one_setting_away():
+    paper = IMAGES_PRESET.replace(init="paper", normalize=False, warmup=0)
+    assert (paper.lr, paper.momentum, paper.weight_decay, paper.schedule) == (
+        0.01, MOMENTUM, WEIGHT_DECAY, "plateau")                      # paper Sec. 5
+    assert paper.random_crop and paper.flip and paper.pca and paper.subtract_mean   # Sec. 4.1
+    assert paper.batch_size == 128 and paper.model == "paper" and paper.dropout == 0.5
+    assert RunConfig(dataset="/p", model="owt").prepared_size == 256   # 224 of 256, Sec. 4.1
+
+
+@pytest.mark.parametrize("model", list(VARIANTS))
+def test_folders_are_prepared_at_the_models_input_over_0_875(model):
+    size = RunConfig(dataset="/p", model=model).prepared_size
+    assert abs(VARIANTS[model].input_size / size - 224 / 256) < 0.01
+
+
+@pytest.mark.parametrize("changes,message", [
+    (dict(lr=0), "lr: expected a finite number > 0, got 0"),
+    (dict(lr=float("nan")), "lr: expected a finite number > 0"),
+    (dict(momentum=1.0), "momentum: expected a number in [0, 1), got 1.0"),
+    (dict(epochs=0), "epochs: expected a positive integer, got 0"),
+    (dict(warmup=-1), "warmup: expected an integer >= 0, got -1"),
+    (dict(batch_size=2.5), "batch_size: expected a positive integer, got 2.5"),
+    (dict(flip="yes"), "flip: expected True or False, got 'yes'"),
+    (dict(model="vgg"), "model: expected one of paper, one-tower"),
+    (dict(init="glorot"), "init: expected one of kaiming, xavier, torch, paper"),
+    (dict(schedule="cosine"), "schedule: expected one of plateau, step, none"),
+    (dict(ten_crop=True), "ten_crop: needs an image folder"),
+    (dict(dataset="/p", model="small", image_size=32),
+     "--model small takes 65x65 crops, larger than the 32x32 prepared images"),
+])
+def test_bad_settings_are_one_error_naming_the_setting(changes, message):
+    with pytest.raises(ValueError) as info:
+        CPU_PRESET.replace(**changes)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown setting.*colour"):
+        CPU_PRESET.replace(colour=True)
+
+
+def test_flags_win_over_the_preset_and_none_means_not_given():
+    config, notes = resolve({"lr": 0.5, "epochs": None, "model": None}, "cpu")
+    assert config.lr == 0.5 and config.epochs == CPU_PRESET.epochs and notes == []
+
+
+def test_resuming_keeps_the_checkpoints_recipe_and_names_the_flags_it_ignores():
+    saved = CPU_PRESET.replace(batch_size=32, lr=0.1, epochs=2).to_dict()
+    saved["device"] = "cpu"                        # extra keys in a checkpoint are ignored
+    config, notes = resolve({"batch_size": 64, "epochs": 5, "print_freq": 0, "lr": 0.1}, "cpu",
+                            saved)
+    assert config.batch_size == 32 and config.lr == 0.1
+    assert config.epochs == 5 and config.print_freq == 0        # per invocation: free
+    assert notes == ["--batch-size 64 ignored: resuming keeps the checkpoint's 32"]
+    assert resolve({}, "cpu", saved)[0].epochs == 2
+
+
+def test_a_folders_checkpoint_resumes_with_the_folder_preset_on_any_device():
+    saved = IMAGES_PRESET.replace(dataset="/photos", model="small").to_dict()
+    config, _ = resolve({}, "gpu", saved)
+    assert config.dataset == "/photos" and config.model == "small" and config.schedule == "plateau"

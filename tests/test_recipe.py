@@ -1,0 +1,195 @@
+"""A run from its configuration, end to end on small Fashion-MNIST-shaped files: fit, resume,
+evaluate a checkpoint, and the refusals; then examples/train_alexnet.py as a user runs it."""
+import io
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from minialex import backend, checkpoint, recipe
+from minialex.config import CPU_PRESET, RunConfig
+from minialex.data import fashion_mnist
+from minialex.models import alexnet
+from minialex.watch import TrainingStalled
+
+from support import ROOT, SCRIPT, learnable_fashion_mnist, run_example
+
+SUMMARY_KEYS = ("test_top1", "test_top5", "epochs", "images_per_second", "device",
+                "wall_time_s", "model", "args", "stopped", "steps", "classes")
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return learnable_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=300, n_test=80)
+
+
+def quick(**changes) -> RunConfig:
+    """The CPU preset cut to seconds: 240 training images, a short warm-up."""
+    return CPU_PRESET.replace(**{"val_size": 60, "batch_size": 32, "limit_test": 64,
+                                 "print_freq": 0, "warmup": 4, "epochs": 1, **changes})
+
+
+def test_fit_writes_summary_metrics_and_checkpoints_and_resumes(data_dir, tmp_path):
+    log = io.StringIO()
+    summary = recipe.fit(quick(epochs=2), out=str(tmp_path / "run"), data_dir=data_dir,
+                         stream=log)
+    out = log.getvalue()
+    assert "model mini" in out and "train 240, val 60, test 64" in out
+    assert "warm-up 4 steps, init kaiming, schedule step" in out
+    for key in SUMMARY_KEYS:
+        assert key in summary
+    assert summary["stopped"] == "completed" and summary["epochs"] == 2
+    assert summary["test_top1"] > 0.5                   # chance is 0.1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text()) == summary
+    assert summary["args"]["batch_size"] == 32 and summary["classes"][0] == "T-shirt/top"
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    last = checkpoint.load(tmp_path / "run" / "last.npz")
+    assert last["classes"] == summary["classes"] and set(last["normalization"]) == {"mean", "std"}
+
+    # resuming with more epochs carries on from the saved epoch, in the same directory; flags
+    # that contradict the checkpoint are named and ignored
+    log = io.StringIO()
+    summary = recipe.fit(quick(epochs=3, batch_size=64), resume=str(tmp_path / "run" / "last.npz"),
+                         data_dir=data_dir, stream=log)
+    out = log.getvalue()
+    assert "resuming" in out and "at epoch 3, step 0" in out
+    assert "--batch-size 64 ignored: resuming keeps the checkpoint's 32" in out
+    assert summary["epochs"] == 3
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+    # a checkpoint is evaluated with the model and normalisation it was trained with
+    result = recipe.evaluate_checkpoint(tmp_path / "run" / "best.npz", data_dir=data_dir,
+                                        out=str(tmp_path / "eval"))
+    assert result["test_images"] == 80 and result["test_top1"] > 0.5
+    assert json.loads((tmp_path / "eval" / "evaluate.json").read_text()) == result
+
+    # a checkpoint of another architecture is refused, naming the mismatched weights
+    with pytest.raises(ValueError) as info:
+        recipe.fit(quick(model="small"), resume=str(tmp_path / "run" / "last.npz"),
+                   data_dir=data_dir, stream=io.StringIO())
+    assert "checkpoint of architecture 'mini' cannot be loaded into a 'small' model" in \
+        str(info.value)
+    assert "features.0.weight: checkpoint (32, 1, 5, 5), model (48, 1, 11, 11)" in str(info.value)
+
+
+def test_a_run_that_ends_at_chance_fails_with_its_reason_in_the_summary(data_dir, tmp_path,
+                                                                       monkeypatch):
+    def dead_alexnet(*args, **kwargs):       # fc8 all zeros: every image scores all classes 0
+        model = alexnet(*args, **kwargs)
+        fc8 = model.classifier[6]
+        fc8.weight.data[...] = 0
+        fc8.bias.data[...] = 0
+        return model
+
+    monkeypatch.setattr(recipe, "alexnet", dead_alexnet)
+    config = quick(lr=1e-12, stall_steps=0)      # too small a step to change that
+    with pytest.raises(TrainingStalled, match="the run ended at chance: test top-1 10.94% over 64 images"):
+        recipe.fit(config, out=str(tmp_path), data_dir=data_dir, stream=io.StringIO())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["stopped"].startswith("stalled at chance: the run ended at chance")
+
+
+def test_find_lr_suggests_a_rate_and_trains_nothing(data_dir):
+    result = recipe.find_lr(quick(), data_dir=data_dir, steps=20, start_lr=1e-4, end_lr=10)
+    assert len(result["lrs"]) <= 20 and result["lrs"][0] == pytest.approx(1e-4)
+    assert 1e-5 < result["suggested_lr"] < 1
+
+
+# -- the example, as a user runs it ------------------------------------------------------------
+def cli(data_dir, out, *extra):
+    return ["--device", "cpu", "--data-dir", data_dir, "--val-size", "60", "--batch-size", "32",
+            "--limit-test", "64", "--print-freq", "0", "--warmup", "4", "--out", out, *extra]
+
+
+def test_the_example_trains_resumes_and_evaluates(data_dir, tmp_path):
+    run = run_example(*cli(data_dir, tmp_path / "run", "--epochs", "1"))
+    assert run.returncode == 0, run.stderr
+    assert re.search(r"test \(best \(epoch 1\) weights, 64 images\): top-1 .* \| completed after "
+                     r"1 epoch \| wall time", run.stdout)
+    last = tmp_path / "run" / "last.npz"
+    run = run_example("--device", "cpu", "--data-dir", data_dir, "--resume", last, "--epochs", "2")
+    assert run.returncode == 0, run.stderr
+    assert "at epoch 2, step 0" in run.stdout
+    run = run_example("--device", "cpu", "--data-dir", data_dir, "--evaluate", last)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["test_images"] == 80
+
+
+def test_the_example_finds_a_learning_rate(data_dir, tmp_path):
+    run = run_example(*cli(data_dir, tmp_path, "--find-lr"))
+    assert run.returncode == 0, run.stderr
+    assert "suggested lr:" in run.stdout and "train with: --lr" in run.stdout
+    assert not (tmp_path / "last.npz").exists()
+
+
+def test_a_diverging_run_exits_1_naming_what_to_try(data_dir, tmp_path):
+    run = run_example(*cli(data_dir, tmp_path, "--lr", "1e6", "--warmup", "0"))
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and "training diverged" in run.stderr
+    assert "try a lower --lr" in run.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["stopped"].startswith("diverged")
+
+
+def test_damaged_or_missing_checkpoint_is_one_line(data_dir, tmp_path):
+    bad = tmp_path / "last.npz"
+    bad.write_bytes(b"PK\x03\x04" + bytes(50))
+    run = run_example(*cli(data_dir, tmp_path, "--resume", bad))
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and f"{bad}: not a readable minialex checkpoint" in run.stderr
+    run = run_example(*cli(data_dir, tmp_path, "--evaluate", tmp_path / "no"))
+    assert run.returncode == 1 and "checkpoint not found" in run.stderr
+
+
+def test_missing_data_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(fashion_mnist, "DEFAULT_DIRS", ())
+    with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        recipe.fit(quick(), out=str(tmp_path), data_dir=str(tmp_path), stream=io.StringIO())
+
+
+@pytest.mark.skipif(backend.gpu_available(), reason="a GPU is usable here")
+def test_gpu_without_a_gpu_is_a_one_line_error_with_status_2():
+    run = run_example("--device", "gpu")
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "a GPU was asked for but cannot be used" in run.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--lr", "-0.1"], "argument --lr: expected a finite number > 0"),
+    (["--momentum", "1"], "argument --momentum: expected a number in [0, 1)"),
+    (["--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
+    (["--model", "vgg"], "argument --model: invalid choice: 'vgg'"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--dataset", "imagenet"], "argument --dataset: expected 'fashion-mnist' or an image folder"),
+    (["--evaluate", "x.npz", "--find-lr"], "argument --evaluate: not allowed with --find-lr"),
+])
+def test_bad_flags_are_argparse_errors_naming_them(argv, message):
+    run = run_example(*argv)
+    assert run.returncode == 2
+    assert message in run.stderr
+
+
+def test_ctrl_c_saves_a_checkpoint_and_exits_130_without_a_traceback(data_dir, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, str(SCRIPT), *cli(data_dir, str(out), "--batch-size", "8",
+                                                 "--print-freq", "1", "--epochs", "1")]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT)
+    lines = []
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        lines.append(line)
+        if re.match(r"epoch 1/1 \[ *2/", line):               # training is under way
+            proc.send_signal(signal.SIGINT)
+            break
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, "".join(lines) + stdout + stderr
+    assert "Traceback" not in stderr
+    assert "resume with:" in stdout and "--resume" in stdout and str(out) in stdout
+    saved = checkpoint.load(out / "last.npz")
+    assert saved["trainer"]["epoch"] == 0 and saved["trainer"]["step"] >= 2
