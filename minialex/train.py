@@ -9,7 +9,8 @@ The loop itself is four lines, in :func:`train_one_epoch`::
 
 :func:`evaluate` scores a model on one (centre) crop per image, :func:`evaluate_ten_crop` on the
 paper's ten crops per image by their averaged softmax (Sec. 4.1). Top-k accuracy: an image counts
-as correct at ``k`` when fewer than ``k`` classes score strictly higher than its true class.
+as correct at ``k`` when fewer than ``k`` classes rank before its true class (higher scores
+first, ties by class index).
 
 :class:`Trainer` adds what a long run needs around that loop, one epoch at a time: a validation
 pass, the learning-rate warm-up and schedule, a watch on the loss (:mod:`minialex.watch`), a
@@ -103,11 +104,14 @@ def evaluate_ten_crop(model, loader) -> dict:
 
 def topk_correct(logits, labels, ks=TOPK) -> list:
     """How many rows of ``logits`` (N, C) have their label among the ``k`` highest scores, for
-    each ``k`` (ties count in the label's favour). Works on NumPy and CuPy arrays."""
+    each ``k``. Ties are broken by class index, as ``argmax`` does: a network that gives every
+    class the same score predicts class 0, not every class. Works on NumPy and CuPy arrays."""
     xp = backend.get_array_module(logits)
-    labels = xp.asarray(labels)
-    true_score = xp.take_along_axis(logits, labels[:, None].astype(np.int64), axis=1)
-    rank = (logits > true_score).sum(axis=1)     # classes scoring strictly higher
+    labels = xp.asarray(labels)[:, None].astype(np.int64)
+    true_score = xp.take_along_axis(logits, labels, axis=1)
+    ahead = (logits > true_score) | ((logits == true_score)
+                                     & (xp.arange(logits.shape[1]) < labels))
+    rank = ahead.sum(axis=1)                     # classes ranked before the label
     return [int((rank < k).sum()) for k in ks]
 
 
@@ -256,7 +260,8 @@ class Trainer:
         NaN/inf or stuck at chance."""
         self._interrupted, self.stopped = False, None
         try:
-            with self._first_ctrl_c_sets_a_flag():
+            # the watch names a non-finite loss itself, once: no NumPy overflow warnings first
+            with self._first_ctrl_c_sets_a_flag(), np.errstate(over="ignore", invalid="ignore"):
                 while self.epoch < self.epochs and self.stopped is None:
                     if self._train_epoch():
                         self._end_epoch()
