@@ -2,6 +2,8 @@
 recipe that must learn, the summary it writes, --prepare-only, and the errors."""
 import io
 import json
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -11,7 +13,7 @@ from PIL import Image
 from minialex import checkpoint, recipe
 from minialex.config import IMAGES_PRESET
 
-from support import CORRUPT, PHOTO_CLASSES as CLASSES, run_example, synthetic_photos
+from support import CORRUPT, PHOTO_CLASSES as CLASSES, ROOT, run_example, synthetic_photos
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +101,13 @@ def test_prepare_only_creates_the_cache_and_exits(photos, tmp_path):
                                                       mmap_mode="r").shape == (90, 40, 40, 3)
     assert not (tmp_path / "run").exists()
     assert "| reused 40x40 cache" in run_example(*argv).stdout
+    # examples/prepare_dataset.py is the same preparation: it finds the same cache
+    prepare = subprocess.run([sys.executable, str(ROOT / "examples" / "prepare_dataset.py"),
+                              str(photos), "--size", "40", "--cache", str(tmp_path / "cache")],
+                             capture_output=True, text=True, timeout=120)
+    assert prepare.returncode == 0, prepare.stderr
+    assert prepare.stdout.startswith("reused 40x40 cache") and "train: 90 images" in prepare.stdout
+    assert f"skipped {CORRUPT}" in prepare.stdout
 
 
 def test_a_missing_folder_is_a_usage_error(tmp_path):
