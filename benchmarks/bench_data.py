@@ -34,8 +34,8 @@ from PIL import Image  # noqa: E402
 from minialex import backend  # noqa: E402
 from minialex.data.augment import Augmenter  # noqa: E402
 from minialex.data.prepare import default_workers, prepare  # noqa: E402
-from common import RESULTS, cpu_name, save_section, versions  # noqa: E402
 
+from common import RESULTS, cpu_name, save_section, versions  # noqa: E402
 
 
 def write_photos(root: pathlib.Path, n: int, seed: int = 0) -> int:

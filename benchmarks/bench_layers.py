@@ -39,8 +39,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 
 from minialex import Tensor, backend, cuda  # noqa: E402
 from minialex import functional as F  # noqa: E402
-from common import (cpu_name, import_torch, median_seconds, save_section,  # noqa: E402
-                    use_gpu, versions)  # noqa: E402
+
+from common import (  # noqa: E402
+    cpu_name,
+    import_torch,
+    median_seconds,
+    save_section,
+    use_gpu,
+    versions,
+)
 
 LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0   # paper, section 3.3
 

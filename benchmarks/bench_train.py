@@ -41,8 +41,16 @@ from minialex import Tensor, backend, nn  # noqa: E402
 from minialex import functional as F  # noqa: E402
 from minialex.models import alexnet  # noqa: E402
 from minialex.optim import SGD  # noqa: E402
-from common import (RESULTS, cpu_name, import_torch, median_seconds, save_section,  # noqa: E402
-                    use_gpu, versions)  # noqa: E402
+
+from common import (  # noqa: E402
+    RESULTS,
+    cpu_name,
+    import_torch,
+    median_seconds,
+    save_section,
+    use_gpu,
+    versions,
+)
 
 DEFAULTS = {"gpu": [("paper", 128), ("owt", 128)], "cpu": [("small", 32), ("fmnist", 16)]}
 # PyTorch 2.13 CPU on this 2-core machine, measured for issue 5 (img/s: train, inference)

@@ -23,8 +23,9 @@ def cpu_name() -> str:
 
 def versions(*extra: str, gpu=False, torch=None) -> str:
     """minialex, Python, NumPy, then ``extra``, CuPy on a GPU, and PyTorch when it was used."""
-    import minialex
     import numpy as np
+
+    import minialex
     from minialex import backend
     parts = [f"minialex {minialex.__version__}", f"Python {platform.python_version()}",
              f"NumPy {np.__version__}", *extra]

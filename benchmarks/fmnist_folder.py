@@ -37,7 +37,8 @@ def write_folder(out, train_per_class: int = 200, val_per_class: int = 50, size:
         if len(rows) < need:
             raise ValueError(f"class {name!r} has {len(rows)} test images, fewer than the "
                              f"{need} asked for")
-        for split, chosen in (("train", rows[:train_per_class]), ("val", rows[train_per_class:need])):
+        halves = (("train", rows[:train_per_class]), ("val", rows[train_per_class:need]))
+        for split, chosen in halves:
             folder = out / split / class_dir_name(name)
             folder.mkdir(parents=True, exist_ok=True)
             for row in chosen:

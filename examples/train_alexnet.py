@@ -25,7 +25,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minialex import config as cfg, lr_finder, recipe  # noqa: E402
+from minialex import config as cfg  # noqa: E402
+from minialex import lr_finder, recipe  # noqa: E402
 from minialex.data.augment import PCA_STD  # noqa: E402
 from minialex.models import INITS, LRN_POSITIONS, VARIANTS  # noqa: E402
 from minialex.watch import TrainingStopped  # noqa: E402

@@ -8,12 +8,12 @@ NumPy on the CPU, CuPy with hand-written CUDA kernels on NVIDIA GPUs; one body o
 >>> model.num_parameters()
 60965224
 """
-from .backend import gpu_available, manual_seed
-from .tensor import Function, Tensor, is_grad_enabled, no_grad
-from .module import Module, Parameter, Sequential
-from .testing import GradcheckError, GradcheckReport, gradcheck
 from . import functional, models, nn, optim
+from .backend import gpu_available, manual_seed
+from .module import Module, Parameter, Sequential
 from .summary import model_summary
+from .tensor import Function, Tensor, is_grad_enabled, no_grad
+from .testing import GradcheckError, GradcheckReport, gradcheck
 
 __version__ = "0.1.0"
 

@@ -213,10 +213,11 @@ def alexnet(variant="paper", num_classes=None, in_channels=None, *, lrn_position
 
     >>> alexnet("paper").num_parameters()
     60965224
-    >>> alexnet("vgg")
+    >>> alexnet("vgg")  # doctest: +NORMALIZE_WHITESPACE
     Traceback (most recent call last):
     ...
-    ValueError: alexnet: unknown variant 'vgg'; choose one of paper, one-tower, owt, small, fmnist, mini
+    ValueError: alexnet: unknown variant 'vgg'; choose one of paper, one-tower, owt, small,
+        fmnist, mini
     """
     return AlexNet(variant, num_classes, in_channels, lrn_position=lrn_position,
                    dropout_mode=dropout_mode, dropout=dropout, init=init)

@@ -1,5 +1,4 @@
 """Layers as Modules, with PyTorch's names: ``from minialex import nn``."""
-from .module import Module, Parameter, Sequential
 from .layers.activation import LogSoftmax, ReLU, Softmax, Tanh
 from .layers.conv import Conv2d
 from .layers.dropout import Dropout
@@ -7,6 +6,7 @@ from .layers.linear import Flatten, Linear
 from .layers.loss import CrossEntropyLoss
 from .layers.lrn import LocalResponseNorm
 from .layers.pool import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .module import Module, Parameter, Sequential
 
 __all__ = ["AdaptiveAvgPool2d", "AvgPool2d", "Conv2d", "CrossEntropyLoss", "Dropout", "Flatten",
            "Linear", "LocalResponseNorm", "LogSoftmax", "MaxPool2d", "Module", "Parameter",

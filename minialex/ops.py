@@ -31,7 +31,7 @@ from .tensor import Function
 
 
 def unbroadcast(g, shape):
-    """Sum ``g`` over the axes that broadcasting added or stretched, giving an array of ``shape``."""
+    """Sum ``g`` over the axes broadcasting added or stretched, giving an array of ``shape``."""
     if g.shape == shape:
         return g
     extra = g.ndim - len(shape)

@@ -161,7 +161,7 @@ class Tensor:
 
     # -- backward ----------------------------------------------------------------------------
     def backward(self, grad=None):
-        """Accumulate d(self)/d(leaf), times ``grad``, into ``.grad`` of every leaf that needs it."""
+        """Accumulate d(self)/d(leaf) times ``grad`` into ``.grad`` of every leaf that needs it."""
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad "
                                "(no input of the ops that made it had requires_grad=True)")

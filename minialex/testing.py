@@ -4,7 +4,8 @@ For a function ``y = f(x_1, ..., x_k)`` and a fixed random ``gy`` (same shape as
 scalar ``L = sum(gy * f(...))`` has the exact gradient ``dL/dx_i = backward(gy)`` (what the code
 computes) and the numerical estimate, element by element,
 
-.. math::  \frac{\partial L}{\partial x[j]} \approx \frac{L(x + \epsilon e_j) - L(x - \epsilon e_j)}{2\epsilon}
+.. math::
+    \frac{\partial L}{\partial x_j} \approx \frac{L(x+\epsilon e_j) - L(x-\epsilon e_j)}{2\epsilon}
 
 with error O(eps^2). A random ``gy`` (not ones) matters: with ``gy = 1`` a backward that permutes
 or flips its gradient can still pass.

@@ -383,7 +383,8 @@ class Trainer:
         steps = max(r.steps, 1)
         eta = (total - self.step) * r.seconds / steps
         return (f"epoch {self.epoch + 1}/{self.epochs} [{self.step:>{len(str(total))}}/{total}] "
-                f"loss {r.loss_sum / max(r.images, 1):.4f} acc {r.correct1 / max(r.images, 1):6.2%} "
+                f"loss {r.loss_sum / max(r.images, 1):.4f} "
+                f"acc {r.correct1 / max(r.images, 1):6.2%} "
                 f"{r.images / max(r.seconds, 1e-9):8.1f} img/s | data "
                 f"{1e3 * r.data_seconds / steps:6.1f} ms compute "
                 f"{1e3 * r.compute_seconds / steps:7.1f} ms per step | lr {self.optimizer.lr:.3g}"

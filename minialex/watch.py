@@ -17,11 +17,14 @@ The trainer raises the exceptions below before the optimiser step, so the weight
 checkpoint stay as they were after the last good step.
 
 >>> watch = LossWatch(num_classes=10, stall_steps=3)
->>> for step, loss in enumerate([2.302, 2.303, 2.301]):
+>>> for step, loss in enumerate([2.302, 2.303, 2.301]):  # doctest: +NORMALIZE_WHITESPACE
 ...     watch.check(step, loss)
 Traceback (most recent call last):
     ...
-minialex.watch.TrainingStalled: training stalled at chance: the loss stayed within 2% of ln(10) = 2.303 for 3 steps, up to step 3: the network has stopped learning (dead ReLUs, or a learning rate too high for its initialisation); try a lower --lr, a longer --warmup, or --find-lr
+minialex.watch.TrainingStalled: training stalled at chance: the loss stayed within 2% of
+    ln(10) = 2.303 for 3 steps, up to step 3: the network has stopped learning (dead ReLUs, or a
+    learning rate too high for its initialisation); try a lower --lr, a longer --warmup, or
+    --find-lr
 """
 from __future__ import annotations
 

@@ -13,7 +13,8 @@ from PIL import Image
 from minialex import checkpoint, recipe
 from minialex.config import IMAGES_PRESET
 
-from support import CORRUPT, PHOTO_CLASSES as CLASSES, ROOT, run_example, synthetic_photos
+from support import CORRUPT, ROOT, run_example, synthetic_photos
+from support import PHOTO_CLASSES as CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -87,7 +87,8 @@ def test_a_run_that_ends_at_chance_fails_with_its_reason_in_the_summary(data_dir
 
     monkeypatch.setattr(recipe, "alexnet", dead_alexnet)
     config = quick(lr=1e-12, stall_steps=0)      # too small a step to change that
-    with pytest.raises(TrainingStalled, match="the run ended at chance: test top-1 10.94% over 64 images"):
+    ended = "the run ended at chance: test top-1 10.94% over 64 images"
+    with pytest.raises(TrainingStalled, match=ended):
         recipe.fit(config, out=str(tmp_path), data_dir=data_dir, stream=io.StringIO())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped"].startswith("stalled at chance: the run ended at chance")
@@ -139,7 +140,8 @@ def test_damaged_or_missing_checkpoint_is_one_line(data_dir, tmp_path):
     bad.write_bytes(b"PK\x03\x04" + bytes(50))
     run = run_example(*cli(data_dir, tmp_path, "--resume", bad))
     assert run.returncode == 1
-    assert run.stderr.count("\n") == 1 and f"{bad}: not a readable minialex checkpoint" in run.stderr
+    assert run.stderr.count("\n") == 1
+    assert f"{bad}: not a readable minialex checkpoint" in run.stderr
     run = run_example(*cli(data_dir, tmp_path, "--evaluate", tmp_path / "no"))
     assert run.returncode == 1 and "checkpoint not found" in run.stderr
 

@@ -12,8 +12,14 @@ from minialex.data import ArrayDataset, Loader, fashion_mnist
 from minialex.data.transforms import image_transforms
 from minialex.models import alexnet
 from minialex.optim import SGD, ReduceLROnPlateau
-from minialex.train import (Trainer, evaluate, evaluate_ten_crop, topk_accuracy, topk_correct,
-                            train_one_epoch)
+from minialex.train import (
+    Trainer,
+    evaluate,
+    evaluate_ten_crop,
+    topk_accuracy,
+    topk_correct,
+    train_one_epoch,
+)
 from minialex.watch import TrainingDiverged
 
 from support import make_trainer, tiny_data, tiny_net

@@ -10,8 +10,7 @@ import pytest
 from minialex import checkpoint, recipe
 from minialex.config import CPU_PRESET
 from minialex.models import alexnet
-from minialex.watch import (LossWatch, TrainingDiverged, TrainingStalled, above_chance,
-                            chance_loss)
+from minialex.watch import LossWatch, TrainingDiverged, TrainingStalled, above_chance, chance_loss
 
 from support import learnable_fashion_mnist, make_trainer
 
@@ -109,7 +108,8 @@ def test_a_nan_loss_stops_before_the_update_naming_where(tmp_path):
     weights = {k: v.copy() for k, v in trainer.model.state_dict().items()}
     with pytest.raises(TrainingDiverged, match="the loss is nan at epoch 1, step 2/5"):
         trainer.fit()
-    changed = [k for k, v in trainer.model.state_dict().items() if not np.array_equal(v, weights[k])]
+    after = trainer.model.state_dict()
+    changed = [k for k, v in after.items() if not np.array_equal(v, weights[k])]
     assert changed                          # step 1 was taken; step 2's update was not
     assert not (tmp_path / "last.npz").exists()
 

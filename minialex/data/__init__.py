@@ -12,10 +12,10 @@
 - :mod:`~minialex.data.transforms`: the grey pipeline: to float, normalise, resize, crop, flip.
 - :mod:`~minialex.data.augment`: AlexNet's RGB augmentation and 10-crop test (same, Sec. 4.1).
 """
+from . import transforms
 from .fashion_mnist import CLASSES, FashionMNIST, find_files, load_fashion_mnist
 from .idx import read_idx, write_idx
 from .loader import ArrayDataset, Loader
-from . import transforms
 
 __all__ = ["ArrayDataset", "CLASSES", "FashionMNIST", "Loader", "find_files",
            "load_fashion_mnist", "read_idx", "transforms", "write_idx"]

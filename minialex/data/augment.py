@@ -63,7 +63,7 @@ import numpy as np
 
 from ..backend import get_array_module, to_numpy
 from .crops import RandomTransform, crop_flip, draw_crops, windows
-from .stats import PIXEL_MAX   # eigenvalues are of pixels / PIXEL_MAX; shifts are in 0..255
+from .stats import PIXEL_MAX  # eigenvalues are of pixels / PIXEL_MAX; shifts are in 0..255
 
 CROP_SIZE = 224          # the paper's input patches
 PCA_STD = 0.1            # alpha_i ~ N(0, 0.1)

@@ -48,9 +48,19 @@ import warnings
 import numpy as np
 
 from ..progress import Progress
-from .cache import (FORMAT_VERSION, MARKER, PreparedDataset, PreparedSplit,  # noqa: F401
-                    cache_path, default_cache_dir, fingerprint, is_complete, load_prepared,
-                    remove_dead_temps, remove_superseded)
+from .cache import (  # noqa: F401
+    FORMAT_VERSION,
+    MARKER,
+    PreparedDataset,
+    PreparedSplit,
+    cache_path,
+    default_cache_dir,
+    fingerprint,
+    is_complete,
+    load_prepared,
+    remove_dead_temps,
+    remove_superseded,
+)
 from .folder import ImageFolder, load_rgb, resize_center_crop, scan_image_folder
 from .stats import PIXEL_MAX, Sums, rgb_pca  # noqa: F401  (rgb_pca, PIXEL_MAX: old home)
 

@@ -34,7 +34,7 @@ GPU: kernels/relu.cu (relu_backward); tanh and softmax are plain CuPy array code
 """
 from __future__ import annotations
 
-import numpy as np
+import numpy as np  # noqa: F401  (the doctests below use np)
 
 from .. import cuda
 from ..backend import get_array_module, is_gpu_array

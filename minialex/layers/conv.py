@@ -55,8 +55,17 @@ from .. import backend, cuda
 from ..backend import get_array_module, is_gpu_array
 from ..module import Module, Parameter
 from ..tensor import Function, Tensor
-from ._common import (check_float, check_window_fits, cpu_parallel, output_size, pair, padded,
-                      positive_int, unpadded, window)
+from ._common import (
+    check_float,
+    check_window_fits,
+    cpu_parallel,
+    output_size,
+    padded,
+    pair,
+    positive_int,
+    unpadded,
+    window,
+)
 
 
 class Conv2dFunction(Function):

@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 import numbers
 
-import numpy as np
+import numpy as np  # noqa: F401  (the doctests below use np)
 
 from .. import cuda
 from ..backend import get_array_module, is_gpu_array

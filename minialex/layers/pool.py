@@ -53,8 +53,16 @@ from .. import cuda
 from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
-from ._common import (check_float, check_window_fits, cpu_parallel, output_size, pair, padded,
-                      unpadded, window)
+from ._common import (
+    check_float,
+    check_window_fits,
+    cpu_parallel,
+    output_size,
+    padded,
+    pair,
+    unpadded,
+    window,
+)
 
 
 # -- max pooling ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import minialex
-from minialex import Function, Tensor, gradcheck, GradcheckError
+from minialex import Function, GradcheckError, Tensor, gradcheck
 
 
 class SquareWithWrongBackward(Function):

@@ -1,10 +1,12 @@
 """The autograd core: operators, broadcasting, graph recording and freeing, no_grad."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, gradcheck, no_grad
+
 from conftest import GRADCHECK
 
 rng = np.random.default_rng(0)

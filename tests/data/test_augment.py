@@ -25,7 +25,7 @@ def pca_of(x):
 
 def crop_by_slicing(x, top, left, flip, crop=CROP):
     """Reference: one image at a time, plain slicing, then HWC -> CHW."""
-    out = np.stack([x[n, t:t + crop, l:l + crop] for n, (t, l) in enumerate(zip(top, left))])
+    out = np.stack([x[n, t:t + crop, lt:lt + crop] for n, (t, lt) in enumerate(zip(top, left))])
     out = np.where(np.asarray(flip)[:, None, None, None], out[:, :, ::-1], out)
     return out.transpose(0, 3, 1, 2)
 
@@ -122,8 +122,8 @@ def test_ten_crop_is_corners_centre_and_their_mirrors():
     places = {"top-left": (0, 0), "top-right": (0, far), "bottom-left": (far, 0),
               "bottom-right": (far, far), "centre": (mid, mid)}
     for k, name in enumerate(aug.TEN_CROPS):
-        t, l = places[name.replace(" mirrored", "")]
-        direct = centred[:, t:t + CROP, l:l + CROP].transpose(0, 3, 1, 2)
+        t, lt = places[name.replace(" mirrored", "")]
+        direct = centred[:, t:t + CROP, lt:lt + CROP].transpose(0, 3, 1, 2)
         if name.endswith("mirrored"):
             direct = direct[..., ::-1]
         np.testing.assert_allclose(crops[k], direct, **TOL[np.float32], err_msg=name)

@@ -17,9 +17,9 @@ def by_slicing(x, top, left, flip, size, image, channels_last):
     """Reference: one crop at a time, plain slicing, to (C, OH, OW)."""
     OH, OW = size
     out = []
-    for m, t, l, f in zip(image, top, left, flip):
+    for m, t, lt, f in zip(image, top, left, flip):
         img = x[m].transpose(2, 0, 1) if channels_last else x[m]
-        c = img[:, t:t + OH, l:l + OW]
+        c = img[:, t:t + OH, lt:lt + OW]
         out.append(c[..., ::-1] if f else c)
     return np.stack(out)
 
@@ -45,8 +45,8 @@ def test_draw_crops_order_range_and_switches():
     np.testing.assert_array_equal(left, by_hand.integers(0, 6, 4000))
     np.testing.assert_array_equal(flip, by_hand.random(4000) < 0.5)
     rng, untouched = np.random.default_rng(2), np.random.default_rng(2)
-    t, l, f = crops.draw_crops(rng, 6, 4, 8, random_crop=False, p_flip=0)
-    assert t.tolist() == [2] * 6 and l.tolist() == [4] * 6 and not f.any()
+    t, lt, f = crops.draw_crops(rng, 6, 4, 8, random_crop=False, p_flip=0)
+    assert t.tolist() == [2] * 6 and lt.tolist() == [4] * 6 and not f.any()
     assert rng.bit_generator.state == untouched.bit_generator.state    # nothing was drawn
 
 

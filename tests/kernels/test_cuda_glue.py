@@ -15,14 +15,15 @@ import types
 import numpy as np
 import pytest
 
-import host_build
-from conftest import TOL, shuffled_linspace
 from minialex import backend, cuda
 from minialex.layers.activation import _relu_backward_cpu
 from minialex.layers.conv import _bias_add_nchw_cpu, _col2im_cpu, _im2col_cpu
 from minialex.layers.dropout import _dropout_forward_cpu
 from minialex.layers.lrn import _lrn_backward_cpu, _lrn_forward_cpu
 from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
+
+import host_build
+from conftest import TOL, shuffled_linspace
 
 DTYPES = [np.float32, np.float64]
 CONTRACT = ["im2col", "col2im", "bias_add_nchw", "max_pool_forward", "max_pool_backward",

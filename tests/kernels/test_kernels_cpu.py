@@ -9,15 +9,17 @@ grid-stride loops' own index arithmetic, not just their single-thread form.
 """
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-import host_build
-from conftest import TOL, shuffled_linspace
 from minialex.layers.activation import _relu_backward_cpu
 from minialex.layers.conv import _bias_add_nchw_cpu, _col2im_cpu, _im2col_cpu
 from minialex.layers.dropout import _dropout_forward_cpu
 from minialex.layers.lrn import _lrn_backward_cpu, _lrn_forward_cpu
 from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
+
+import host_build
+from conftest import TOL, shuffled_linspace
 
 DTYPES = [np.float32, np.float64]
 LAUNCHES = st.sampled_from([(1, 1), (2, 3), (3, 7)])  # (blocks, threads per block)

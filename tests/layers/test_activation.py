@@ -1,12 +1,23 @@
 """Tests for minialex/layers/activation.py: references, gradchecks, stability, modules, errors."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers.activation import (LogSoftmax, ReLU, Softmax, Tanh, average_softmax,
-                                        log_softmax, relu, softmax, tanh)
+from minialex.layers.activation import (
+    LogSoftmax,
+    ReLU,
+    Softmax,
+    Tanh,
+    average_softmax,
+    log_softmax,
+    relu,
+    softmax,
+    tanh,
+)
+
 from conftest import GRADCHECK, TOL, shuffled_linspace
 
 

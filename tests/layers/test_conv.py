@@ -3,11 +3,13 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
 from minialex.layers.conv import Conv2d, _col2im_cpu, col2im, conv2d, im2col
+
 from conftest import GRADCHECK, TOL
 
 

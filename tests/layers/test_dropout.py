@@ -1,11 +1,13 @@
 """Tests for minialex/layers/dropout.py: mask statistics, both modes, backward, seeding, errors."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
 from minialex.layers.dropout import Dropout, DropoutFunction, dropout
+
 from conftest import GRADCHECK, TOL
 
 MODES = ["inverted", "paper"]

@@ -1,12 +1,14 @@
 """Tests for minialex/layers/loss.py: direct reference, stability, gradchecks, label errors."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
 from minialex.layers.activation import log_softmax
 from minialex.layers.loss import CrossEntropyLoss, cross_entropy, nll_loss
+
 from conftest import GRADCHECK, TOL
 
 REDUCTIONS = ["mean", "sum", "none"]

@@ -1,11 +1,13 @@
 """Tests for minialex/layers/lrn.py: loop reference, both conventions, gradchecks, errors."""
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
 from minialex.layers.lrn import LocalResponseNorm, LocalResponseNormFunction, local_response_norm
+
 from conftest import GRADCHECK, TOL
 
 

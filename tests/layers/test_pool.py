@@ -3,12 +3,21 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers.pool import (AdaptiveAvgPool2d, AvgPool2d, MaxPool2d, _max_pool_forward_cpu,
-                                  adaptive_avg_pool2d, avg_pool2d, max_pool2d)
+from minialex.layers.pool import (
+    AdaptiveAvgPool2d,
+    AvgPool2d,
+    MaxPool2d,
+    _max_pool_forward_cpu,
+    adaptive_avg_pool2d,
+    avg_pool2d,
+    max_pool2d,
+)
+
 from conftest import GRADCHECK, TOL, shuffled_linspace
 
 
