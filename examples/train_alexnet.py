@@ -32,25 +32,6 @@ from minialex.models import INITS, LRN_POSITIONS, VARIANTS  # noqa: E402
 from minialex.watch import TrainingStopped  # noqa: E402
 
 PROG = "train_alexnet.py"
-
-
-def checked(kind, ok, expected):
-    def parse(text):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = None
-        if value is None or not ok(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return parse
-
-
-positive_int = checked(int, lambda v: v >= 1, "a positive integer")
-count = checked(int, lambda v: v >= 0, "an integer >= 0")
-positive = checked(float, lambda v: 0 < v < float("inf"), "a finite number > 0")
-nonneg = checked(float, lambda v: 0 <= v < float("inf"), "a finite number >= 0")
-unit = checked(float, lambda v: 0 <= v < 1, "a number in [0, 1)")
 BOOL = argparse.BooleanOptionalAction
 
 
@@ -66,54 +47,42 @@ def build_parser() -> argparse.ArgumentParser:
     a("--dataset", metavar="fashion-mnist|PATH", help="fashion-mnist, or a folder with train/ "
       "and val/ (optionally test/), one sub-folder per class (default: fashion-mnist)")
     a("--data-dir", help="directory with the Fashion-MNIST IDX files")
-    a("--epochs", type=positive_int, help="epochs in all, counting those already done (preset)")
-    a("--batch-size", type=positive_int, help="images per training step (preset)")
-    a("--lr", type=positive, help="learning rate after the warm-up (preset)")
-    a("--momentum", type=unit, help="SGD momentum (default: 0.9, the paper's)")
-    a("--weight-decay", type=nonneg, help="weight decay (default: 0.0005, the paper's)")
-    a("--init", choices=INITS, help="weight initialisation; paper = N(0, 0.01) with biases of "
-                                    "1 (default: kaiming)")
-    a("--warmup", type=count, help="steps of linear learning-rate warm-up; 0 = none, the "
-                                   "paper's (preset)")
-    a("--schedule", choices=cfg.SCHEDULES, help="plateau = divide by 10 when the validation "
-      "error stops improving, at most 3 times, then stop (the paper's); step = divide by 10 "
-      "every --step-size epochs (preset)")
-    a("--step-size", type=positive_int, help="epochs between divisions for --schedule step")
-    a("--stall-steps", type=count, help="stop when the loss stays at chance this many steps "
-                                        "after the warm-up; 0 = never (default: 200)")
-    a("--crop-padding", type=count, help="Fashion-MNIST: random crops after padding by this "
-                                         "many pixels; 0 = off (preset)")
+    a("--epochs", type=int, help="epochs in all, counting those already done (preset)")
+    a("--batch-size", type=int, help="images per training step (preset)")
+    a("--lr", type=float, help="learning rate after the warm-up (preset)")
+    a("--momentum", type=float, help="SGD momentum (default: 0.9, the paper's)")
+    a("--weight-decay", type=float, help="weight decay (default: 0.0005, the paper's)")
+    a("--init", choices=INITS, help="weight initialisation (default: kaiming)")
+    a("--warmup", type=int, help="steps of linear lr warm-up; 0 = the paper's none (preset)")
+    a("--schedule", choices=cfg.SCHEDULES, help="lr / 10 on validation plateaus (3 times, then "
+      "stop: the paper's) or every --step-size epochs (preset)")
+    a("--step-size", type=int, help="epochs between divisions for --schedule step")
+    a("--stall-steps", type=int, help="stop after this many steps at chance; 0 = never (200)")
+    a("--crop-padding", type=int, help="Fashion-MNIST: random crops after zero padding (preset)")
     a("--flip", action=BOOL, help="random horizontal flips (preset)")
     g = p.add_argument_group("image folders (--dataset PATH)").add_argument
-    g("--image-size", type=positive_int, help="side of the prepared images (default: the "
-      "model's input side x 256/224, as the paper's 224 of 256)")
-    g("--cache", metavar="DIR", help="where prepared datasets are cached (default: "
-                                     "$MINIALEX_CACHE or ~/.cache/minialex)")
-    g("--workers", type=count, help="decoding processes while preparing (default: one per CPU)")
-    g("--prepare-only", action="store_true", help="prepare the dataset (or find its cache) and "
-                                                  "exit")
+    g("--image-size", type=int, help="side of the prepared images (default: input x 256/224)")
+    g("--cache", metavar="DIR", help="prepared datasets' cache (default: $MINIALEX_CACHE or "
+                                     "~/.cache/minialex)")
+    g("--workers", type=int, help="decoding processes while preparing (default: one per CPU)")
+    g("--prepare-only", action="store_true", help="prepare the dataset, then exit")
     g("--random-crop", action=BOOL, help="random crops of the model's input (default: on)")
     g("--pca", action=BOOL, help=f"PCA colour noise, alpha ~ N(0, {PCA_STD}) (default: on)")
     g("--subtract-mean", action=BOOL, help="subtract the mean image (default: on)")
-    g("--normalize", action=BOOL, help="divide by the pixel std; --no-normalize feeds 0..255 "
-                                       "levels as the paper did (default: on)")
+    g("--normalize", action=BOOL, help="divide by the pixel std (default: on; off: the paper)")
     g("--ten-crop", action="store_true", help="also report the paper's 10-crop accuracy")
-    a("--lrn-position", choices=LRN_POSITIONS, help="LRN before (paper) or after (caffe) the "
-                                                    "pool (default: paper)")
-    a("--dropout", type=unit, help="dropout probability on fc6 and fc7 (default: 0.5)")
+    a("--lrn-position", choices=LRN_POSITIONS, help="LRN before (paper) or after (caffe) pool")
+    a("--dropout", type=float, help="dropout probability on fc6 and fc7 (default: 0.5)")
     a("--dropout-mode", choices=("inverted", "paper"), help="dropout scaling (default: inverted)")
-    a("--val-size", type=count, help="Fashion-MNIST training images held out (default: 5000)")
-    a("--limit-train", type=positive_int, help="train on the first N training images only")
-    a("--limit-test", type=positive_int, help="validate and test on the first N images only")
-    a("--seed", type=count, help="seed of weights, shuffling, dropout, augmentation (default: 0)")
-    a("--out", help="run directory (default: runs/<model>-<date-time>; when resuming, the "
-                    "checkpoint's directory)")
+    a("--val-size", type=int, help="Fashion-MNIST training images held out (default: 5000)")
+    a("--limit-train", type=int, help="train on the first N training images only")
+    a("--limit-test", type=int, help="validate and test on the first N images only")
+    a("--seed", type=int, help="seed of weights, shuffling, dropout, augmentation (default: 0)")
+    a("--out", help="run directory (default: runs/<model>-<time>, or the resumed one's)")
     a("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
     a("--evaluate", metavar="PATH", help="only evaluate this checkpoint on the test set")
-    a("--find-lr", action="store_true", help="run the learning-rate range test, print a "
-                                             "suggestion, and exit without training")
-    a("--print-freq", type=count, help="progress line every N steps; 0 = per epoch only "
-                                       "(default: 50)")
+    a("--find-lr", action="store_true", help="learning-rate range test; trains nothing")
+    a("--print-freq", type=int, help="progress line every N steps; 0 = per epoch (50)")
     return p
 
 
@@ -143,8 +112,7 @@ def run(args, device) -> int:
             limit_test=args.limit_test, ten_crop=args.ten_crop, out=args.out)
         print(json.dumps(result, indent=2))
         return 0
-    given = {k: v for k, v in vars(args).items() if k in cfg.RunConfig.__dataclass_fields__}
-    config, notes = cfg.resolve(given, device)
+    config, notes = settings(args, device)
     if args.find_lr:
         return find_lr(config, args, device, args.out or recipe.default_out_dir(config))
     summary = recipe.fit(config, device=device, out=args.out, resume=args.resume,
@@ -164,6 +132,18 @@ def run(args, device) -> int:
     return 0
 
 
+def settings(args, device, parser=None):
+    """(RunConfig, notes) from the flags; a value out of range is an argparse error naming
+    its flag (RunConfig.check is the one place that knows the ranges)."""
+    given = {k: v for k, v in vars(args).items() if k in cfg.RunConfig.__dataclass_fields__}
+    try:
+        return cfg.resolve(given, device)
+    except cfg.SettingError as exc:
+        if parser is None:
+            raise
+        parser.error(f"argument --{exc.name.replace('_', '-')}: {exc.problem}")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -181,6 +161,8 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
+        if not args.prepare_only:
+            settings(args, device, parser)      # bad values exit 2 before any work starts
         return run(args, device)
     except (OSError, ValueError, TrainingStopped) as exc:   # OSError: FileNotFoundError too
         print(f"{PROG}: error: {exc}", file=sys.stderr)

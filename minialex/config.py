@@ -52,6 +52,15 @@ DROPOUT_MODES = ("inverted", "paper")
 PAPER_IMAGE_SIZE, PAPER_CROP = 256, 224    # Sec. 2 and 4.1: 224x224 patches of 256x256 images
 
 
+class SettingError(ValueError):
+    """One setting's value is out of its range; ``name`` names it, ``problem`` says what was
+    expected. (Settings that conflict with each other raise a plain ValueError.)"""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name}: {problem}")
+        self.name, self.problem = name, problem
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """Every setting of a run; the defaults are those of :data:`CPU_PRESET`'s dataset.
@@ -135,7 +144,7 @@ class RunConfig:
         """Raise one ValueError naming the first bad setting; returns self."""
         def need(name, ok, expected):
             if not ok:
-                raise ValueError(f"{name}: expected {expected}, got {getattr(self, name)!r}")
+                raise SettingError(name, f"expected {expected}, got {getattr(self, name)!r}")
 
         def count(name, low):
             value = getattr(self, name)
@@ -187,11 +196,11 @@ CPU_PRESET = RunConfig()
 # Fashion-MNIST on a GPU: d2l.ai's AlexNet at 224x224 (d2l.ai Sec. 8.1), batch 128, the paper's
 # lr 0.01 with its plateau schedule, flips.
 GPU_PRESET = RunConfig(model="fmnist", epochs=10, batch_size=128, lr=0.01, schedule="plateau",
-                       step_size=1, flip=True, warmup=200)
+                       step_size=1, flip=True, warmup=100)
 # An image folder: the paper's recipe (Sec. 5), ~90 epochs or fewer when the plateau schedule
 # is exhausted, with the departures listed in the module docstring.
 IMAGES_PRESET = RunConfig(dataset="images", model="paper", epochs=90, batch_size=128, lr=0.01,
-                          schedule="plateau", step_size=1, flip=True, warmup=200)
+                          schedule="plateau", step_size=1, flip=True, warmup=100)
 PRESETS = {"cpu": CPU_PRESET, "gpu": GPU_PRESET, "images": IMAGES_PRESET}
 
 # What a checkpoint fixes about its run: on resume these come from the checkpoint.

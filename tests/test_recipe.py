@@ -160,7 +160,7 @@ def test_gpu_without_a_gpu_is_a_one_line_error_with_status_2():
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["--epochs", "0"], "argument --epochs: expected a positive integer, got '0'"),
+    (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
     (["--lr", "-0.1"], "argument --lr: expected a finite number > 0"),
     (["--momentum", "1"], "argument --momentum: expected a number in [0, 1)"),
     (["--warmup", "-1"], "argument --warmup: expected an integer >= 0"),
