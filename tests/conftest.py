@@ -15,10 +15,25 @@ settings.register_profile("thorough", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("MINIALEX_HYPOTHESIS", "default"))
 
-# One table of tolerances (forward comparisons and gradient checks), per dtype.
+# One table of tolerances: a row per dtype for comparing two computations of the same values, then
+# named rows where a comparison needs other bounds, each with why. Tests take a row, never a number.
 TOL = {
     np.float32: dict(atol=1e-5, rtol=1e-4),
     np.float64: dict(atol=1e-10, rtol=1e-10),
+    # float64, the same arithmetic in another order or form (im2col + GEMM against loops, adjoint
+    # identities, cuBLAS's column-major call, a PCA rebuilt, hand-worked decimals): ~1e-16 an op.
+    "float64_exact": dict(atol=1e-12, rtol=1e-12),
+    # float32 against a float64 reference where values go down to 1e-6 (LRN's k, small
+    # eigenvalues): relative only, a few float32 roundings (eps 1.2e-7); an atol would hide them.
+    "float32_relative": dict(atol=0, rtol=1e-6),
+    # float32 values of order 1 that may cancel to ~0 (normalised pixels, row sums of softmax -
+    # onehot, a weight one step from 1, a rebuilt covariance): a few float32 ulps at 1 (1.2e-7).
+    "float32_unit": dict(atol=1e-6, rtol=0),
+    # float32 images and means in grey levels 0..255: the float32 ulp at 255 is 1.5e-5.
+    "grey_levels": dict(atol=1e-4, rtol=0),
+    # float64 central differences (GRADCHECK's eps) of one smooth kernel on O(1) inputs: ~1e-10
+    # truncation and rounding. GRADCHECK below is looser because it covers every op.
+    "central_differences": dict(atol=1e-8, rtol=1e-6),
 }
 # Central differences in float64 with eps=1e-6 carry ~1e-9 truncation/rounding error.
 GRADCHECK = dict(eps=1e-6, atol=1e-7, rtol=1e-5)

@@ -10,6 +10,7 @@ from minialex.data import transforms as T
 from minialex.lr_finder import format_table, lr_range_test, plot
 from minialex.optim import SGD
 
+from conftest import TOL
 from support import tiny_data, tiny_net
 
 
@@ -28,7 +29,7 @@ def test_rates_grow_exponentially_and_the_suggestion_is_the_minimum_over_10():
     result = lr_range_test(model, loader, optimizer, start_lr=1e-4, end_lr=1e8, steps=30)
     lrs = np.array(result["lrs"])
     ratios = lrs[1:] / lrs[:-1]
-    np.testing.assert_allclose(ratios, (1e8 / 1e-4) ** (1 / 29), rtol=1e-9)
+    np.testing.assert_allclose(ratios, (1e8 / 1e-4) ** (1 / 29), **TOL["float64_exact"])
     assert lrs[0] == pytest.approx(1e-4)
     at_min = int(np.argmin(result["smoothed"]))
     assert result["min_loss_lr"] == lrs[at_min]

@@ -22,6 +22,7 @@ from minialex.train import (
 )
 from minialex.watch import TrainingDiverged
 
+from conftest import TOL
 from support import make_trainer, tiny_data, tiny_net
 
 
@@ -118,7 +119,7 @@ def test_evaluate_ten_crop_averages_the_softmax_of_each_images_crops():
     assert metrics["images"] == 7 and model.training
     assert metrics["top1"] == 3 / 7 and metrics["top5"] == 1.0             # 4 classes
     np.testing.assert_allclose(metrics["loss"], -np.log(probs[np.arange(7), labels]).mean(),
-                               rtol=1e-5)
+                               **TOL["float32_relative"])
 
 
 def test_evaluate_ten_crop_wants_batches_of_crops():

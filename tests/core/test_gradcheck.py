@@ -5,6 +5,8 @@ import pytest
 import minialex
 from minialex import Function, GradcheckError, Tensor, gradcheck
 
+from conftest import GRADCHECK
+
 
 class SquareWithWrongBackward(Function):
     """y = x^2 with a deliberately wrong gradient (x instead of 2x)."""
@@ -88,5 +90,5 @@ def test_checker_fails_on_nan_gradients():
 def test_report_maxima_cover_every_checked_tensor():
     x = Tensor(np.linspace(0.5, 1.5, 3), requires_grad=True)
     w = Tensor(np.linspace(1.0, 2.0, 3), requires_grad=True)
-    report = gradcheck(lambda x: x * w, [x], params=[("w", w)], atol=1.0, rtol=0.0)
-    assert report.max_abs_error < 1e-7 and report.checked == 6
+    report = gradcheck(lambda x: x * w, [x], params=[("w", w)], **GRADCHECK)
+    assert report.max_abs_error < GRADCHECK["atol"] and report.checked == 6

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 import minialex
 from minialex import Tensor, gradcheck, no_grad
 
-from conftest import GRADCHECK
+from conftest import GRADCHECK, TOL
 
 rng = np.random.default_rng(0)
 
@@ -192,12 +192,12 @@ def test_ops_on_gpu_match_cpu(gpu):
     xg.requires_grad = wg.requires_grad = True
     yc, yg = f(xc, wc), f(xg, wg)
     assert yg.device.startswith("gpu")
-    np.testing.assert_allclose(yg.numpy(), yc.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(yg.numpy(), yc.numpy(), **TOL[np.float64])
     gy = rng.standard_normal(yc.shape)
     yc.backward(gy)
     yg.backward(Tensor(gy).to("gpu").data)
-    np.testing.assert_allclose(xg.grad.get(), xc.grad, rtol=1e-10)
-    np.testing.assert_allclose(wg.grad.get(), wc.grad, rtol=1e-10)
+    np.testing.assert_allclose(xg.grad.get(), xc.grad, **TOL[np.float64])
+    np.testing.assert_allclose(wg.grad.get(), wc.grad, **TOL[np.float64])
     gradcheck(f, [xg, wg], **GRADCHECK)
     with pytest.raises(RuntimeError, match="different devices"):
         xc + xg

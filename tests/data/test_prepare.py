@@ -10,6 +10,8 @@ from PIL import Image
 from minialex.data import prepare as prep
 from minialex.data.folder import load_rgb, resize_center_crop
 
+from conftest import TOL
+
 
 def save(path, img, **kwargs):
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,16 +102,18 @@ def test_exif_rotated_file_is_stored_upright(dataset, tmp_path):
 def test_mean_image_and_rgb_pca_match_a_direct_computation(dataset, tmp_path):
     ds = run(dataset, tmp_path / "cache")
     x = np.asarray(ds.images["train"], dtype=np.float64)
-    np.testing.assert_allclose(ds.mean, x.mean(axis=0), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(ds.mean, x.mean(axis=0), **TOL["grey_levels"])
     assert ds.mean.shape == (32, 32, 3) and ds.mean.dtype == np.float32
 
     cov = np.cov((x / 255).reshape(-1, 3).T, bias=True)
     w, v = np.linalg.eigh(cov)
-    np.testing.assert_allclose(ds.eigvals, w[::-1], rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(ds.eigvals, w[::-1], **TOL["float32_relative"])
     assert ds.eigvals[0] > ds.eigvals[1] > ds.eigvals[2] > 0
     # Same eigenvectors up to sign, orthonormal, and they rebuild the covariance.
-    np.testing.assert_allclose(np.abs(np.sum(ds.eigvecs * v[:, ::-1], axis=0)), 1, atol=1e-5)
-    np.testing.assert_allclose(ds.eigvecs @ np.diag(ds.eigvals) @ ds.eigvecs.T, cov, atol=1e-6)
+    np.testing.assert_allclose(np.abs(np.sum(ds.eigvecs * v[:, ::-1], axis=0)), 1,
+                               **TOL["float32_relative"])
+    np.testing.assert_allclose(ds.eigvecs @ np.diag(ds.eigvals) @ ds.eigvecs.T, cov,
+                               **TOL["float32_unit"])
 
 
 def count_decodes(monkeypatch):
@@ -200,8 +204,8 @@ def test_parallel_workers_give_the_same_cache_as_one_process(dataset, tmp_path):
     for split in ("train", "val"):
         np.testing.assert_array_equal(parallel.images[split], serial.images[split])
         np.testing.assert_array_equal(parallel.labels[split], serial.labels[split])
-    np.testing.assert_allclose(parallel.mean, serial.mean, rtol=1e-6)
-    np.testing.assert_allclose(parallel.eigvals, serial.eigvals, rtol=1e-5)
+    np.testing.assert_allclose(parallel.mean, serial.mean, **TOL["float32_relative"])
+    np.testing.assert_allclose(parallel.eigvals, serial.eigvals, **TOL["float32_relative"])
 
 
 def test_cache_is_plain_npy_and_json(dataset, tmp_path):

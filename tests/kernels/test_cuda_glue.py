@@ -275,7 +275,7 @@ def test_gemm_plan_computes_the_row_major_product(transa, transb):
                           plan["n"], plan["k"], b.ravel(), plan["lda"], a.ravel(), plan["ldb"],
                           plan["ldc"])
     expected = (a.T if transa else a) @ (b.T if transb else b)
-    np.testing.assert_allclose(C.reshape(M, N), expected, rtol=1e-12)
+    np.testing.assert_allclose(C.reshape(M, N), expected, **TOL["float64_exact"])
 
 
 def test_gemm_plan_rejects_mismatched_shapes():

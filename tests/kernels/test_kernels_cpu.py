@@ -19,7 +19,7 @@ from minialex.layers.lrn import _lrn_backward_cpu, _lrn_forward_cpu
 from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
 
 import host_build
-from conftest import TOL, shuffled_linspace
+from conftest import GRADCHECK, TOL, shuffled_linspace
 
 DTYPES = [np.float32, np.float64]
 LAUNCHES = st.sampled_from([(1, 1), (2, 3), (3, 7)])  # (blocks, threads per block)
@@ -186,7 +186,8 @@ def test_col2im_is_the_adjoint_of_im2col(kernels, case, seed):
     im2col_x, col2im_col = poisoned(col.shape), poisoned(x.shape)
     kernels("im2col_f64", x, *sizes, im2col_x)
     kernels("col2im_f64", col, *sizes, col2im_col)
-    assert np.vdot(im2col_x, col) == pytest.approx(np.vdot(x, col2im_col), rel=1e-12, abs=1e-12)
+    np.testing.assert_allclose(np.vdot(im2col_x, col), np.vdot(x, col2im_col),
+                               **TOL["float64_exact"])
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -236,7 +237,7 @@ def test_grouped_conv_built_from_the_kernels(kernels, groups, N, Cg, OCg, K, S, 
         g = o // OCg
         field = x_pad[:, g * Cg:(g + 1) * Cg, i * S:i * S + K, j * S:j * S + K]
         direct[:, o, i, j] = b[o] + np.einsum("ncij,cij->n", field, weight[o])
-    np.testing.assert_allclose(y, direct, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(y, direct, **TOL["float64_exact"])
 
     gy = rng.standard_normal(y.shape)
     gY = gy.transpose(1, 0, 2, 3).reshape(G, OCg, -1)
@@ -244,7 +245,8 @@ def test_grouped_conv_built_from_the_kernels(kernels, groups, N, Cg, OCg, K, S, 
     gx = poisoned(x.shape)
     kernels("col2im_f64", gcol, *sizes, gx)
     y_without_bias = direct - b.reshape(1, -1, 1, 1)
-    assert np.vdot(y_without_bias, gy) == pytest.approx(np.vdot(x, gx), rel=1e-11, abs=1e-11)
+    np.testing.assert_allclose(np.vdot(y_without_bias, gy), np.vdot(x, gx),
+                               **TOL["float64_exact"])
 
 
 # -- pool.cu -----------------------------------------------------------------------------------
@@ -343,7 +345,7 @@ def test_lrn_backward(kernels, dtype, shape, size, alpha, beta, k, launch, seed)
 def test_lrn_backward_is_the_derivative_of_lrn_forward(kernels, size):
     """The two kernels agree with each other: central differences of the forward kernel's
     sum(gy * y) match the backward kernel, in float64."""
-    shape, alpha, beta, k, eps = (2, 6, 2, 3), 1.0, 0.75, 1.0, 1e-6
+    shape, alpha, beta, k, eps = (2, 6, 2, 3), 1.0, 0.75, 1.0, GRADCHECK["eps"]
     rng = np.random.default_rng(size)
     x, gy = rng.standard_normal(shape), rng.standard_normal(shape)
     options = (*map(i32, shape), i32(size), np.float64(alpha), np.float64(beta))
@@ -362,7 +364,7 @@ def test_lrn_backward_is_the_derivative_of_lrn_forward(kernels, size):
         step[index] = eps
         numeric[index] = (np.vdot(gy, forward(x + step)[0])
                           - np.vdot(gy, forward(x - step)[0])) / (2 * eps)
-    np.testing.assert_allclose(gx, numeric, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(gx, numeric, **TOL["central_differences"])
 
 
 def test_lrn_window_sum_survives_a_large_channel(kernels):
@@ -376,8 +378,8 @@ def test_lrn_window_sum_survives_a_large_channel(kernels):
     options = (*map(i32, (1, 12, 1, 1, 3)), np.float32(1.0), np.float32(0.75))
     kernels("lrn_forward_f32", x, *options, np.float32(1e-6), y, scale)
     expected_y, expected_scale = lrn_reference(x, 3, 1.0, 0.75, 1e-6)
-    np.testing.assert_allclose(scale, expected_scale, rtol=1e-6)
-    np.testing.assert_allclose(y, expected_y, rtol=1e-5)
+    np.testing.assert_allclose(scale, expected_scale, **TOL["float32_relative"])
+    np.testing.assert_allclose(y, expected_y, **TOL["float32_relative"])
 
 
 # -- relu.cu, dropout.cu -----------------------------------------------------------------------

@@ -140,7 +140,7 @@ def test_backward_closed_form_matches_function_directly():
         for j in range(max(0, i - 1), min(3, i + 1) + 1):  # j with i in window(j), size 3
             expected[n, i, h, w] -= (2 * 0.5 * 0.75 * x[n, i, h, w] * gy[n, j, h, w]
                                      * y[n, j, h, w] / scale[n, j, h, w])
-    np.testing.assert_allclose(gx, expected, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(gx, expected, **TOL["float64_exact"])
 
 
 def test_module_defaults_are_the_papers():
