@@ -99,11 +99,10 @@ def find_lr(config, args, device, out) -> int:
 
 def run(args, device) -> int:
     if args.prepare_only:
-        data = recipe.prepare_folder(args.dataset, args.image_size or cfg.RunConfig(
-            dataset=args.dataset, model=args.model or "paper").prepared_size,
-            cache=args.cache, workers=args.workers)
-        counts = ", ".join(f"{s} {len(data.labels[s]):,}" for s in data.splits)
-        print(f"data: {args.dataset}: {counts} | {recipe.describe_folder(data)}")
+        size = args.image_size or cfg.preset_for(args.dataset, device).replace(
+            model=args.model).prepared_size
+        data = recipe.prepare_folder(args.dataset, size, cache=args.cache, workers=args.workers)
+        print(f"data: {args.dataset}: {recipe.describe_folder(data, counts=True)}")
         return 0
     if args.evaluate:
         result = recipe.evaluate_checkpoint(

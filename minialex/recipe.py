@@ -64,14 +64,18 @@ class RunData:
         return f"data: {config.dataset}: {counts} | {describe_folder(self.folder)}"
 
 
-def describe_folder(data) -> str:
-    """One line: where the prepared data is, its classes, and what was skipped."""
+def describe_folder(data, counts: bool = False) -> str:
+    """One line: (with ``counts``, the images per split,) where the prepared data is, its
+    classes, and what was skipped."""
     skipped = [rel for split in data.splits for rel, _ in data.skipped[split]]
     names = ", ".join(data.classes[:10]) + (", ..." if len(data.classes) > 10 else "")
-    return (f"{'reused' if data.reused else 'prepared'} {data.size}x{data.size} cache "
+    line = (f"{'reused' if data.reused else 'prepared'} {data.size}x{data.size} cache "
             f"{data.path}; {len(data.classes)} classes ({names}); "
             + (f"{len(skipped)} unreadable file(s) skipped ({', '.join(skipped[:3])}"
                f"{', ...' if len(skipped) > 3 else ''})" if skipped else "no file skipped"))
+    if counts:
+        line = ", ".join(f"{s} {len(data.labels[s]):,}" for s in data.splits) + " | " + line
+    return line
 
 
 def prepare_folder(root, size, *, cache=None, workers=None):

@@ -215,3 +215,15 @@ def test_tensor_and_ops_import_in_either_order():
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                               cwd=ROOT)
         assert done.returncode == 0, done.stderr
+
+
+def test_the_example_is_flags_to_config_to_fit_with_no_logic_of_its_own():
+    example = ROOT / "examples" / "train_alexnet.py"
+    source = example.read_text()
+    assert len(source.splitlines()) <= 180
+    imported = {node.module for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert imported <= {"minialex", "minialex.data.augment", "minialex.models",
+                        "minialex.watch"}, imported
+    for name in ("Trainer(", "Loader(", "checkpoint.", "SGD(", "alexnet("):
+        assert name not in source, f"the example does {name} itself"
