@@ -32,7 +32,7 @@ import PIL  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from minialex import backend  # noqa: E402
-from minialex.data.augment import Augmenter  # noqa: E402
+from minialex.data.augment import CROP_SIZE, IMAGE_SIZE, Augmenter  # noqa: E402
 from minialex.data.prepare import default_workers, prepare  # noqa: E402
 
 from common import RESULTS, cpu_name, save_section, versions  # noqa: E402
@@ -82,14 +82,16 @@ def bench(args) -> tuple:
                 warnings.simplefilter("ignore")
                 ds = prepare(root, cache_dir=cache, workers=workers, progress=False)
             seconds = time.perf_counter() - start
-            rows.append(("prepare: decode 500x375 JPEG, shorter side 256, centre crop, stats",
+            rows.append((f"prepare: decode 500x375 JPEG, shorter side {IMAGE_SIZE}, centre crop, "
+                         "stats",
                          f"{workers} worker{'s' * (workers > 1)}", n / seconds))
 
         B = args.batch
         rng = np.random.default_rng(0)
-        batch = rng.integers(0, 256, (B, 256, 256, 3), dtype=np.uint8)
+        batch = rng.integers(0, 256, (B, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
         augmenter = Augmenter.from_prepared(ds, generator=np.random.default_rng(1))
-        rows.append(("train augmentation: crop 224, flip, PCA colour, mean image -> float32 NCHW",
+        rows.append((f"train augmentation: crop {CROP_SIZE}, flip, PCA colour, mean image -> "
+                     "float32 NCHW",
                      f"CPU, batch {B}", rate(lambda: augmenter.train(batch), B, args.iters)))
         train = ds.split("train")
         def load_and_augment():

@@ -39,6 +39,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 
 from minialex import Tensor, backend, cuda  # noqa: E402
 from minialex import functional as F  # noqa: E402
+from minialex.layers.lrn import PAPER_ALPHA, PAPER_BETA, PAPER_K, PAPER_SIZE  # noqa: E402
+from minialex.models import POOL  # noqa: E402
 
 from common import (  # noqa: E402
     cpu_name,
@@ -48,8 +50,6 @@ from common import (  # noqa: E402
     use_gpu,
     versions,
 )
-
-LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K = 5, 1e-4, 0.75, 2.0   # paper, section 3.3
 
 
 @dataclass
@@ -67,9 +67,9 @@ class Layer:
             groups = f", groups {s['groups']}" if s["groups"] > 1 else ""
             return (f"conv {s['out']}x{s['k']}x{s['k']}/{s['stride']}, pad {s['pad']}{groups}")
         if self.op == "lrn":
-            return f"LRN n={LRN_SIZE}"
+            return f"LRN n={PAPER_SIZE}"
         if self.op == "pool":
-            return "max-pool 3/2"
+            return f"max-pool {POOL['kernel_size']}/{POOL['stride']}"
         return f"linear {self.input[0]}->{s['out']}"
 
 
@@ -121,10 +121,10 @@ def minialex_layer(layer: Layer, arrays: dict, device: str):
             return F.conv2d(x, params["W"], params["b"], s["stride"], s["pad"], s["groups"])
     elif layer.op == "lrn":
         def forward():
-            return F.local_response_norm(x, LRN_SIZE, LRN_ALPHA, LRN_BETA, LRN_K)
+            return F.local_response_norm(x, PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K)
     elif layer.op == "pool":
         def forward():
-            return F.max_pool2d(x, 3, 2)
+            return F.max_pool2d(x, **POOL)
     else:
         def forward():
             return F.linear(x, params["W"], params["b"])
@@ -144,10 +144,11 @@ def torch_layer(layer: Layer, arrays: dict, torch, device):
     elif layer.op == "lrn":
         # PyTorch divides alpha by the window size: alpha_torch = n * alpha_paper.
         def forward():
-            return tf.local_response_norm(x, LRN_SIZE, LRN_SIZE * LRN_ALPHA, LRN_BETA, LRN_K)
+            return tf.local_response_norm(x, PAPER_SIZE, PAPER_SIZE * PAPER_ALPHA, PAPER_BETA,
+                                            PAPER_K)
     elif layer.op == "pool":
         def forward():
-            return tf.max_pool2d(x, 3, 2)
+            return tf.max_pool2d(x, **POOL)
     else:
         def forward():
             return tf.linear(x, params["W"], params["b"])

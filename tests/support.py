@@ -12,7 +12,7 @@ from minialex import nn
 from minialex.data import ArrayDataset, Loader, fashion_mnist
 from minialex.data import transforms as T
 from minialex.data.idx import write_idx
-from minialex.optim import SGD, StepLR
+from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY, StepLR
 from minialex.train import Trainer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def make_trainer(out_dir, epochs, model_seed=0, width=4, **options):
     """Everything seeded as the recipe does: model, shuffling, augmentation, dropout."""
     minialex.manual_seed(model_seed)
     model = tiny_net(width)
-    optimizer = SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    optimizer = SGD(model.parameters(), lr=0.05, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
     augment = np.random.default_rng(2)
     transform = T.Compose([T.ToFloat(), T.RandomCrop(None, 1, generator=augment),
                            T.RandomHorizontalFlip(0.5, generator=augment)])

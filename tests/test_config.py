@@ -5,7 +5,16 @@ import dataclasses
 import pytest
 
 from minialex import config as cfg
-from minialex.config import CPU_PRESET, GPU_PRESET, IMAGES_PRESET, RunConfig, resolve
+from minialex.config import (
+    CPU_PRESET,
+    GPU_PRESET,
+    IMAGES_PRESET,
+    PAPER_CROP,
+    PAPER_IMAGE_SIZE,
+    RunConfig,
+    resolve,
+)
+from minialex.layers.dropout import PAPER_P
 from minialex.models import VARIANTS
 from minialex.optim import MOMENTUM, WEIGHT_DECAY
 
@@ -24,14 +33,14 @@ def test_every_departure_from_the_paper_is_one_setting_away():
     assert (paper.lr, paper.momentum, paper.weight_decay, paper.schedule) == (
         0.01, MOMENTUM, WEIGHT_DECAY, "plateau")                      # paper Sec. 5
     assert paper.random_crop and paper.flip and paper.pca and paper.subtract_mean   # Sec. 4.1
-    assert paper.batch_size == 128 and paper.model == "paper" and paper.dropout == 0.5
-    assert RunConfig(dataset="/p", model="owt").prepared_size == 256   # 224 of 256, Sec. 4.1
+    assert paper.batch_size == 128 and paper.model == "paper" and paper.dropout == PAPER_P
+    assert RunConfig(dataset="/p", model="owt").prepared_size == PAPER_IMAGE_SIZE   # Sec. 4.1
 
 
 @pytest.mark.parametrize("model", list(VARIANTS))
 def test_folders_are_prepared_at_the_models_input_over_0_875(model):
     size = RunConfig(dataset="/p", model=model).prepared_size
-    assert abs(VARIANTS[model].input_size / size - 224 / 256) < 0.01
+    assert abs(VARIANTS[model].input_size / size - PAPER_CROP / PAPER_IMAGE_SIZE) < 0.01
 
 
 @pytest.mark.parametrize("changes,message", [

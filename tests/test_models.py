@@ -7,6 +7,7 @@ import pytest
 import minialex
 from minialex import nn
 from minialex.layers.loss import cross_entropy
+from minialex.layers.lrn import PAPER_ALPHA, PAPER_BETA, PAPER_K, PAPER_SIZE
 from minialex.models import VARIANTS, alexnet
 from minialex.optim import SGD
 
@@ -135,7 +136,7 @@ def test_caffe_lrn_position_puts_lrn_after_the_pool_and_keeps_names():
 
 def test_lrn_uses_the_papers_constants():
     lrn = alexnet("mini").features[2]
-    assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (5, 1e-4, 0.75, 2.0)
+    assert (lrn.size, lrn.alpha, lrn.beta, lrn.k) == (PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K)
     assert lrn.convention == "paper"
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from minialex import backend, nn
-from minialex.models import alexnet
+from minialex.layers.dropout import PAPER_P
+from minialex.models import POOL, alexnet
 from minialex.summary import Row, model_summary
 
 # torchsummary's table of the ``small`` net built in PyTorch (3x65x65 input, 2 classes), row by
@@ -83,14 +84,14 @@ def test_paper_shapes_and_parameters_per_layer():
 
 
 def test_keras_one_channel_net():
-    pool = dict(kernel_size=3, stride=2)
+    pool = POOL
     model = nn.Sequential(
         nn.Conv2d(1, 96, 11, stride=4), nn.ReLU(), nn.MaxPool2d(**pool),
         nn.Conv2d(96, 256, 5, padding=2), nn.ReLU(), nn.MaxPool2d(**pool),
         nn.Conv2d(256, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 384, 3, padding=1),
         nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(**pool),
-        nn.Flatten(), nn.Linear(6400, 4096), nn.ReLU(), nn.Dropout(0.5),
-        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(0.5), nn.Linear(4096, 1000))
+        nn.Flatten(), nn.Linear(6400, 4096), nn.ReLU(), nn.Dropout(PAPER_P),
+        nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(PAPER_P), nn.Linear(4096, 1000))
     s = model_summary(model, (1, 224, 224))
     assert [row for row in table(s) if row[0] != "ReLU"] == KERAS_224
     assert s.total_params == 50_820_776

@@ -65,6 +65,7 @@ from ..backend import get_array_module, to_numpy
 from .crops import RandomTransform, crop_flip, draw_crops, windows
 from .stats import PIXEL_MAX  # eigenvalues are of pixels / PIXEL_MAX; shifts are in 0..255
 
+IMAGE_SIZE = 256         # the paper's training images, 256x256 (Sec. 2)
 CROP_SIZE = 224          # the paper's input patches
 PCA_STD = 0.1            # alpha_i ~ N(0, 0.1)
 TEN_CROPS = ("top-left", "top-right", "bottom-left", "bottom-right", "centre",
@@ -93,7 +94,7 @@ class Draws:
         return len(self.top)
 
 
-def draw_augmentation(rng, n: int, *, size: int = 256, crop: int = CROP_SIZE,
+def draw_augmentation(rng, n: int, *, size: int = IMAGE_SIZE, crop: int = CROP_SIZE,
                       random_crop: bool = True, flip: bool = True,
                       pca_std: float | None = PCA_STD) -> Draws:
     """Draw one batch's crops, flips and PCA coefficients from ``rng`` (top, left, flip, alpha).
@@ -109,13 +110,13 @@ def draw_augmentation(rng, n: int, *, size: int = 256, crop: int = CROP_SIZE,
     return Draws(top=top, left=left, flip=mirror, alpha=alpha)
 
 
-def center_draws(n: int, size: int = 256, crop: int = CROP_SIZE) -> Draws:
+def center_draws(n: int, size: int = IMAGE_SIZE, crop: int = CROP_SIZE) -> Draws:
     """The centre crop of each image, not mirrored, no colour noise."""
     offset = np.full(n, (size - crop) // 2)
     return Draws(top=offset, left=offset, flip=np.zeros(n, dtype=bool))
 
 
-def ten_crop_draws(n: int, size: int = 256, crop: int = CROP_SIZE) -> Draws:
+def ten_crop_draws(n: int, size: int = IMAGE_SIZE, crop: int = CROP_SIZE) -> Draws:
     """The paper's 10 test crops of each of ``n`` images, crop-major: entry ``k*n + i`` is crop
     ``TEN_CROPS[k]`` of image ``i``."""
     far, mid = size - crop, (size - crop) // 2

@@ -10,7 +10,7 @@ from minialex.data.stats import rgb_pca
 
 from conftest import TOL
 
-S, CROP = 256, 224
+S, CROP = aug.IMAGE_SIZE, aug.CROP_SIZE
 
 
 def images(n=3, size=S, seed=0):

@@ -19,13 +19,21 @@ from minialex import backend, cuda
 from minialex.layers.activation import _relu_backward_cpu
 from minialex.layers.conv import _bias_add_nchw_cpu, _col2im_cpu, _im2col_cpu
 from minialex.layers.dropout import _dropout_forward_cpu
-from minialex.layers.lrn import _lrn_backward_cpu, _lrn_forward_cpu
+from minialex.layers.lrn import (
+    PAPER_ALPHA,
+    PAPER_BETA,
+    PAPER_K,
+    PAPER_SIZE,
+    _lrn_backward_cpu,
+    _lrn_forward_cpu,
+)
 from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
 
 import host_build
 from conftest import TOL, shuffled_linspace
 
 DTYPES = [np.float32, np.float64]
+PAPER_LRN = (PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K)  # size, alpha, beta, k (Sec. 3.3)
 CONTRACT = ["im2col", "col2im", "bias_add_nchw", "max_pool_forward", "max_pool_backward",
             "lrn_forward", "lrn_backward", "relu_backward", "dropout_forward", "gemm",
             "set_tf32", "tf32_enabled"]
@@ -73,7 +81,7 @@ def test_kernel_name_takes_float32_and_float64_only():
 def test_ops_raise_the_backend_error_without_a_gpu():
     x = np.zeros((1, 1, 3, 3), dtype=np.float32)
     for call in (lambda: cuda.im2col(x, 1, 1, 1, 1, 0, 0),
-                 lambda: cuda.lrn_forward(x, 5, 1e-4, 0.75, 2.0),
+                 lambda: cuda.lrn_forward(x, *PAPER_LRN),
                  lambda: cuda.gemm(x[0, 0], x[0, 0])):
         with pytest.raises(RuntimeError, match="a GPU was asked for but cannot be used"):
             call()
@@ -217,8 +225,8 @@ def test_each_op_launches_one_work_item_per_loop_iteration(monkeypatch):
     cuda.max_pool_forward(x, 3, 2, 2, 1, 1, 0)
     cuda.max_pool_backward(np.zeros((2, 3, 4, 5)), np.zeros((2, 3, 4, 5), np.int32), x.shape,
                            3, 2, 2, 1, 1, 0)
-    cuda.lrn_forward(x, 5, 1e-4, 0.75, 2.0)
-    cuda.lrn_backward(x, x, x, x, 5, 1e-4, 0.75)
+    cuda.lrn_forward(x, *PAPER_LRN)
+    cuda.lrn_backward(x, x, x, x, *PAPER_LRN[:3])
     cuda.relu_backward(x, x)
     cuda.dropout_forward(x, x, 0.5, 2.0)
     assert counts == [("im2col", 18 * 40), ("col2im", x.size), ("bias_add_nchw", 2 * 5 * 20),

@@ -15,7 +15,13 @@ from hypothesis import strategies as st
 from minialex.layers.activation import _relu_backward_cpu
 from minialex.layers.conv import _bias_add_nchw_cpu, _col2im_cpu, _im2col_cpu
 from minialex.layers.dropout import _dropout_forward_cpu
-from minialex.layers.lrn import _lrn_backward_cpu, _lrn_forward_cpu
+from minialex.layers.lrn import (
+    PAPER_ALPHA,
+    PAPER_BETA,
+    PAPER_K,
+    _lrn_backward_cpu,
+    _lrn_forward_cpu,
+)
 from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
 
 import host_build
@@ -306,9 +312,9 @@ def test_max_pool_backward(kernels, dtype, case, launch, seed):
 lrn_options = dict(
     shape=st.tuples(st.integers(1, 3), st.integers(1, 8), st.integers(1, 4), st.integers(1, 5)),
     size=st.integers(1, 7),  # even sizes too: their window reaches one channel further back
-    alpha=st.sampled_from([1e-4, 0.3, 1.0]),  # 1.0 so that the window term really matters
-    beta=st.sampled_from([0.75, 0.5, 1.5]),
-    k=st.sampled_from([2.0, 1.0, 0.5]),
+    alpha=st.sampled_from([PAPER_ALPHA, 0.3, 1.0]),  # 1.0 so that the window term really matters
+    beta=st.sampled_from([PAPER_BETA, 0.5, 1.5]),
+    k=st.sampled_from([PAPER_K, 1.0, 0.5]),
     launch=LAUNCHES, seed=SEEDS)
 
 
@@ -345,7 +351,7 @@ def test_lrn_backward(kernels, dtype, shape, size, alpha, beta, k, launch, seed)
 def test_lrn_backward_is_the_derivative_of_lrn_forward(kernels, size):
     """The two kernels agree with each other: central differences of the forward kernel's
     sum(gy * y) match the backward kernel, in float64."""
-    shape, alpha, beta, k, eps = (2, 6, 2, 3), 1.0, 0.75, 1.0, GRADCHECK["eps"]
+    shape, alpha, beta, k, eps = (2, 6, 2, 3), 1.0, PAPER_BETA, 1.0, GRADCHECK["eps"]
     rng = np.random.default_rng(size)
     x, gy = rng.standard_normal(shape), rng.standard_normal(shape)
     options = (*map(i32, shape), i32(size), np.float64(alpha), np.float64(beta))
@@ -375,9 +381,9 @@ def test_lrn_window_sum_survives_a_large_channel(kernels):
     x = np.full((1, 12, 1, 1), 1e-3, dtype=np.float32)
     x[0, 1] = 30.0
     y, scale = poisoned(x.shape, np.float32), poisoned(x.shape, np.float32)
-    options = (*map(i32, (1, 12, 1, 1, 3)), np.float32(1.0), np.float32(0.75))
+    options = (*map(i32, (1, 12, 1, 1, 3)), np.float32(1.0), np.float32(PAPER_BETA))
     kernels("lrn_forward_f32", x, *options, np.float32(1e-6), y, scale)
-    expected_y, expected_scale = lrn_reference(x, 3, 1.0, 0.75, 1e-6)
+    expected_y, expected_scale = lrn_reference(x, 3, 1.0, PAPER_BETA, 1e-6)
     np.testing.assert_allclose(scale, expected_scale, **TOL["float32_relative"])
     np.testing.assert_allclose(y, expected_y, **TOL["float32_relative"])
 

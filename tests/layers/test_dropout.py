@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers.dropout import Dropout, DropoutFunction, dropout
+from minialex.layers.dropout import PAPER_P, Dropout, DropoutFunction, dropout
 
 from conftest import GRADCHECK, TOL
 
@@ -135,8 +135,8 @@ def test_module_follows_train_and_eval():
     assert set(np.unique(y_train)) == {0.0, 2.0}
     layer.eval()
     np.testing.assert_array_equal(layer(x).numpy(), x.numpy())
-    paper = minialex.Sequential(Dropout(0.5, mode="paper")).eval()
-    np.testing.assert_array_equal(paper(x).numpy(), 0.5 * x.numpy())
+    paper = minialex.Sequential(Dropout(PAPER_P, mode="paper")).eval()
+    np.testing.assert_array_equal(paper(x).numpy(), (1 - PAPER_P) * x.numpy())
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.5, float("nan"), "0.5", True, None])

@@ -6,7 +6,15 @@ from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers.lrn import LocalResponseNorm, LocalResponseNormFunction, local_response_norm
+from minialex.layers.lrn import (
+    PAPER_ALPHA,
+    PAPER_BETA,
+    PAPER_K,
+    PAPER_SIZE,
+    LocalResponseNorm,
+    LocalResponseNormFunction,
+    local_response_norm,
+)
 
 from conftest import GRADCHECK, TOL
 
@@ -31,13 +39,13 @@ def inputs(shape, dtype=np.float64, seed=0, scale=2.0):
 
 
 @pytest.mark.parametrize("convention", ["paper", "pytorch"])
-@pytest.mark.parametrize("alpha", [1e-4, 1.0])
+@pytest.mark.parametrize("alpha", [PAPER_ALPHA, 1.0])
 @pytest.mark.parametrize("C", [3, 8])
 @pytest.mark.parametrize("size", [1, 2, 3, 5, 7])
 def test_forward_matches_loop_reference(size, C, alpha, convention):
     x = inputs((2, C, 3, 4))
-    y = local_response_norm(Tensor(x), size, alpha, 0.75, 2.0, convention)
-    np.testing.assert_allclose(y.numpy(), lrn_ref(x, size, alpha, 0.75, 2.0, convention),
+    y = local_response_norm(Tensor(x), size, alpha, PAPER_BETA, PAPER_K, convention)
+    np.testing.assert_allclose(y.numpy(), lrn_ref(x, size, alpha, PAPER_BETA, PAPER_K, convention),
                                **TOL[np.float64])
 
 
@@ -56,25 +64,28 @@ def test_forward_matches_loop_reference_drawn(N, C, H, W, size, alpha, beta, k, 
 def test_alpha_matters_at_alpha_one():
     """The alpha=1 cases above are meaningful: the normaliser changes y by far more than TOL."""
     x = inputs((1, 6, 2, 2))
-    y = local_response_norm(Tensor(x), alpha=1.0, k=2.0).numpy()
-    assert np.abs(y - x / 2.0 ** 0.75).max() > 0.1
+    y = local_response_norm(Tensor(x), alpha=1.0, k=PAPER_K).numpy()
+    assert np.abs(y - x / PAPER_K ** PAPER_BETA).max() > 0.1
 
 
 def test_conventions_convert_by_size():
     """alpha_torch = size * alpha_paper gives the same layer."""
     x = inputs((2, 7, 3, 3))
-    paper = local_response_norm(Tensor(x), 5, 1e-4, 0.75, 2.0, convention="paper")
-    torch_like = local_response_norm(Tensor(x), 5, 5e-4, 0.75, 2.0, convention="pytorch")
+    paper = local_response_norm(Tensor(x), PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K,
+                                convention="paper")
+    torch_like = local_response_norm(Tensor(x), PAPER_SIZE, PAPER_SIZE * PAPER_ALPHA, PAPER_BETA,
+                                     PAPER_K, convention="pytorch")
     np.testing.assert_allclose(paper.numpy(), torch_like.numpy(), **TOL[np.float64])
 
 
 @pytest.mark.parametrize("convention", ["paper", "pytorch"])
-@pytest.mark.parametrize("alpha", [1e-4, 1.0])
+@pytest.mark.parametrize("alpha", [PAPER_ALPHA, 1.0])
 @pytest.mark.parametrize("size", [2, 3, 5])
 def test_gradcheck(size, alpha, convention):
     x = Tensor(inputs((2, 6, 3, 3)), requires_grad=True)
-    minialex.gradcheck(lambda x: local_response_norm(x, size, alpha, 0.75, 2.0, convention),
-                       [x], **GRADCHECK)
+    minialex.gradcheck(
+        lambda x: local_response_norm(x, size, alpha, PAPER_BETA, PAPER_K, convention), [x],
+        **GRADCHECK)
 
 
 @given(C=st.integers(1, 7), size=st.integers(1, 8), alpha=st.floats(1e-4, 1.5),
@@ -90,12 +101,13 @@ def test_other_ranks_normalise_axis_1(shape):
     """(N, C), (N, C, L) and (N, C, D, H, W) act like (N, C, positions, 1)."""
     x = inputs(shape)
     x4 = x.reshape(shape[0], shape[1], -1, 1)
-    y = local_response_norm(Tensor(x), 3, 1.0, 0.75, 2.0)
+    y = local_response_norm(Tensor(x), 3, 1.0, PAPER_BETA, PAPER_K)
     assert y.shape == shape
-    np.testing.assert_allclose(y.numpy().reshape(x4.shape), lrn_ref(x4, 3, 1.0, 0.75, 2.0),
-                               **TOL[np.float64])
+    np.testing.assert_allclose(y.numpy().reshape(x4.shape),
+                               lrn_ref(x4, 3, 1.0, PAPER_BETA, PAPER_K), **TOL[np.float64])
     xt = Tensor(x, requires_grad=True)
-    minialex.gradcheck(lambda x: local_response_norm(x, 3, 1.0, 0.75, 2.0), [xt], **GRADCHECK)
+    minialex.gradcheck(lambda x: local_response_norm(x, 3, 1.0, PAPER_BETA, PAPER_K), [xt],
+                       **GRADCHECK)
 
 
 def test_empty_batch():
@@ -106,12 +118,13 @@ def test_non_contiguous_input():
     x = inputs((3, 4, 6, 2)).transpose(3, 1, 0, 2)  # (2, 4, 3, 6), a strided view
     assert not x.flags.c_contiguous
     y = local_response_norm(Tensor(x), 5, 1.0)
-    np.testing.assert_allclose(y.numpy(), lrn_ref(x, 5, 1.0, 0.75, 2.0), **TOL[np.float64])
+    np.testing.assert_allclose(y.numpy(), lrn_ref(x, 5, 1.0, PAPER_BETA, PAPER_K),
+                               **TOL[np.float64])
     xt = Tensor(x, requires_grad=True)
     minialex.gradcheck(lambda x: local_response_norm(x, 5, 1.0), [xt], **GRADCHECK)
 
 
-@pytest.mark.parametrize("alpha", [1e-4, 1.0])
+@pytest.mark.parametrize("alpha", [PAPER_ALPHA, 1.0])
 def test_float32_agrees_with_float64(alpha):
     x64 = np.abs(inputs((2, 8, 5, 5)))  # post-ReLU activities, as in AlexNet
     gy = np.random.default_rng(1).standard_normal(x64.shape)
@@ -145,13 +158,13 @@ def test_backward_closed_form_matches_function_directly():
 
 def test_module_defaults_are_the_papers():
     lrn = LocalResponseNorm()
-    assert (lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.convention) == (5, 1e-4, 0.75, 2.0,
-                                                                        "paper")
+    assert (lrn.size, lrn.alpha, lrn.beta, lrn.k, lrn.convention) == (
+        PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K, "paper")
     assert repr(lrn) == "LocalResponseNorm(5, alpha=0.0001, beta=0.75, k=2.0)"
     assert list(lrn.named_parameters()) == []
     x = inputs((2, 7, 3, 3))
-    np.testing.assert_allclose(lrn(Tensor(x)).numpy(), lrn_ref(x, 5, 1e-4, 0.75, 2.0),
-                               **TOL[np.float64])
+    expected = lrn_ref(x, PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K)
+    np.testing.assert_allclose(lrn(Tensor(x)).numpy(), expected, **TOL[np.float64])
     torch_like = LocalResponseNorm(3, 1.0, 0.5, 1.0, convention="pytorch")
     assert "convention='pytorch'" in repr(torch_like)
     np.testing.assert_allclose(torch_like(Tensor(x)).numpy(),
@@ -192,7 +205,7 @@ def test_device_agrees_with_cpu(device, convention):
     outs = []
     for dev in ("cpu", device):
         xt = Tensor(x, requires_grad=True).to(dev)
-        y = local_response_norm(xt, 5, 1.0, 0.75, 2.0, convention)
+        y = local_response_norm(xt, 5, 1.0, PAPER_BETA, PAPER_K, convention)
         y.backward(Tensor(gy).to(dev).data)
         assert y.device == backend.parse_device(dev)
         outs.append((y.numpy(), backend.to_numpy(xt.grad)))
@@ -200,7 +213,8 @@ def test_device_agrees_with_cpu(device, convention):
         np.testing.assert_allclose(b, a, **TOL[np.float32])
 
 
-@pytest.mark.parametrize("size, alpha, beta, k", [(5, 1e-4, 0.75, 2.0), (5, 1.0, 0.75, 1.0),
+@pytest.mark.parametrize("size, alpha, beta, k", [(PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K),
+                                                  (5, 1.0, 0.75, 1.0),
                                                   (4, 0.5, 0.6, 1.5), (2, 2.0, 1.2, 1.0),
                                                   (9, 0.1, 0.75, 2.0)])
 def test_matches_torch(size, alpha, beta, k):
