@@ -7,6 +7,16 @@ import re
 import statistics
 import time
 
+import numpy as np
+
+import minialex
+from minialex import backend
+
+try:                # optional: only the comparisons with PyTorch need it (import_torch)
+    import torch
+except ImportError:
+    torch = None
+
 RESULTS = pathlib.Path(__file__).resolve().parent / "RESULTS.md"
 
 
@@ -23,10 +33,6 @@ def cpu_name() -> str:
 
 def versions(*extra: str, gpu=False, torch=None) -> str:
     """minialex, Python, NumPy, then ``extra``, CuPy on a GPU, and PyTorch when it was used."""
-    import numpy as np
-
-    import minialex
-    from minialex import backend
     parts = [f"minialex {minialex.__version__}", f"Python {platform.python_version()}",
              f"NumPy {np.__version__}", *extra]
     if gpu:
@@ -53,11 +59,7 @@ def median_seconds(fn, repeats: int, warmup: int, sync) -> float:
 
 def import_torch(gpu: bool, tf32: bool = False):
     """PyTorch with TF32 set as asked, or None when it is absent (or has no CUDA for a GPU run)."""
-    try:
-        import torch
-    except ImportError:
-        return None
-    if gpu and not torch.cuda.is_available():
+    if torch is None or gpu and not torch.cuda.is_available():
         return None
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
@@ -67,7 +69,6 @@ def import_torch(gpu: bool, tf32: bool = False):
 def use_gpu(parser, device: str, script: str) -> bool:
     """True to benchmark on the GPU: ``--device gpu`` (refused in one line when none is usable)
     or ``auto`` with a usable GPU."""
-    from minialex import backend
     if device == "gpu":
         try:
             backend.require_cupy()
