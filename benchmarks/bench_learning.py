@@ -42,6 +42,7 @@ from minialex import Tensor, recipe  # noqa: E402
 from minialex import functional as F  # noqa: E402
 from minialex.config import GPU_PRESET  # noqa: E402
 from minialex.train import evaluate  # noqa: E402
+
 from bench_train import torch_twin  # noqa: E402
 from common import cpu_name, import_torch, save_section, versions  # noqa: E402
 from fmnist_folder import write_folder  # noqa: E402
