@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # minialex quick start: one script, two jobs.
 #   bash run.sh train [flags...]   set up, then train AlexNet on Fashion-MNIST (examples/train_alexnet.py)
-#   bash run.sh test  [pytest args] set up, then run the whole test suite
+#   bash run.sh test  [pytest args] set up, then lint (ruff, codespell) and run the whole test suite
 # Set-up (idempotent, each step skipped when already done): a virtual environment in .venv with
 # minialex and its test extras, and Debian's Fashion-MNIST package (dataset-fashion-mnist).
 set -euo pipefail
@@ -24,9 +24,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
 fi
-if ! .venv/bin/python -c "import minialex, pytest, hypothesis" 2>/dev/null; then
+if ! .venv/bin/python -c "import minialex, pytest, hypothesis" 2>/dev/null \
+    || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/codespell ]; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q -e ".[test,lint]"
 fi
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ -z "${MINIALEX_NO_APT:-}" ]; then
@@ -37,5 +38,7 @@ fi
 if [ "$job" = train ]; then
   exec .venv/bin/python examples/train_alexnet.py "$@"
 else
+  .venv/bin/ruff check .     # pyflakes, pycodestyle, import order (pyproject.toml [tool.ruff])
+  .venv/bin/codespell        # spelling of code, docs and file names (setup.cfg [codespell])
   exec .venv/bin/python -m pytest -q tests minialex --doctest-modules "$@"
 fi

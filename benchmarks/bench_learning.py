@@ -67,21 +67,25 @@ def run_example(*argv, limit=None) -> tuple:
 
 
 def read_run(out: pathlib.Path) -> tuple:
-    summary = json.loads((out / "summary.json").read_text())
-    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return summary, metrics
+    """(summary or None, the metrics lines): a run that failed early may have written neither."""
+    summary = out / "summary.json"
+    metrics = out / "metrics.jsonl"
+    return (json.loads(summary.read_text()) if summary.exists() else None,
+            [json.loads(line) for line in metrics.read_text().splitlines()]
+            if metrics.exists() else [])
 
 
 def target_cpu(work: pathlib.Path) -> list:
     out = work / "cpu"
     wall, rc, log = run_example("--device", "cpu", "--out", out, "--print-freq", "0")
     summary, _ = read_run(out)
-    top1 = summary["test_top1"]
+    top1 = summary.get("test_top1", 0.0) if summary else 0.0
     return [{"target": "`bash run.sh train` (CPU preset: mini, 28x28)",
              "command": "examples/train_alexnet.py --device cpu", "framework": "minialex",
              "wall_s": wall, "accuracy": f"test top-1 {top1:.4f} (10,000 images)",
              "met": rc == 0 and top1 >= 0.90 and wall <= TEN_MINUTES, "exit": rc,
-             "detail": f"{summary['epochs']} epochs, {summary['images_per_second']:.0f} img/s"}]
+             "detail": f"{summary['epochs']} epochs, {summary['images_per_second']:.0f} img/s"
+                       if summary else log.strip().splitlines()[-1][:200]}]
 
 
 def first_reaching(metrics, key, value):
@@ -94,6 +98,7 @@ def target_images(work: pathlib.Path, folder) -> list:
               work / "cache", "--print-freq", "0"]
     rows = []
     wall, rc, log = run_example(*common, "--find-lr", "--out", work / "find-lr")
+    (work / "find-lr.log").write_text(log)
     suggested = [line for line in log.splitlines() if line.startswith("train with: --lr")]
     suggestion = float(suggested[0].split()[-1]) if suggested else None
     rows.append({"target": "image folder: `--find-lr`", "command": "--find-lr",
@@ -106,12 +111,12 @@ def target_images(work: pathlib.Path, folder) -> list:
         out = work / f"images-{name.replace(' ', '-')}"
         started = time.time()
         wall, rc, log = run_example(*common, *extra, "--out", out, limit=TEN_MINUTES)
-        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        summary = json.loads((out / "summary.json").read_text()) if rc != 130 else None
+        summary, metrics = read_run(out)
+        summary = summary if rc != 130 else None
         hit = first_reaching(metrics, "val_top1", 0.70)
         when = (datetime.datetime.fromisoformat(hit["time"]).timestamp() - started
                 if hit else None)
-        best = max(m["val_top1"] for m in metrics)
+        best = max((m["val_top1"] for m in metrics), default=0.0)
         rows.append({
             "target": f"image folder, `small`, {name}",
             "command": "--dataset DIR --model small" + (f" --lr {suggestion}" if extra else ""),
@@ -135,10 +140,11 @@ def paper_sgd_step(torch, params, velocity, lr, momentum, weight_decay):
                 p.add_(v)
 
 
-def lockstep(config, steps: int, held_out: int, torch=None, eval_every: int = 25):
+def lockstep(config, steps: int, held_out: int, torch=None, eval_every: int = 25,
+             data_dir=None, quiet=False):
     """Train ``config``'s model for ``steps`` steps, and its PyTorch twin on the same batches;
     evaluate both on ``held_out`` validation images every ``eval_every`` steps."""
-    data = recipe.load_data(config.replace(limit_test=held_out))
+    data = recipe.load_data(config.replace(limit_test=held_out), data_dir=data_dir)
     run = recipe.build(config, data, "cpu")
     model, optimizer, warmup = run.model, run.optimizer, run.warmup
     twin = torch_twin(model, torch) if torch is not None else None
@@ -169,13 +175,14 @@ def lockstep(config, steps: int, held_out: int, torch=None, eval_every: int = 25
                 paper_sgd_step(torch, params, velocity, optimizer.lr, config.momentum,
                                config.weight_decay)
                 seconds["pytorch"] += time.perf_counter() - start
-                row["pytorch_loss"] = float(t_loss)
+                row["pytorch_loss"] = t_loss.item()
             step += 1
             if step % eval_every == 0 or step == steps:
                 row["minialex_val_top1"] = evaluate(model, run.val_loader)["top1"]
                 if twin is not None:
                     row["pytorch_val_top1"] = torch_top1(torch, twin, held)
-                print(json.dumps(row), flush=True)
+                if not quiet:
+                    print(json.dumps(row), flush=True)
             log.append(row)
             if step == steps:
                 break

@@ -2,26 +2,21 @@
 """Train an AlexNet on Fashion-MNIST or on your own image folder, and report honest accuracy.
 
     python examples/train_alexnet.py                 # GPU if usable, else the CPU preset
-    python examples/train_alexnet.py --device gpu    # fmnist AlexNet at 224x224, 10 epochs
-    python examples/train_alexnet.py --device cpu    # the `mini` AlexNet at 28x28, minutes
     python examples/train_alexnet.py --resume runs/X/last.npz      # continue a stopped run
     python examples/train_alexnet.py --evaluate runs/X/best.npz    # test a checkpoint
     python examples/train_alexnet.py --dataset PATH --find-lr      # which learning rate?
     python examples/train_alexnet.py --dataset PATH --model paper --ten-crop
 
-Flags not given take the preset of the dataset and device (minialex/config.py says what each
-preset is and which of its defaults depart from the paper, and why); on --resume, the
-checkpoint's settings. The run directory (--out) receives metrics.jsonl, last.npz, best.npz and
-summary.json; Ctrl-C saves last.npz, and --resume continues exactly from it.
-
-Exit status: 0 done, 1 failed (data or checkpoint missing or unreadable, loss diverged or stuck
-at chance, final accuracy no better than chance), 2 bad usage (including --device gpu without a
-usable GPU), 130 interrupted (checkpoint saved).
+Flags -> minialex.config.RunConfig (flags not given take the dataset's and device's preset, or
+on --resume the checkpoint's settings) -> minialex.recipe.fit -> one line of results. Exit
+status: 0 done, 1 failed (data or checkpoint unreadable, loss diverged or stuck at chance, final
+accuracy at chance), 2 bad usage (or no usable GPU for --device gpu), 130 Ctrl-C (saved).
 """
 import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -90,7 +85,6 @@ def find_lr(config, args, device, out) -> int:
     result = recipe.find_lr(config, device=device, data_dir=args.data_dir, cache=args.cache,
                             workers=args.workers)
     print(lr_finder.format_table(result))
-    os.makedirs(out, exist_ok=True)
     picture = lr_finder.plot(result, os.path.join(out, "lr_find.png"))
     print(f"plot: {picture}" if picture else "plot: install matplotlib for a picture")
     print(f"train with: --lr {result['suggested_lr']:.2g}")
@@ -99,8 +93,8 @@ def find_lr(config, args, device, out) -> int:
 
 def run(args, device) -> int:
     if args.prepare_only:
-        size = args.image_size or cfg.preset_for(args.dataset, device).replace(
-            model=args.model).prepared_size
+        preset = cfg.preset_for(args.dataset, device)     # only its sizes: nothing is trained
+        size = args.image_size or replace(preset, model=args.model or preset.model).prepared_size
         data = recipe.prepare_folder(args.dataset, size, cache=args.cache, workers=args.workers)
         print(f"data: {args.dataset}: {recipe.describe_folder(data, counts=True)}")
         return 0
@@ -115,8 +109,8 @@ def run(args, device) -> int:
     if args.find_lr:
         return find_lr(config, args, device, args.out or recipe.default_out_dir(config))
     summary = recipe.fit(config, device=device, out=args.out, resume=args.resume,
-                         data_dir=args.data_dir, cache=args.cache, workers=args.workers,
-                         notes=notes)
+                         overrides=given(args), data_dir=args.data_dir, cache=args.cache,
+                         workers=args.workers, notes=notes)
     if summary["stopped"] == "interrupted":
         script = sys.argv[0] if sys.argv[0].endswith(".py") else PROG
         print(f"resume with: python {script} --resume {os.path.join(summary['out'], 'last.npz')}")
@@ -131,16 +125,24 @@ def run(args, device) -> int:
     return 0
 
 
+def given(args) -> dict:
+    """The run settings given as flags (None: not given)."""
+    return {k: v for k, v in vars(args).items() if k in cfg.RunConfig.__dataclass_fields__}
+
+
 def settings(args, device, parser=None):
     """(RunConfig, notes) from the flags; a value out of range is an argparse error naming
     its flag (RunConfig.check is the one place that knows the ranges)."""
-    given = {k: v for k, v in vars(args).items() if k in cfg.RunConfig.__dataclass_fields__}
     try:
-        return cfg.resolve(given, device)
+        return cfg.resolve(given(args), device)
     except cfg.SettingError as exc:
         if parser is None:
             raise
         parser.error(f"argument --{exc.name.replace('_', '-')}: {exc.problem}")
+    except ValueError:          # settings that conflict: checked again when the run is built
+        if parser is None:      # (with the checkpoint's own settings, when there is one): exit 1
+            raise
+    return None, []
 
 
 def main(argv=None) -> int:
@@ -149,9 +151,12 @@ def main(argv=None) -> int:
     if args.dataset not in (None, cfg.FASHION_MNIST) and not os.path.isdir(args.dataset):
         parser.error(f"argument --dataset: expected {cfg.FASHION_MNIST!r} or an image folder "
                      f"with train/ and val/, got {args.dataset!r} (no such directory)")
-    for flag in ("resume", "find_lr"):
-        if args.evaluate and getattr(args, flag):
-            parser.error(f"argument --evaluate: not allowed with --{flag.replace('_', '-')}")
+    for first, second in (("evaluate", "resume"), ("evaluate", "find_lr"), ("find_lr", "resume")):
+        if getattr(args, first) and getattr(args, second):
+            parser.error(f"argument --{first.replace('_', '-')}: not allowed with "
+                         f"--{second.replace('_', '-')}")
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"argument --workers: expected an integer >= 0, got {args.workers}")
     if args.prepare_only and args.dataset in (None, cfg.FASHION_MNIST):
         parser.error("argument --prepare-only: needs an image folder (--dataset PATH)")
     try:
@@ -160,8 +165,7 @@ def main(argv=None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
     try:
-        if not args.prepare_only:
-            settings(args, device, parser)      # bad values exit 2 before any work starts
+        settings(args, device, parser)      # a value out of range: exit 2 before any work
         return run(args, device)
     except (OSError, ValueError, TrainingStopped) as exc:   # OSError: FileNotFoundError too
         print(f"{PROG}: error: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ from .summary import model_summary
 from .tensor import Function, Tensor, is_grad_enabled, no_grad
 from .testing import GradcheckError, GradcheckReport, gradcheck
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["Function", "GradcheckError", "GradcheckReport", "Module", "Parameter", "Sequential",
            "Tensor", "functional", "gpu_available", "gradcheck", "is_grad_enabled",

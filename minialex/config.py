@@ -36,7 +36,7 @@ Departures from the paper, each one setting away from it (``init="paper"``,
 >>> RunConfig(lr=-1).check()
 Traceback (most recent call last):
     ...
-ValueError: lr: expected a finite number > 0, got -1
+minialex.config.SettingError: lr: expected a finite number > 0, got -1
 """
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ class RunConfig:
     """
     dataset: str = FASHION_MNIST
     model: str = "mini"
-    epochs: int = 3
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 0.02
     momentum: float = MOMENTUM
@@ -98,7 +98,7 @@ class RunConfig:
     init: str = "kaiming"
     warmup: int = 100
     schedule: str = "step"
-    step_size: int = 2
+    step_size: int = 4
     crop_padding: int = 0
     flip: bool = False
     random_crop: bool = True
@@ -124,10 +124,13 @@ class RunConfig:
     @property
     def prepared_size(self) -> int:
         """The side image folders are prepared at: ``image_size``, or the model's input side
-        scaled as the paper's 224 is to 256."""
+        scaled as the paper's 224 is to 256 (256 itself for the 224x224 and 227x227 models)."""
         if self.image_size is not None:
             return self.image_size
-        return round(VARIANTS[self.model].input_size * PAPER_IMAGE_SIZE / PAPER_CROP)
+        side = VARIANTS[self.model].input_size
+        if side >= PAPER_CROP:       # the paper's own 256 for its 224 (really 227) crops
+            return max(PAPER_IMAGE_SIZE, side)
+        return round(side * PAPER_IMAGE_SIZE / PAPER_CROP)
 
     def replace(self, **changes) -> "RunConfig":
         """A checked copy with ``changes`` (None values are ignored: "not given")."""
@@ -188,10 +191,11 @@ class RunConfig:
         return self
 
 
-# Fashion-MNIST on a CPU: measured on a 2-core AMD EPYC (see README), three epochs at ~440
-# images/s. Batch 64 runs as many images/s as 128 there and takes twice the steps; two epochs
-# at lr 0.02, one at 0.002 (the paper's divide-by-10, on a fixed step: three epochs give no
-# plateau to detect). No augmentation: three epochs underfit rather than overfit.
+# Fashion-MNIST on a CPU: sized for two cores. Five epochs at ~700 images/s (measured on a
+# 2-core AMD EPYC, see benchmarks/RESULTS.md): four at lr 0.02, one at 0.002 (the paper's
+# divide-by-10, on a fixed step: five epochs give no plateau worth waiting for). Batch 64 runs as
+# many images/s as 128 there and takes twice the steps. No augmentation: five epochs of 55,000
+# images underfit rather than overfit.
 CPU_PRESET = RunConfig()
 # Fashion-MNIST on a GPU: d2l.ai's AlexNet at 224x224 (d2l.ai Sec. 8.1), batch 128, the paper's
 # lr 0.01 with its plateau schedule, flips.

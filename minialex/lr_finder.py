@@ -20,6 +20,7 @@ are restored afterwards: the test leaves nothing behind but its numbers.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
@@ -107,6 +108,7 @@ def plot(result: dict, path) -> str | None:
     matplotlib is not installed (``pip install matplotlib``)."""
     if Figure is None:
         return None
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig = Figure(figsize=(6, 4))
     ax = fig.add_subplot()
     ax.plot(result["lrs"][:len(result["smoothed"])], result["smoothed"])

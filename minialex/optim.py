@@ -331,10 +331,8 @@ class LinearWarmup:
 
     def step(self) -> None:
         """Set the rate of the next optimiser step."""
-        if self.active:
+        if self.active:            # the last warm-up step sets the target itself
             self.optimizer.lr = self.target * (self.taken + 1) / self.steps
-        elif self.taken == self.steps and self.steps:
-            self.optimizer.lr = self.target
         self.taken += 1
 
     @contextlib.contextmanager

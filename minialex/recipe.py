@@ -214,25 +214,31 @@ def default_out_dir(config: RunConfig) -> str:
 
 
 def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resume=None,
-        data_dir=None, cache=None, workers=None, stream=None, notes=()) -> dict:
-    """Train ``config`` (or resume the run saved in checkpoint ``resume``: its settings win
-    over ``config``'s, see :func:`minialex.config.resolve`), test it, and return the summary
-    that is also written to ``out/summary.json``. ``summary["stopped"]`` is ``"completed"``,
-    ``"schedule exhausted"`` or ``"interrupted"``; a run that stopped learning raises
-    :class:`~minialex.watch.TrainingStopped` after writing a summary that says why."""
+        overrides: dict | None = None, data_dir=None, cache=None, workers=None, stream=None,
+        notes=()) -> dict:
+    """Train ``config``, test it, and return the summary that is also written to
+    ``out/summary.json``. ``summary["stopped"]`` is ``"completed"``, ``"schedule exhausted"``
+    or ``"interrupted"``; a run that stopped learning raises
+    :class:`~minialex.watch.TrainingStopped` after writing a summary that says why.
+
+    ``resume``: a checkpoint whose run to continue. Its settings are the run's, except those in
+    ``overrides`` (settings given explicitly, e.g. by flags: see
+    :func:`minialex.config.resolve`); by default only ``config``'s per-invocation ones
+    (``epochs``, ``ten_crop``, ``print_freq``)."""
     started = time.time()
     stream = sys.stdout if stream is None else stream
     tree = None
     if resume is not None:
         tree = checkpoint.load(resume)
-        config, resume_notes = resolve(config.to_dict(), device, tree.get("config", {}))
+        if overrides is None:
+            overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
+        config, resume_notes = resolve(overrides, device, tree.get("config", {}))
         notes = list(notes) + resume_notes
     for note in notes:
         print(f"note: {note}", file=stream)
     data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                      classes=saved_classes(tree) if tree else None)
-    saved = tree.get("normalization") if tree else None
-    run = build(config, data, device, normalization=saved)
+    run = build(config, data, device, normalization=saved_normalization(tree) if tree else None)
     if config.limit_train and config.limit_train < config.batch_size:
         print(f"note: --limit-train {config.limit_train} is below the batch size", file=stream)
     out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
@@ -256,9 +262,9 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
         raise
     if stopped == "interrupted":
         return run_summary(trainer, run, device, None, started)
-    test = test_best(trainer, run.test_loader)
+    test = evaluate_best(trainer, run.test_loader)
     extra = {}
-    if run.ten_crop_loader is not None:    # test_best left the weights it used in the model
+    if run.ten_crop_loader is not None:    # evaluate_best left its weights in the model
         ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
         extra = {"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
                  "test_loss_10crop": ten["loss"]}
@@ -280,6 +286,15 @@ def saved_classes(tree) -> list | None:
     return tree.get("classes") or tree.get("config", {}).get("classes")
 
 
+def saved_normalization(tree) -> dict | None:
+    """Fashion-MNIST's pixel mean and std a checkpoint was trained with (before 0.2: in its
+    settings), or None."""
+    if tree.get("normalization"):
+        return tree["normalization"]
+    saved = tree.get("config", {})
+    return {"mean": saved["mean"], "std": saved["std"]} if "mean" in saved else None
+
+
 def _print_header(run, trainer, device, out, resume, stream):
     c, model = run.config, run.model
     print(f"minialex {__version__} | device {describe_device(device)} | model {model.variant} "
@@ -296,7 +311,7 @@ def _print_header(run, trainer, device, out, resume, stream):
     print(f"output: {out}{where}", file=stream, flush=True)
 
 
-def test_best(trainer: Trainer, loader) -> dict:
+def evaluate_best(trainer: Trainer, loader) -> dict:
     """Evaluate on ``loader`` with the weights of ``best.npz`` (loaded into the model) when
     the run wrote one, else the current ones; ``"weights"`` says which."""
     best = trainer.path("best.npz")
@@ -368,9 +383,7 @@ def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, 
     config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop)).check()
     data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                      classes=saved_classes(tree))
-    normalization = tree.get("normalization") or ({"mean": saved["mean"], "std": saved["std"]}
-                                                  if "mean" in saved else None)
-    run = build(config, data, device, normalization=normalization)
+    run = build(config, data, device, normalization=saved_normalization(tree))
     arch = tree.get("architecture")
     if arch != run.model.variant:
         raise ValueError(f"{path}: checkpoint of architecture {arch!r} cannot be loaded into a "
@@ -390,7 +403,9 @@ def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, 
         result.update({"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
                        "test_loss_10crop": ten["loss"]})
     if data.folder is not None:
-        result.update({"test_split": data.test_split, "prepared": str(data.folder.path)})
+        folder = data.folder
+        result.update({"test_split": data.test_split, "prepared": str(folder.path),
+                       "skipped_files": {split: folder.skipped[split] for split in folder.splits}})
     if out:
         os.makedirs(out, exist_ok=True)
         text = json.dumps(result, indent=2) + "\n"
@@ -409,5 +424,5 @@ def find_lr(config: RunConfig, *, device: str = "cpu", data_dir=None, cache=None
                          start_lr=start_lr, end_lr=end_lr)
 
 
-__all__ = ["FASHION_MNIST", "Run", "RunData", "build", "describe_device", "evaluate_checkpoint",
-           "find_lr", "fit", "load_data", "resolve_device", "run_summary", "test_best"]
+__all__ = ["FASHION_MNIST", "Run", "RunData", "build", "describe_device", "evaluate_best",
+           "evaluate_checkpoint", "find_lr", "fit", "load_data", "resolve_device", "run_summary"]

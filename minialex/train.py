@@ -53,7 +53,7 @@ from . import functional as F
 from .optim import ReduceLROnPlateau
 from .progress import StatusLine
 from .tensor import Tensor, no_grad
-from .watch import TrainingDiverged, TrainingStopped
+from .watch import MAX_KEPT, TrainingDiverged, TrainingStopped
 
 TOPK = (1, 5)
 METRICS_FILE = "metrics.jsonl"
@@ -234,7 +234,6 @@ class Trainer:
         self.config, self.extra_state = dict(config or {}), dict(extra_state or {})
         self.status = StatusLine(stream)
         self.architecture = getattr(model, "variant", type(model).__name__)
-        self.device = backend.device_of(next(iter(model.parameters())).data)
         self.epoch, self.step = 0, 0          # epochs completed; steps done in the current one
         self.global_step = 0                  # steps done in the whole run
         self.running = Running()              # sums of the current training epoch
@@ -310,7 +309,7 @@ class Trainer:
                      f"{self.optimizer.lr:g})")
             if self.watch is not None:
                 warning = self.watch.check(self.global_step, loss, where)
-                if warning:
+                if warning and len(self.warnings) < MAX_KEPT:      # the watch counts them all
                     self.warnings.append(warning)
                     self.status.print(f"warning: {warning}")
             elif not math.isfinite(loss):
@@ -322,7 +321,8 @@ class Trainer:
             self.step, self.global_step = running.steps, self.global_step + 1
             if self.print_freq and (self.step % self.print_freq == 0 or self.step == total):
                 self.status.show(self._progress_line(total))
-            return self._interrupted
+            # on the last step, let the loader finish its epoch, so that its state is the next's
+            return self._interrupted and self.step < total
 
         try:
             self.running = train_one_epoch(
@@ -364,7 +364,10 @@ class Trainer:
         self.epoch, self.step, self.running = self.epoch + 1, 0, Running()
         if improved:
             self.best_val_error, self.best_epoch = record["val_error"], self.epoch
-        if self.scheduler is not None:
+        warming_up = self.warmup is not None and self.warmup.active
+        # a plateau while the rate is still rising is no plateau: let the warm-up end first
+        if self.scheduler is not None and not (warming_up and
+                                               isinstance(self.scheduler, ReduceLROnPlateau)):
             with (self.warmup.scheduling() if self.warmup else contextlib.nullcontext()):
                 self.scheduler.step(record.get("val_error"))
         self.history.append(record)
@@ -449,6 +452,10 @@ class Trainer:
             raise ValueError(f"{source}: checkpoint of architecture {arch!r} cannot be loaded "
                              f"into a {self.architecture!r} model"
                              + (": " + "; ".join(details) if details else ""))
+        if "rng" in tree and "train_loader" not in tree["rng"] and "shuffle" in tree["rng"]:
+            raise ValueError(f"{source}: written by minialex before 0.2, whose loader state "
+                             f"this version cannot restore: it cannot be resumed, but "
+                             f"--evaluate still reads it")
         try:  # read every field first, so a partial file changes nothing and says what is missing
             t, rng = tree["trainer"], tree["rng"]
             position = int(t["epoch"]), int(t["step"]), int(t.get("global_step", 0))
@@ -481,10 +488,18 @@ class Trainer:
             return
         with open(path) as f:
             lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("epoch", 0) <= self.epoch]
+        kept = [line for line in lines if _logged_epoch(line) <= self.epoch]
         if len(kept) != len(lines):
             text = "".join(kept)
             checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _logged_epoch(line) -> float:
+    """The epoch of a metrics.jsonl line; a line cut short by a kill counts as never written."""
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _where(epoch, step) -> str:

@@ -9,20 +9,25 @@ every step and stops such runs early, with a message that says what happened and
 
 - **diverged**: the loss is NaN or infinite (stop, before the update that would spread it);
 - **stalled at chance**: after the warm-up, the loss stayed within ``band`` (relative) of
-  :math:`\ln C` for ``stall_steps`` consecutive steps (stop);
+  :math:`\ln C` for ``stall_steps`` consecutive steps (stop). Only a run whose loss has been
+  away from chance (above it, as a large initialisation starts, or below it, learning) and came
+  back is counted: the paper's N(0, 0.01) initialisation starts *at* chance and may stay near
+  it for many steps before it learns, which is slow, not dead (a run that never leaves chance
+  is caught at its end, when its test accuracy is no better than guessing);
 - **spike**: the loss jumped above ``spike_factor`` times the median of the last ``window``
-  steps (a warning: runs often recover; a spike that kills the run ends as one of the above).
+  steps, and above half the chance loss (a jump from 0.01 to 0.1 is noise, not a spike): a
+  warning, since runs often recover; a spike that kills the run ends as one of the above.
 
 The trainer raises the exceptions below before the optimiser step, so the weights and the last
 checkpoint stay as they were after the last good step.
 
 >>> watch = LossWatch(num_classes=10, stall_steps=3)
->>> for step, loss in enumerate([2.302, 2.303, 2.301]):  # doctest: +NORMALIZE_WHITESPACE
+>>> for step, loss in enumerate([9.4, 2.302, 2.303, 2.301]):  # doctest: +NORMALIZE_WHITESPACE
 ...     watch.check(step, loss)
 Traceback (most recent call last):
     ...
 minialex.watch.TrainingStalled: training stalled at chance: the loss stayed within 2% of
-    ln(10) = 2.303 for 3 steps, up to step 3: the network has stopped learning (dead ReLUs, or a
+    ln(10) = 2.303 for 3 steps, up to step 4: the network has stopped learning (dead ReLUs, or a
     learning rate too high for its initialisation); try a lower --lr, a longer --warmup, or
     --find-lr
 """
@@ -33,6 +38,7 @@ import math
 import statistics
 
 ADVICE = "try a lower --lr, a longer --warmup, or --find-lr"
+MAX_KEPT = 20           # spikes (and their warnings) kept for the summary; the rest are counted
 
 
 class TrainingStopped(RuntimeError):
@@ -72,8 +78,10 @@ class LossWatch:
         self.num_classes, self.warmup, self.stall_steps = num_classes, warmup, stall_steps
         self.band, self.spike_factor = band, spike_factor
         self.recent = collections.deque(maxlen=window)
-        self.at_chance = 0          # consecutive steps at chance, after the warm-up
-        self.spikes = []            # (step, loss, median before it)
+        self.left_chance = False    # the loss has been away from chance at least once
+        self.at_chance = 0          # consecutive steps at chance since, after the warm-up
+        self.spikes = []            # the first MAX_KEPT (step, loss, median before it)
+        self.spike_count = 0
 
     def check(self, step: int, loss: float, where: str | None = None) -> str | None:
         """Raise TrainingDiverged / TrainingStalled, or return a warning for a spike (else
@@ -84,13 +92,17 @@ class LossWatch:
         warning = None
         if len(self.recent) >= 5:
             median = statistics.median(self.recent)
-            if loss > self.spike_factor * median:
-                self.spikes.append((step, loss, median))
+            if loss > self.spike_factor * median and loss > self.chance / 2:
+                self.spike_count += 1
+                if len(self.spikes) < MAX_KEPT:
+                    self.spikes.append((step, loss, median))
                 warning = (f"loss spike at {at}: {loss:.4g}, more than {self.spike_factor:g}x "
                            f"the recent median {median:.4g}; if it keeps happening, {ADVICE}")
         self.recent.append(loss)
         near = abs(loss - self.chance) <= self.band * self.chance
-        self.at_chance = self.at_chance + 1 if near and step >= self.warmup else 0
+        self.left_chance = self.left_chance or not near
+        counted = near and self.left_chance and step >= self.warmup
+        self.at_chance = self.at_chance + 1 if counted else 0
         if self.stall_steps and self.at_chance >= self.stall_steps:
             raise TrainingStalled(
                 f"training stalled at chance: the loss stayed within {self.band:.0%} of "
@@ -101,13 +113,15 @@ class LossWatch:
 
     def state_dict(self) -> dict:
         return {"recent": list(self.recent), "at_chance": self.at_chance,
-                "spikes": [list(s) for s in self.spikes]}
+                "left_chance": self.left_chance, "spikes": [list(s) for s in self.spikes],
+                "spike_count": self.spike_count}
 
     def load_state_dict(self, state: dict) -> None:
         self.recent.clear()
         self.recent.extend(float(v) for v in state["recent"])
-        self.at_chance = int(state["at_chance"])
+        self.at_chance, self.left_chance = int(state["at_chance"]), bool(state["left_chance"])
         self.spikes = [tuple(s) for s in state["spikes"]]
+        self.spike_count = int(state["spike_count"])
 
 
 def above_chance(top1: float, images: int, num_classes: int) -> bool:

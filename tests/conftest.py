@@ -34,6 +34,9 @@ TOL = {
     # float64 central differences (GRADCHECK's eps) of one smooth kernel on O(1) inputs: ~1e-10
     # truncation and rounding. GRADCHECK below is looser because it covers every op.
     "central_differences": dict(atol=1e-8, rtol=1e-6),
+    # two frameworks training the same float32 net on the same batches: their summation orders
+    # differ (~1e-7 a step) and SGD carries the difference forward for a dozen steps.
+    "float32_training": dict(atol=0, rtol=1e-3),
 }
 # Central differences in float64 with eps=1e-6 carry ~1e-9 truncation/rounding error.
 GRADCHECK = dict(eps=1e-6, atol=1e-7, rtol=1e-5)

@@ -136,6 +136,36 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_step_for_step(tmp_path):
     assert_same_run(straight, resumed)
 
 
+def test_ctrl_c_on_an_epochs_last_step_finishes_that_epoch_and_resumes_exactly(tmp_path):
+    straight = make_trainer(tmp_path / "a", epochs=2)
+    straight.fit()
+    stopped = make_trainer(tmp_path / "b", epochs=2)
+    forward, calls = stopped.model.forward, []
+
+    def forward_then_ctrl_c(x):
+        calls.append(1)
+        if len(calls) == 5:   # the 5th and last training step of epoch 1
+            os.kill(os.getpid(), signal.SIGINT)
+        return forward(x)
+
+    stopped.model.forward = forward_then_ctrl_c
+    assert stopped.fit() == "interrupted"
+    saved = checkpoint.load(tmp_path / "b" / "last.npz")
+    assert (saved["trainer"]["epoch"], saved["trainer"]["step"]) == (1, 0)
+    resumed = make_trainer(tmp_path / "b", epochs=2, model_seed=9)
+    resumed.load_state(saved)
+    assert resumed.fit() == "completed"
+    assert_same_run(straight, resumed)
+
+
+def test_a_checkpoint_from_before_the_loader_kept_its_state_is_named_as_such(tmp_path):
+    make_trainer(tmp_path, epochs=1).fit()
+    tree = checkpoint.load(tmp_path / "last.npz")
+    tree["rng"] = {"backend": tree["rng"]["backend"], "shuffle": None, "generators": {}}
+    with pytest.raises(ValueError, match="written by minialex before 0.2.*--evaluate still"):
+        make_trainer(tmp_path / "x", epochs=1).load_state(tree, source="old.npz")
+
+
 def test_checkpoint_of_another_architecture_is_refused_with_names_and_shapes(tmp_path):
     make_trainer(tmp_path, epochs=1).fit()
     other = make_trainer(tmp_path / "x", epochs=1, width=6)

@@ -87,6 +87,7 @@ def test_the_image_folder_recipe_learns_a_small_image_folder(photos, tmp_path):
                       tmp_path / "cache", "--device", "cpu")
     assert run.returncode == 0, run.stderr
     out = run.stdout
+    assert "note:" not in out and "model mini" in out     # the checkpoint's settings, silently
     assert "resuming" in out and "at epoch 4, step 0" in out and "reused 32x32 cache" in out
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["epochs"] == 4
     print(f"\nimage-folder run: {seconds:.1f} s, test top-1 {summary['test_top1']:.3f}, "

@@ -53,8 +53,9 @@ def test_fit_writes_summary_metrics_and_checkpoints_and_resumes(data_dir, tmp_pa
     # resuming with more epochs carries on from the saved epoch, in the same directory; flags
     # that contradict the checkpoint are named and ignored
     log = io.StringIO()
-    summary = recipe.fit(quick(epochs=3, batch_size=64), resume=str(tmp_path / "run" / "last.npz"),
-                         data_dir=data_dir, stream=log)
+    summary = recipe.fit(quick(), resume=str(tmp_path / "run" / "last.npz"),
+                         overrides={"epochs": 3, "batch_size": 64}, data_dir=data_dir,
+                         stream=log)
     out = log.getvalue()
     assert "resuming" in out and "at epoch 3, step 0" in out
     assert "--batch-size 64 ignored: resuming keeps the checkpoint's 32" in out
@@ -69,8 +70,8 @@ def test_fit_writes_summary_metrics_and_checkpoints_and_resumes(data_dir, tmp_pa
 
     # a checkpoint of another architecture is refused, naming the mismatched weights
     with pytest.raises(ValueError) as info:
-        recipe.fit(quick(model="small"), resume=str(tmp_path / "run" / "last.npz"),
-                   data_dir=data_dir, stream=io.StringIO())
+        recipe.fit(quick(), resume=str(tmp_path / "run" / "last.npz"),
+                   overrides={"model": "small"}, data_dir=data_dir, stream=io.StringIO())
     assert "checkpoint of architecture 'mini' cannot be loaded into a 'small' model" in \
         str(info.value)
     assert "features.0.weight: checkpoint (32, 1, 5, 5), model (48, 1, 11, 11)" in str(info.value)

@@ -162,6 +162,11 @@ def test_resuming_cuts_metrics_back_to_the_checkpoint_so_no_epoch_is_logged_twic
     epochs = [json.loads(line)["epoch"] for line in
               (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
+    # a line cut short by a kill while it was written counts as not written
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "train_lo')
+    make_trainer(tmp_path, epochs=2).load_state(checkpoint.load(tmp_path / "last.npz"))
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -18,13 +18,21 @@ from support import learnable_fashion_mnist, make_trainer
 # -- LossWatch on its own ----------------------------------------------------------------------
 def test_a_loss_at_chance_for_stall_steps_in_a_row_stops_after_the_warmup_only():
     watch = LossWatch(10, warmup=5, stall_steps=4)
-    for step in range(8):                      # 5 warm-up steps are not counted, then 3
+    watch.check(0, 9.4)                        # a large init starts above chance
+    for step in range(1, 8):                   # 5 warm-up steps are not counted, then 3
         watch.check(step, chance_loss(10) + 0.01)
     with pytest.raises(TrainingStalled) as info:
         watch.check(8, chance_loss(10) - 0.01, "epoch 2, step 1/5")
     message = str(info.value)
     assert "within 2% of ln(10) = 2.303 for 4 steps, up to epoch 2, step 1/5" in message
     assert "try a lower --lr, a longer --warmup, or --find-lr" in message
+
+
+def test_a_run_that_starts_at_chance_and_stays_is_slow_not_dead():
+    watch = LossWatch(10, stall_steps=3)       # e.g. the paper's N(0, 0.01) init, early on
+    for step in range(50):
+        watch.check(step, chance_loss(10) - 0.001)
+    assert watch.at_chance == 0 and not watch.left_chance
 
 
 def test_one_step_away_from_chance_resets_the_count():
@@ -47,6 +55,10 @@ def test_a_spike_warns_and_is_recorded_but_does_not_stop():
     warning = watch.check(6, 9.0)
     assert "loss spike at step 7: 9, more than 10x the recent median 0.5" in warning
     assert watch.spikes == [(6, 9.0, 0.5)]
+    tiny = LossWatch(10)
+    for step in range(6):
+        tiny.check(step, 0.01)
+    assert tiny.check(6, 0.5) is None          # 50x the median, but far below chance: noise
     state = watch.state_dict()
     other = LossWatch(10)
     other.load_state_dict(json.loads(json.dumps(state)))
@@ -118,18 +130,27 @@ def test_a_nan_loss_stops_before_the_update_naming_where(tmp_path):
 def test_fit_records_why_a_run_stopped_in_the_summary(tmp_path, monkeypatch):
     data_dir = learnable_fashion_mnist(tmp_path / "data", n_train=200, n_test=40)
 
-    def dead_alexnet(*args, **kwargs):       # fc8 all zeros: the loss is exactly ln 10
+    def dying_alexnet(*args, **kwargs):
+        """Far from chance for 3 steps (class 0 scores 10 above the rest), then dead: all
+        logits 0, the loss exactly ln 10."""
         model = alexnet(*args, **kwargs)
-        model.classifier[6].weight.data[...] = 0
-        model.classifier[6].bias.data[...] = 0
+        forward, calls = model.forward, []
+        shift = np.where(np.arange(10) == 0, 10.0, 0.0).astype(np.float32)
+
+        def forward_then_die(x):
+            calls.append(1)
+            y = forward(x)
+            return y + shift if len(calls) <= 3 else y * 0.0
+
+        model.forward = forward_then_die
         return model
 
-    monkeypatch.setattr(recipe, "alexnet", dead_alexnet)
+    monkeypatch.setattr(recipe, "alexnet", dying_alexnet)
     config = CPU_PRESET.replace(val_size=40, batch_size=16, limit_test=40, print_freq=0,
-                                warmup=2, stall_steps=5, epochs=1, lr=1e-12)
+                                warmup=2, stall_steps=5, epochs=1)
     with pytest.raises(TrainingStalled):
         recipe.fit(config, out=str(tmp_path / "run"), data_dir=data_dir, stream=io.StringIO())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["stopped"].startswith("stalled at chance: training stalled at chance")
-    assert summary["steps"] == 6          # steps 3-7 at chance after 2 of warm-up: the 7th stops
-    assert summary["final_lr"] == pytest.approx(1e-12)
+    assert summary["steps"] == 7          # 3 away from chance, then 5 at it: the 8th stops
+    assert summary["final_lr"] == pytest.approx(config.lr)
