@@ -126,10 +126,11 @@ def test_ctrl_c_mid_epoch_saves_and_resumes_step_for_step(tmp_path):
         return forward(x)
 
     stopped.model.forward = forward_then_ctrl_c
+    handler = signal.getsignal(signal.SIGINT)     # Python's own, or SIG_IGN under nohup
     assert stopped.fit() == "interrupted"
     saved = checkpoint.load(tmp_path / "b" / "last.npz")
     assert (saved["trainer"]["epoch"], saved["trainer"]["step"]) == (1, 3)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is handler          # fit put it back
     resumed = make_trainer(tmp_path / "b", epochs=2, model_seed=9)
     resumed.load_state(saved)
     assert resumed.fit() == "completed"
