@@ -230,7 +230,9 @@ def target_gpu_preset(steps: int, torch) -> list:
 
 def markdown(rows, torch, command) -> str:
     lines = [f"## Learning targets, CPU ({datetime.date.today().isoformat()})", "",
-             f"`{command}` on {cpu_name()}; {versions(torch=torch)}.", "",
+             f"`{command}` on {cpu_name()}; {versions(torch=torch)}. The `cpu` and `images` "
+             f"targets time minialex's own command, as a user runs it (PyTorch has no such "
+             f"command to run beside it); `gpu-preset` trains both frameworks in lockstep.", "",
              "| target | framework | command | wall time | accuracy | exit | target met | notes |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

@@ -90,12 +90,13 @@ def lr_range_test(model, loader, optimizer, *, start_lr: float = 1e-5, end_lr: f
 def format_table(result: dict, rows: int = 16) -> str:
     """The smoothed loss at about ``rows`` learning rates, one line each, with a bar."""
     lrs, smoothed = result["lrs"], result["smoothed"]
-    picks = sorted(set(np.linspace(0, len(smoothed) - 1, rows).round().astype(int)))
+    at_min = int(np.argmin(smoothed))
+    picks = sorted(set(np.linspace(0, len(smoothed) - 1, rows).round().astype(int)) | {at_min})
     low, high = min(smoothed), max(smoothed[i] for i in picks)
     lines = ["      lr     loss"]
     for i in picks:
         bar = "#" * int(round(30 * (smoothed[i] - low) / max(high - low, 1e-12)))
-        mark = "  <- lowest" if lrs[i] == result["min_loss_lr"] else ""
+        mark = "  <- lowest" if i == at_min else ""
         lines.append(f"{lrs[i]:8.2e} {smoothed[i]:8.4f} {bar}{mark}")
     lines.append(f"suggested lr: {result['suggested_lr']:.3g} (lowest smoothed loss at "
                  f"{result['min_loss_lr']:.3g}, divided by 10)"
