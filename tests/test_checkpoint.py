@@ -113,46 +113,34 @@ def test_resume_after_an_epoch_matches_an_uninterrupted_run(tmp_path):
     assert_same_run(straight, resumed)
 
 
-def test_ctrl_c_mid_epoch_saves_and_resumes_step_for_step(tmp_path):
-    straight = make_trainer(tmp_path / "a", epochs=2)
-    straight.fit()
-    stopped = make_trainer(tmp_path / "b", epochs=2)
-    forward, calls = stopped.model.forward, []
+def ctrl_c_during_forward(trainer, call):
+    """Send the process a Ctrl-C during the model's ``call``-th forward pass (5 training and 1
+    validation pass per epoch of ``make_trainer``)."""
+    forward, calls = trainer.model.forward, []
 
     def forward_then_ctrl_c(x):
         calls.append(1)
-        if len(calls) == 9:   # 5 training + 1 validation forwards per epoch: epoch 2, step 3
+        if len(calls) == call:
             os.kill(os.getpid(), signal.SIGINT)
         return forward(x)
 
-    stopped.model.forward = forward_then_ctrl_c
+    trainer.model.forward = forward_then_ctrl_c
+
+
+@pytest.mark.parametrize("call,saved_at", [
+    (9, (1, 3)),        # epoch 2, step 3: saved mid-epoch
+    (5, (1, 0)),        # epoch 1's last step: the epoch is finished first, then saved
+])
+def test_ctrl_c_saves_and_resumes_step_for_step(tmp_path, call, saved_at):
+    straight = make_trainer(tmp_path / "a", epochs=2)
+    straight.fit()
+    stopped = make_trainer(tmp_path / "b", epochs=2)
+    ctrl_c_during_forward(stopped, call)
     handler = signal.getsignal(signal.SIGINT)     # Python's own, or SIG_IGN under nohup
     assert stopped.fit() == "interrupted"
     saved = checkpoint.load(tmp_path / "b" / "last.npz")
-    assert (saved["trainer"]["epoch"], saved["trainer"]["step"]) == (1, 3)
+    assert (saved["trainer"]["epoch"], saved["trainer"]["step"]) == saved_at
     assert signal.getsignal(signal.SIGINT) is handler          # fit put it back
-    resumed = make_trainer(tmp_path / "b", epochs=2, model_seed=9)
-    resumed.load_state(saved)
-    assert resumed.fit() == "completed"
-    assert_same_run(straight, resumed)
-
-
-def test_ctrl_c_on_an_epochs_last_step_finishes_that_epoch_and_resumes_exactly(tmp_path):
-    straight = make_trainer(tmp_path / "a", epochs=2)
-    straight.fit()
-    stopped = make_trainer(tmp_path / "b", epochs=2)
-    forward, calls = stopped.model.forward, []
-
-    def forward_then_ctrl_c(x):
-        calls.append(1)
-        if len(calls) == 5:   # the 5th and last training step of epoch 1
-            os.kill(os.getpid(), signal.SIGINT)
-        return forward(x)
-
-    stopped.model.forward = forward_then_ctrl_c
-    assert stopped.fit() == "interrupted"
-    saved = checkpoint.load(tmp_path / "b" / "last.npz")
-    assert (saved["trainer"]["epoch"], saved["trainer"]["step"]) == (1, 0)
     resumed = make_trainer(tmp_path / "b", epochs=2, model_seed=9)
     resumed.load_state(saved)
     assert resumed.fit() == "completed"
