@@ -79,3 +79,10 @@ def shuffled_linspace(shape, dtype=np.float64, seed=0):
     values = np.linspace(-1.0, 1.0, n, dtype=dtype)
     np.random.default_rng(seed).shuffle(values)
     return values.reshape(shape)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that take the ``gpu`` fixture are ``gpu`` tests: ``pytest -m gpu`` selects them."""
+    for item in items:
+        if "gpu" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.gpu)

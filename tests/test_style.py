@@ -1,6 +1,8 @@
 """Checks from shared/STYLE.md that keep the code readable as it grows."""
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -43,3 +45,14 @@ def test_layer_docstring_has_math_shape_and_kernel_pointer(path):
 def test_there_are_layer_files():
     assert {p.stem for p in LAYER_FILES} >= {"conv", "lrn", "pool", "dropout", "linear",
                                               "activation", "loss"}
+
+
+def test_every_test_that_takes_the_gpu_fixture_is_selected_by_the_gpu_mark():
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu",
+         "-p", "no:cacheprovider", "tests/core", "tests/data"],
+        capture_output=True, text=True, cwd=ROOT).stdout
+    for test in ("test_module.py::test_module_to_gpu_and_back",
+                 "test_tensor.py::test_ops_on_gpu_match_cpu",
+                 "test_augment.py::test_gpu_augmentation_matches_cpu_given_the_same_draws"):
+        assert test in collected, collected
