@@ -184,6 +184,16 @@ class AlexNet(Module):
         return (self.in_channels, self.input_size, self.input_size)
 
     def forward(self, x):
+        return self.classifier(self._flat_features(x))
+
+    def fc7(self, x):
+        """fc8's input, ``(N, hidden)``: fc7's output after its ReLU (and the dropout that follows
+        it in training mode). The paper compares images by the Euclidean distance between these
+        vectors (Sec. 6.1, Fig. 4)."""
+        return self.classifier[:-1](self._flat_features(x))
+
+    def _flat_features(self, x):
+        """The convolutional features of ``x`` (and avgpool), flattened to fc6's input."""
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"AlexNet({self.variant!r}): expected input (N, {self.in_channels}, "
                              f"{self.input_size}, {self.input_size}), got shape {tuple(x.shape)}")
@@ -195,7 +205,7 @@ class AlexNet(Module):
                              f"{tuple(y.shape[1:])} features but fc6 expects "
                              f"{self.flat_features}; feed {self.input_size}x{self.input_size} "
                              f"images")
-        return self.classifier(y.reshape(y.shape[0], -1))
+        return y.reshape(y.shape[0], -1)
 
     def extra_repr(self):
         return (f"variant={self.variant!r}, input_shape={self.input_shape}, "
