@@ -1,7 +1,8 @@
 """Do the default recipes learn? Accuracy targets on the CPU, minialex beside PyTorch.
 
-    python benchmarks/bench_learning.py [--targets cpu,images,gpu-preset] [--folder DIR]
-                                        [--steps N] [--no-torch] [--results]
+    python benchmarks/bench_learning.py [--targets cpu,images,gpu-preset,photos] [--folder DIR]
+                                        [--photos DIR] [--steps N] [--batch-size N]
+                                        [--no-torch] [--results]
 
 Targets (each names its command, wall time and accuracy in the table):
 
@@ -19,6 +20,12 @@ Targets (each names its command, wall time and accuracy in the table):
   minialex and PyTorch in lockstep: the same initial weights, the same augmented batches, the
   paper's SGD written out in both, each with its own dropout masks. Target: the training loss
   falls and the held-out top-1 (1,000 validation images) beats 0.80.
+- ``photos``: the ``paper`` model (two towers, 224x224) with the image-folder recipe on real
+  colour photographs (``photo_folder.py``: twelve photographs from Debian's ``mate-backgrounds``,
+  one class each, validation crops from a part of each photograph training never sees), in
+  lockstep with PyTorch as above, with ``--batch-size`` cut for the CPU. Target: steady
+  progress: the loss falls every quarter of the run, no spike (a step above 3x the median of the
+  20 before it), nothing non-finite.
 
 Figures are measured, never assumed; ``--results`` writes the table to benchmarks/RESULTS.md.
 """
@@ -40,9 +47,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 
 from minialex import Tensor, recipe  # noqa: E402
 from minialex import functional as F  # noqa: E402
-from minialex.config import GPU_PRESET  # noqa: E402
+from minialex.config import GPU_PRESET, IMAGES_PRESET  # noqa: E402
 from minialex.train import evaluate  # noqa: E402
 
+import photo_folder  # noqa: E402
 from bench_train import torch_twin  # noqa: E402
 from common import cpu_name, import_torch, save_section, versions  # noqa: E402
 from fmnist_folder import write_folder  # noqa: E402
@@ -228,6 +236,40 @@ def target_gpu_preset(steps: int, torch) -> list:
     return rows
 
 
+def target_photos(work: pathlib.Path, folder, steps: int, batch_size: int, torch) -> list:
+    """The ``paper`` model with the image-folder recipe on real colour photographs, in lockstep
+    with PyTorch. Only the batch size is cut (a CPU budget); lr, warm-up, init and input
+    scaling are the preset's."""
+    folder = pathlib.Path(folder) if folder else photo_folder.write_folder(work / "photos")
+    config = IMAGES_PRESET.replace(dataset=str(folder), batch_size=batch_size, print_freq=0)
+    start = time.perf_counter()
+    log, seconds = lockstep(config, steps, held_out=100_000, torch=torch,
+                            eval_every=max(steps // 4, 1))
+    wall = time.perf_counter() - start
+    chance = np.log(len([d for d in (folder / "train").iterdir() if d.is_dir()]))
+    rows = []
+    for name in ("minialex", "pytorch") if torch is not None else ("minialex",):
+        losses = np.array([r[f"{name}_loss"] for r in log])
+        top1 = [r[f"{name}_val_top1"] for r in log if f"{name}_val_top1" in r]
+        # A spike: a step's loss above 3x the median of the 20 steps before it.
+        spikes = sum(losses[i] > 3 * np.median(losses[max(i - 20, 0):i])
+                     for i in range(5, len(losses)))
+        steady = falls(losses) and spikes == 0 and np.isfinite(losses).all()
+        rows.append({
+            "target": f"`paper` model, image-folder recipe, real photos ({steps} steps, "
+                      f"batch {batch_size})",
+            "command": f"bench_learning.py --targets photos --steps {steps} "
+                       f"--batch-size {batch_size}",
+            "framework": name, "wall_s": wall, "exit": 0, "met": steady,
+            "accuracy": f"held-out top-1 {' -> '.join(f'{t:.3f}' for t in top1)} (chance "
+                        f"{1 / np.exp(chance):.3f}); loss {losses[:10].mean():.3f} -> "
+                        f"{losses[-10:].mean():.3f} (chance {chance:.3f})",
+            "detail": f"{steps * batch_size / max(seconds[name], 1e-9):.1f} img/s; max loss "
+                      f"{losses.max():.2f}; spikes {spikes}; loss falls every quarter: "
+                      f"{falls(losses)}"})
+    return rows
+
+
 def markdown(rows, torch, command) -> str:
     lines = [f"## Learning targets, CPU ({datetime.date.today().isoformat()})", "",
              f"`{command}` on {cpu_name()}; {versions(torch=torch)}. The `cpu` and `images` "
@@ -247,7 +289,11 @@ def main(argv=None) -> int:
     p.add_argument("--targets", default="cpu,images,gpu-preset")
     p.add_argument("--folder", help="image folder for --targets images (default: written from "
                                     "Fashion-MNIST test images)")
-    p.add_argument("--steps", type=int, default=150, help="steps of the gpu-preset target")
+    p.add_argument("--photos", help="image folder for --targets photos (default: written by "
+                                    "photo_folder.py from Debian's mate-backgrounds)")
+    p.add_argument("--steps", type=int, default=150,
+                   help="steps of the gpu-preset and photos targets")
+    p.add_argument("--batch-size", type=int, default=32, help="batch size of --targets photos")
     p.add_argument("--no-torch", action="store_true")
     p.add_argument("--results", action="store_true", help="write to benchmarks/RESULTS.md")
     p.add_argument("--work", help="where runs go (default: a temporary folder)")
@@ -262,6 +308,8 @@ def main(argv=None) -> int:
             rows += target_images(work, args.folder)
         elif target == "gpu-preset":
             rows += target_gpu_preset(args.steps, torch)
+        elif target == "photos":
+            rows += target_photos(work, args.photos, args.steps, args.batch_size, torch)
         else:
             p.error(f"argument --targets: unknown target {target!r}")
         print(markdown(rows, torch, " ".join(["bench_learning.py", *(argv or sys.argv[1:])])),
