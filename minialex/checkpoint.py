@@ -12,10 +12,16 @@ into
 so :func:`load` needs only ``np.load(path, allow_pickle=False)`` and ``json``: opening a
 checkpoint never runs code from the file.
 
-Writing is atomic: the file is written under a temporary name in the same directory, flushed
-and ``fsync``-ed, then ``os.replace``-d over the target, so a crash or Ctrl-C while saving
-leaves the previous checkpoint intact. A missing file raises ``FileNotFoundError`` and a
-truncated or corrupt one a single ``ValueError``, both naming the path.
+Writing is atomic: the file is written under a temporary name in the same directory
+(``.last.npz.partial-XXXX.tmp``), flushed and ``fsync``-ed, then ``os.replace``-d over the
+target, so a crash, a kill or Ctrl-C while saving leaves the previous checkpoint intact. A write
+that fails (disk full, quota, permission) removes its temporary file and raises
+:class:`WriteError`, which names the file and the cause; a temporary file left by a killed
+process is removed by :func:`remove_partial_files` when the next run starts.
+
+Reading: a missing file raises ``FileNotFoundError``, a directory ``IsADirectoryError``, a file
+that cannot be opened the ``OSError`` of its cause, and a truncated or corrupt one a single
+``ValueError``, each naming the path.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
@@ -27,6 +33,7 @@ truncated or corrupt one a single ``ValueError``, both naming the path.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import tempfile
@@ -43,6 +50,21 @@ META = "__meta__"
 ZIP_MAGIC = b"PK\x03\x04"   # every .npz is a zip archive whose first member starts here
 ARRAY, TUPLE, ITEMS = "__array__", "__tuple__", "__items__"   # JSON markers
 _RESERVED = (ARRAY, TUPLE, ITEMS)
+PARTIAL = ".partial-"                  # in the name of a temporary file, between target and id
+
+
+class WriteError(OSError):
+    """Writing ``filename`` failed part-way (disk full, quota, permission, ...). ``errno`` and
+    ``strerror`` are the cause's; ``str()`` is one line naming the file, the cause and, when
+    given, ``then``: what the disk still holds and what to do."""
+
+    def __init__(self, filename, cause: OSError, then: str = ""):
+        super().__init__(cause.errno, cause.strerror or str(cause), os.fspath(filename))
+        self.then = then
+
+    def __str__(self) -> str:
+        return f"cannot write {self.filename}: {self.strerror}" + (
+            f"; {self.then}" if self.then else "")
 
 
 def _encode(obj, path, arrays):
@@ -90,11 +112,16 @@ def _decode(obj, arrays):
 
 def atomic_write(path, write) -> None:
     """Call ``write(file)`` on a temporary file next to ``path``, then flush, fsync and rename
-    it over ``path``; on any error the temporary file is removed and ``path`` is untouched."""
+    it over ``path``; on any error the temporary file is removed and ``path`` is untouched. An
+    ``OSError`` of the file system (disk full, quota, permission) becomes a
+    :class:`WriteError` naming ``path``."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.",
-                               suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}{PARTIAL}",
+                                   suffix=".tmp")
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
@@ -102,9 +129,11 @@ def atomic_write(path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteError):
+            raise WriteError(path, exc) from None
         raise
     # make the rename itself durable; not every platform can open a directory
     with contextlib.suppress(OSError):
@@ -113,6 +142,28 @@ def atomic_write(path, write) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def remove_partial_files(directory) -> list:
+    """Remove the temporary files that :func:`atomic_write` leaves in ``directory`` when its
+    process is killed before the rename; returns their paths. Only for a directory no other
+    process is writing to (see :mod:`minialex.rundir`)."""
+    found = sorted(glob.glob(os.path.join(glob.escape(os.fspath(directory)),
+                                          f".*{PARTIAL}*.tmp")))
+    for tmp in found:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return found
+
+
+def _directory_given(path) -> str:
+    """The one-line refusal of a directory where a checkpoint file was expected."""
+    held = sorted(os.path.basename(p) for p in glob.glob(os.path.join(glob.escape(path), "*.npz")))
+    if not held:
+        return f"checkpoint: {path} is a directory, not a checkpoint file, and holds no .npz"
+    pick = "last.npz" if "last.npz" in held else held[0]
+    return (f"checkpoint: {path} is a directory, not a checkpoint file; pass one of its "
+            f"checkpoints ({', '.join(held)}), e.g. {os.path.join(path, pick)}")
 
 
 def _umask() -> int:
@@ -136,9 +187,14 @@ def load(path) -> dict:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(_directory_given(path))
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
+    except OSError as exc:     # e.g. no permission: the file may be fine, so not "corrupt"
+        raise type(exc)(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    try:
         if magic != ZIP_MAGIC:   # np.load would try .npy and pickle next; refuse here instead
             raise ValueError(f"starts with {magic!r}, not with the zip signature of an .npz")
         with np.load(path, allow_pickle=False) as archive:

@@ -258,6 +258,7 @@ class Trainer:
         ``"interrupted"``. Raises :class:`~minialex.watch.TrainingStopped` when the loss is
         NaN/inf or stuck at chance."""
         self._interrupted, self.stopped = False, None
+        self._trim_metrics()        # a fresh run starts it anew (a killed run may have left lines)
         try:
             # the watch names a non-finite loss itself, once: no NumPy overflow warnings first
             with self._first_ctrl_c_sets_a_flag(), np.errstate(over="ignore", invalid="ignore"):
@@ -274,7 +275,8 @@ class Trainer:
             raise
         self.stopped = self.stopped or "completed"
         if self.stopped == "interrupted":
-            saved = self.save("last.npz")
+            with self._writing():
+                saved = self.save("last.npz")
             self.status.print(f"interrupted at {_where(self.epoch, self.step)}"
                               + (f"; saved {saved}" if saved else ""))
         return self.stopped
@@ -341,6 +343,18 @@ class Trainer:
             return f"{last} is left as it was"
         return "no checkpoint had been written yet"
 
+    @contextlib.contextmanager
+    def _writing(self):
+        """A failed write (disk full, quota, permission) stops the run with one line: the
+        file, the cause, what the disk still holds, and how to resume."""
+        try:
+            yield
+        except checkpoint.WriteError as exc:
+            last = self.path("last.npz")
+            then = self._kept() + (f"; resume with --resume {last}" if self._last_saved
+                                   or os.path.exists(last) else "; start the run again")
+            raise checkpoint.WriteError(exc.filename, exc, then) from None
+
     def _end_epoch(self):
         val = evaluate(self.model, self.val_loader) if self.val_loader is not None else None
         if val is not None and not math.isfinite(val["loss"]):
@@ -371,13 +385,20 @@ class Trainer:
             with (self.warmup.scheduling() if self.warmup else contextlib.nullcontext()):
                 self.scheduler.step(record.get("val_error"))
         self.history.append(record)
-        if self.out_dir is not None:
-            with open(self.path(METRICS_FILE), "a") as f:
-                f.write(json.dumps(record) + "\n")
-        state = self.state()                    # built once for both files
-        self.save("last.npz", state)
-        if improved:
-            self.save("best.npz", state)
+        with self._writing():
+            if self.out_dir is not None:
+                try:
+                    with open(self.path(METRICS_FILE), "a") as f:
+                        f.write(json.dumps(record) + "\n")
+                except OSError as exc:
+                    raise checkpoint.WriteError(self.path(METRICS_FILE), exc) from None
+            state = self.state()                # built once for both files
+            # best first: a kill between the two leaves last.npz at the epoch before, which
+            # redoes this one and rewrites best.npz; the other order would leave last.npz
+            # naming a best epoch that best.npz does not hold
+            if improved:
+                self.save("best.npz", state)
+            self.save("last.npz", state)
         self.status.print(self._epoch_line(record))
 
     # -- output ------------------------------------------------------------------------------
