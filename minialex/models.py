@@ -37,9 +37,21 @@ Dropout placement. The paper applies dropout to the outputs of fc6 and fc7, so e
 *before* fc6 and fc7 instead (Dropout-Linear-ReLU, ..., fc weights at ``classifier.1``, ``.4``,
 ``.6``); ``owt`` keeps that order so that its state_dict matches torchvision's.
 
+Ablation switches (paper Sec. 3), each defaulting to the paper's choice, so a default model is
+unchanged:
+
+- ``activation="relu"`` or ``"tanh"`` (Sec. 3.1): every ReLU, in the features and the
+  classifier, becomes a tanh; the weights are drawn as for ReLU, so both start alike.
+- ``pool="overlapping"`` (z = 3, s = 2) or ``"non-overlapping"`` (z = s = 2), Sec. 3.4. On
+  ``paper`` both give 27-13-6 maps (as in the paper's comparison); where a pooled map's side is
+  even, the non-overlapping pool keeps one more row and column (``mini``: 14-7-3 instead of
+  13-6-2; ``fmnist``: 27-13-6 instead of 26-12-5), and fc6 grows to take them.
+- ``lrn``: ``True`` or ``False`` puts LRN after conv1 and conv2, or leaves it out (Sec. 3.3),
+  whatever the variant's table says; ``None`` (default) keeps the variant's own.
+
 LRN position. ``lrn_position="paper"`` gives conv-ReLU-LRN-pool (paper Sec. 3.3);
 ``"caffe"`` gives CaffeNet's conv-ReLU-pool-LRN. Either way the convolutions keep their indices
-(``features.0, 4, 8, 10, 12``). Variants without LRN ignore the option.
+(``features.0, 4, 8, 10, 12``). Variants without LRN (and ``lrn=False``) ignore the option.
 
 Initialisation (``init``), with fan_in = in_channels/groups * KH * KW for a convolution and
 in_features for a linear layer, fan_out = out_channels * KH * KW or out_features:
@@ -93,8 +105,10 @@ from .layers._common import output_size, positive_int
 from .module import Module
 
 LRN_POSITIONS = ("paper", "caffe")
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}     # Sec. 3.1: ReLU against the saturating tanh
 INITS = ("kaiming", "xavier", "torch", "paper")
 POOL = dict(kernel_size=3, stride=2)    # overlapping pooling, z = 3, s = 2 (paper Sec. 3.4)
+POOLS = {"overlapping": POOL, "non-overlapping": dict(kernel_size=2, stride=2)}  # z = s = 2
 PAPER_BIAS_ONE = (1, 3, 4, 5, 6)        # conv2, conv4, conv5, fc6, fc7 (0-based over 8 layers)
 
 
@@ -132,7 +146,8 @@ class AlexNet(Module):
     """features -> (avgpool) -> flatten -> classifier; see the module docstring for variants."""
 
     def __init__(self, variant="paper", num_classes=None, in_channels=None, *,
-                 lrn_position="paper", dropout_mode="inverted", dropout=0.5, init=None):
+                 lrn_position="paper", dropout_mode="inverted", dropout=0.5, init=None,
+                 activation="relu", pool="overlapping", lrn=None):
         super().__init__()
         if variant not in VARIANTS:
             raise ValueError(f"alexnet: unknown variant {variant!r}; choose one of "
@@ -143,7 +158,17 @@ class AlexNet(Module):
         init = INITS[0] if init is None else init
         if init not in INITS:
             raise ValueError(f"alexnet: init must be one of {INITS} or None, got {init!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"alexnet: activation must be one of {tuple(ACTIVATIONS)}, got "
+                             f"{activation!r}")
+        if pool not in POOLS:
+            raise ValueError(f"alexnet: pool must be one of {tuple(POOLS)}, got {pool!r}")
+        if lrn is not None and not isinstance(lrn, bool):
+            raise ValueError(f"alexnet: lrn must be True, False or None (the variant's), got "
+                             f"{lrn!r}")
         spec = VARIANTS[variant]
+        lrn = spec.lrn if lrn is None else lrn
+        act, pooling = ACTIVATIONS[activation], POOLS[pool]
         num_classes = spec.num_classes if num_classes is None else num_classes
         in_channels = spec.in_channels if in_channels is None else in_channels
         self.variant, self.input_size = variant, spec.input_size
@@ -153,12 +178,12 @@ class AlexNet(Module):
         layers, channels, size = [], self.in_channels, spec.input_size
         for i, (out, kernel, stride, padding, groups) in enumerate(spec.convs):
             layers += [nn.Conv2d(channels, out, kernel, stride=stride, padding=padding,
-                                 groups=groups), nn.ReLU()]
+                                 groups=groups), act()]
             channels, size = out, output_size(size, kernel, stride, padding)
-            norm = [nn.LocalResponseNorm()] if spec.lrn and i < 2 else []
-            pool = [nn.MaxPool2d(**POOL)] if i in (0, 1, 4) else []
-            size = output_size(size, POOL["kernel_size"], POOL["stride"], 0) if pool else size
-            layers += norm + pool if lrn_position == "paper" else pool + norm
+            norm = [nn.LocalResponseNorm()] if lrn and i < 2 else []
+            down = [nn.MaxPool2d(**pooling)] if i in (0, 1, 4) else []
+            size = output_size(size, pooling["kernel_size"], pooling["stride"], 0) if down else size
+            layers += norm + down if lrn_position == "paper" else down + norm
         self.features = nn.Sequential(*layers)
         if spec.avgpool:
             self.avgpool = nn.AdaptiveAvgPool2d((spec.avgpool, spec.avgpool))
@@ -171,11 +196,11 @@ class AlexNet(Module):
         fc6, fc7 = nn.Linear(self.flat_features, hidden), nn.Linear(hidden, hidden)
         fc8 = nn.Linear(hidden, self.num_classes)
         if spec.torchvision_order:
-            classifier = [nn.Dropout(dropout, mode=dropout_mode), fc6, nn.ReLU(),
-                          nn.Dropout(dropout, mode=dropout_mode), fc7, nn.ReLU(), fc8]
+            classifier = [nn.Dropout(dropout, mode=dropout_mode), fc6, act(),
+                          nn.Dropout(dropout, mode=dropout_mode), fc7, act(), fc8]
         else:
-            classifier = [fc6, nn.ReLU(), nn.Dropout(dropout, mode=dropout_mode),
-                          fc7, nn.ReLU(), nn.Dropout(dropout, mode=dropout_mode), fc8]
+            classifier = [fc6, act(), nn.Dropout(dropout, mode=dropout_mode),
+                          fc7, act(), nn.Dropout(dropout, mode=dropout_mode), fc8]
         self.classifier = nn.Sequential(*classifier)
         initialize(self, init)
 
@@ -213,7 +238,8 @@ class AlexNet(Module):
 
 
 def alexnet(variant="paper", num_classes=None, in_channels=None, *, lrn_position="paper",
-            dropout_mode="inverted", dropout=0.5, init=None) -> AlexNet:
+            dropout_mode="inverted", dropout=0.5, init=None, activation="relu",
+            pool="overlapping", lrn=None) -> AlexNet:
     """Build an AlexNet variant (``"paper"``, ``"one-tower"``, ``"owt"``, ``"small"``,
     ``"fmnist"``, ``"mini"``); ``None`` arguments take the variant's defaults.
 
@@ -230,7 +256,8 @@ def alexnet(variant="paper", num_classes=None, in_channels=None, *, lrn_position
         fmnist, mini
     """
     return AlexNet(variant, num_classes, in_channels, lrn_position=lrn_position,
-                   dropout_mode=dropout_mode, dropout=dropout, init=init)
+                   dropout_mode=dropout_mode, dropout=dropout, init=init,
+                   activation=activation, pool=pool, lrn=lrn)
 
 
 def initialize(model: Module, init: str) -> Module:
