@@ -233,3 +233,58 @@ def test_mini_learns_a_fixed_batch_with_the_papers_sgd():
         opt.step()
         losses.append(loss.item())
     assert min(losses[-3:]) < 0.7 * losses[0], losses
+
+
+# -- ablation switches (paper Sec. 3): activation, pool, lrn -----------------------------------
+def test_tanh_replaces_every_relu_and_starts_from_the_same_weights():
+    minialex.manual_seed(3)
+    relu = alexnet("mini")
+    minialex.manual_seed(3)
+    tanh = alexnet("mini", activation="tanh")
+    kinds = [type(m).__name__ for m in tanh.modules()]
+    assert "ReLU" not in kinds and kinds.count("Tanh") == 7     # conv1-5, fc6, fc7
+    assert layer_types(tanh.features) == [k.replace("ReLU", "Tanh")
+                                          for k in layer_types(relu.features)]
+    for (name, a), (_, b) in zip(relu.named_parameters(), tanh.named_parameters()):
+        np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    relu.eval(), tanh.eval()
+    assert np.abs(tanh(x).data).max() > 0
+    assert not np.allclose(tanh(x).data, relu(x).data)
+
+
+def test_non_overlapping_pools_are_2x2_stride_2_and_fc6_follows_the_map_size():
+    model = alexnet("mini", pool="non-overlapping")
+    pools = [m for m in model.features if isinstance(m, nn.MaxPool2d)]
+    assert len(pools) == 3
+    assert all((p.kernel_size, p.stride) in ((2, 2), ((2, 2), (2, 2))) for p in pools)
+    assert model.flat_features == 64 * 3 * 3        # 28 -> 14 -> 7 -> 3 (overlapping: 2x2)
+    assert alexnet("mini").flat_features == 64 * 2 * 2
+    assert model(np.zeros((2, 1, 28, 28), dtype=np.float32)).shape == (2, 10)
+
+
+def test_non_overlapping_pools_keep_the_papers_map_sizes_and_parameter_count():
+    # 55 -> 27 -> 13 -> 6 with z = 3 or z = 2 at s = 2: the paper's comparison changes nothing else
+    model = alexnet("paper", pool="non-overlapping")
+    assert model.flat_features == built("paper").flat_features == 256 * 6 * 6
+    assert model.num_parameters() == PARAM_COUNTS["paper", 1000]
+
+
+@pytest.mark.parametrize("variant, lrn, count", [("mini", None, 2), ("mini", False, 0),
+                                                 ("mini", True, 2), ("small", None, 0),
+                                                 ("small", True, 2)])
+def test_lrn_switch_overrides_the_variants_own(variant, lrn, count):
+    model = alexnet(variant, lrn=lrn)
+    norms = [m for m in model.features if isinstance(m, nn.LocalResponseNorm)]
+    assert len(norms) == count
+    assert model.num_parameters() == alexnet(variant).num_parameters()   # LRN has no weights
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(activation="sigmoid"), "activation must be one of"),
+    (dict(pool="average"), "pool must be one of"),
+    (dict(lrn=1), "lrn must be True, False or None"),
+])
+def test_bad_ablation_switches_raise_one_clear_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        alexnet("mini", **kwargs)
