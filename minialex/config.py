@@ -43,7 +43,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from .models import INITS, LRN_POSITIONS, VARIANTS
+from .models import ACTIVATIONS, INITS, LRN_POSITIONS, POOLS, VARIANTS
 from .optim import MOMENTUM, WEIGHT_DECAY
 
 FASHION_MNIST = "fashion-mnist"
@@ -78,6 +78,9 @@ class RunConfig:
         random_crop, pca, subtract_mean, normalize: image-folder augmentation and scaling.
         image_size: side of the prepared images; None: :attr:`prepared_size`.
         lrn_position, dropout, dropout_mode: model options.
+        activation, pool, lrn: the paper's Sec. 3 choices, switchable for ablations
+            (:mod:`minialex.models`): ``"relu"``/``"tanh"``, ``"overlapping"``/
+            ``"non-overlapping"``, LRN on/off (None: the variant's own).
         val_size: Fashion-MNIST training images held out for validation.
         limit_train, limit_test: use only the first N images (None: all).
         seed: weights, shuffling, dropout and augmentation all follow from it.
@@ -109,6 +112,9 @@ class RunConfig:
     lrn_position: str = "paper"
     dropout: float = 0.5
     dropout_mode: str = "inverted"
+    activation: str = "relu"
+    pool: str = "overlapping"
+    lrn: bool | None = None
     val_size: int = 5000
     limit_train: int | None = None
     limit_test: int | None = None
@@ -168,6 +174,9 @@ class RunConfig:
              f"one of {', '.join(LRN_POSITIONS)}")
         need("dropout_mode", self.dropout_mode in DROPOUT_MODES,
              f"one of {', '.join(DROPOUT_MODES)}")
+        need("activation", self.activation in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
+        need("pool", self.pool in POOLS, f"one of {', '.join(POOLS)}")
+        need("lrn", self.lrn is None or isinstance(self.lrn, bool), "True, False or None")
         for name in ("epochs", "batch_size", "step_size"):
             count(name, 1)
         for name in ("warmup", "crop_padding", "val_size", "seed", "stall_steps", "print_freq"):

@@ -151,7 +151,8 @@ def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=N
     backend.manual_seed(config.seed)
     model = alexnet(config.model, num_classes=len(data.classes), in_channels=data.in_channels,
                     init=config.init, lrn_position=config.lrn_position, dropout=config.dropout,
-                    dropout_mode=config.dropout_mode).to(device)
+                    dropout_mode=config.dropout_mode, activation=config.activation,
+                    pool=config.pool, lrn=config.lrn).to(device)
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                     weight_decay=config.weight_decay)
     if config.schedule == "plateau" and not len(data.val):
