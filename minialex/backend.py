@@ -11,6 +11,8 @@ Device names: ``"cpu"``, ``"gpu"`` (the current CUDA device, normally 0) and ``"
 """
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
 _cupy = None          # the cupy module once imported successfully
@@ -96,16 +98,26 @@ def device_of(array) -> str:
     return "cpu"
 
 
-def to_device(array, device: str):
-    """Copy ``array`` to ``device`` (a parsed name); returns it unchanged when already there."""
+def device_scope(array):
+    """A context in which new GPU arrays are allocated on ``array``'s GPU (nothing for a host
+    array). CuPy allocates every new array, an op's result included, on the *current* device,
+    not on its operands' (``cupy.ndarray.copy``: "makes a copy of a given array in the current
+    device"), so work on ``gpu:1`` runs inside ``cupy.cuda.Device(1)``."""
+    if is_gpu_array(array):
+        return _cupy.cuda.Device(array.device.id)
+    return contextlib.nullcontext()
+
+
+def to_device(array, device: str, dtype=None):
+    """Copy ``array`` to ``device`` (a parsed name), cast to ``dtype`` when given there; returns
+    it unchanged when already there in that dtype."""
     device = parse_device(device)
-    if device == device_of(array):
-        return array
     if device == "cpu":
-        return array.get()
+        array = array.get() if is_gpu_array(array) else array
+        return array if dtype is None else array.astype(dtype, copy=False)
     cupy = require_cupy()
     with cupy.cuda.Device(int(device[4:])):
-        return cupy.asarray(array)
+        return cupy.asarray(array, dtype=dtype)
 
 
 def to_numpy(array) -> np.ndarray:

@@ -102,8 +102,11 @@ class Module:
     def to(self, device=None, dtype=None):
         """Move (and/or cast) every parameter in place; returns the module itself."""
         for p in self.parameters():
-            data = p.data if device is None else backend.to_device(p.data, device)
-            p.data = data if dtype is None else data.astype(dtype, copy=False)
+            if device is None:
+                with backend.device_scope(p.data):
+                    p.data = p.data if dtype is None else p.data.astype(dtype, copy=False)
+            else:
+                p.data = backend.to_device(p.data, device, dtype)
             if p.grad is not None:
                 p.grad = None  # a gradient from the old device/dtype no longer matches
         return self
@@ -155,8 +158,10 @@ class Module:
                 value = value.data if isinstance(value, Tensor) else value
                 if not backend.is_gpu_array(value):
                     value = np.asarray(value)
-                value = backend.to_device(value, backend.device_of(p.data))
-                p.data = value.astype(p.dtype, copy=True)
+                copied = backend.to_device(value, backend.device_of(p.data), p.dtype)
+                with backend.device_scope(p.data):
+                    # always a new array: later steps must not write into the caller's state
+                    p.data = copied.copy() if copied is value else copied
         return missing, unexpected
 
     # -- printing ----------------------------------------------------------------------------

@@ -103,17 +103,20 @@ class SGD:
             if g.shape != p.shape:
                 raise ValueError(f"SGD: gradient of {self.names[i]} has shape {g.shape}, the "
                                  f"parameter {p.shape}")
-            w = p.data
-            v = self.velocity[i]
-            if v is None:
-                v = self.velocity[i] = backend.get_array_module(w).zeros_like(w)
-            # v <- m v - wd lr w - lr g, with one temporary: d = lr (wd w + g)
-            d = wd * w
-            d += g
-            d *= lr
-            v *= m
-            v -= d
-            w += v
+            with backend.device_scope(p.data):   # the velocity and d live with the weight
+                self._update(i, p.data, g, lr, m, wd)
+
+    def _update(self, i, w, g, lr, m, wd):
+        v = self.velocity[i]
+        if v is None:
+            v = self.velocity[i] = backend.get_array_module(w).zeros_like(w)
+        # v <- m v - wd lr w - lr g, with one temporary: d = lr (wd w + g)
+        d = wd * w
+        d += g
+        d *= lr
+        v *= m
+        v -= d
+        w += v
 
     def zero_grad(self):
         for p in self.params:

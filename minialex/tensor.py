@@ -46,8 +46,12 @@ def _as_array(value, dtype=None):
     """
     if isinstance(value, Tensor):
         value = value.data
-    if backend.is_gpu_array(value) or isinstance(value, (np.ndarray, np.generic)):
-        array = backend.get_array_module(value).asarray(value)
+    if backend.is_gpu_array(value):
+        # not cupy.asarray: it copies an array of another GPU to the current one
+        with backend.device_scope(value):
+            return value if dtype is None else value.astype(dtype, copy=False)
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
         return array if dtype is None else array.astype(dtype, copy=False)
     array = np.asarray(value, dtype=dtype)
     if dtype is None and array.dtype == np.float64:
@@ -71,11 +75,14 @@ class Function:
         for x, t in zip(inputs, tensors):
             if t is None:  # a Python number takes the tensor operand's dtype, unrounded
                 scalar_dtype = like.dtype if _is_scalar(x) and like.dtype.kind == "f" else None
-                t = Tensor(xp.asarray(x if scalar_dtype else _as_array(x), dtype=scalar_dtype))
+                with backend.device_scope(like):
+                    t = Tensor(xp.asarray(x if scalar_dtype else _as_array(x),
+                                          dtype=scalar_dtype))
             arrays.append(t.data)
         _check_same_device(type(self).__name__, arrays)
         self.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
-        y = self.forward(*arrays)
+        with backend.device_scope(like):
+            y = self.forward(*arrays)
         out = Tensor(y)
         if _grad_enabled and any(self.needs_input_grad):
             out.requires_grad = True
@@ -149,9 +156,11 @@ class Tensor:
 
     def to(self, device=None, dtype=None) -> "Tensor":
         """A copy on ``device`` and/or of ``dtype``; the result is a new leaf of the graph."""
-        data = self.data if device is None else backend.to_device(self.data, device)
-        if dtype is not None:
-            data = data.astype(dtype, copy=False)
+        if device is None:
+            with backend.device_scope(self.data):
+                data = self.data if dtype is None else self.data.astype(dtype, copy=False)
+        else:
+            data = backend.to_device(self.data, device, dtype)
         if data is self.data:
             return self
         return Tensor(data, requires_grad=self.requires_grad)
@@ -165,6 +174,10 @@ class Tensor:
         if not self.requires_grad:
             raise RuntimeError("backward: this tensor does not require grad "
                                "(no input of the ops that made it had requires_grad=True)")
+        with backend.device_scope(self.data):  # gradients are allocated where the graph lives
+            self._backward(grad)
+
+    def _backward(self, grad):
         xp = backend.get_array_module(self.data)
         if grad is None:
             if self.size != 1:

@@ -107,12 +107,13 @@ def topk_correct(logits, labels, ks=TOPK) -> list:
     each ``k``. Ties are broken by class index, as ``argmax`` does: a network that gives every
     class the same score predicts class 0, not every class. Works on NumPy and CuPy arrays."""
     xp = backend.get_array_module(logits)
-    labels = xp.asarray(labels)[:, None].astype(np.int64)
-    true_score = xp.take_along_axis(logits, labels, axis=1)
-    ahead = (logits > true_score) | ((logits == true_score)
-                                     & (xp.arange(logits.shape[1]) < labels))
-    rank = ahead.sum(axis=1)                     # classes ranked before the label
-    return [int((rank < k).sum()) for k in ks]
+    with backend.device_scope(logits):
+        labels = xp.asarray(labels)[:, None].astype(np.int64)
+        true_score = xp.take_along_axis(logits, labels, axis=1)
+        ahead = (logits > true_score) | ((logits == true_score)
+                                         & (xp.arange(logits.shape[1]) < labels))
+        rank = ahead.sum(axis=1)                     # classes ranked before the label
+        return [int((rank < k).sum()) for k in ks]
 
 
 def topk_accuracy(logits, labels, k=1) -> float:

@@ -1,12 +1,16 @@
 """Shared test settings: tolerances per dtype, the device fixture, tie-free inputs."""
 import os
+import sys
 
+import cupy_standin
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
 import minialex
-from minialex import backend
+from minialex import backend, cuda
+
+import host_build
 
 # CI runs on 2 cores within minutes: few but varied hypothesis draws; locally the same.
 settings.register_profile("default", max_examples=15, deadline=None, derandomize=True,
@@ -42,30 +46,56 @@ TOL = {
 GRADCHECK = dict(eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
-def _gpu_skip_reason():
+STANDIN_TESTS = {}   # node id -> outcome of each test that ran on the CuPy stand-in
+REAL_GPU_TESTS = {}  # node id -> outcome of each GPU test that ran on real CuPy
+
+
+@pytest.fixture(scope="session")
+def host_kernels(tmp_path_factory):
+    """kernels/*.cu built for the host once per session (skips without a C++ compiler)."""
+    return host_build.load(tmp_path_factory)
+
+
+def _use_a_gpu(request, monkeypatch):
+    """Real CuPy where a GPU is usable; else the CuPy stand-in (tests/cupy_standin.py), installed
+    as ``cupy`` for this test only, with minialex's cached CuPy state reset around it."""
     if backend.gpu_available():
-        return None
-    backend.gpu_available()
-    return "no usable GPU here: " + (backend._cupy_error or "unknown reason")
+        REAL_GPU_TESTS[request.node.nodeid] = None
+        return
+    cupy_standin.use_host_kernels(request.getfixturevalue("host_kernels"))
+    monkeypatch.setitem(sys.modules, "cupy", cupy_standin.module())
+    for name, value in (("_cupy", None), ("_cupy_error", None), ("_rngs", {})):
+        monkeypatch.setattr(backend, name, value)
+    for name in ("_modules", "_kernels", "_max_blocks_of"):
+        monkeypatch.setattr(cuda, name, {})
+    assert backend.gpu_available(), backend._cupy_error
+    STANDIN_TESTS[request.node.nodeid] = None
 
 
 @pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
-def device(request):
-    """Runs a test on the CPU, and again on the GPU where one is usable (skipped with why not)."""
+def device(request, monkeypatch):
+    """Runs a test on the CPU, and again on the GPU: real CuPy where a GPU is usable, else the
+    CuPy stand-in."""
     if request.param == "gpu":
-        reason = _gpu_skip_reason()
-        if reason:
-            pytest.skip(reason)
+        _use_a_gpu(request, monkeypatch)
     return request.param
 
 
 @pytest.fixture
-def gpu():
-    """For GPU-only tests: skips with the reason when no GPU can be used."""
-    reason = _gpu_skip_reason()
-    if reason:
-        pytest.skip(reason)
+def gpu(request, monkeypatch):
+    """For GPU-only tests: real CuPy where a GPU is usable, else the CuPy stand-in."""
+    _use_a_gpu(request, monkeypatch)
     return "gpu"
+
+
+@pytest.fixture
+def standin(request, monkeypatch):
+    """The CuPy stand-in even where a GPU is usable: for tests of placement on two devices,
+    and of transfer counts, that real CuPy cannot show on one GPU."""
+    if backend.gpu_available():
+        pytest.skip("placement and transfer counts are shown on the CuPy stand-in")
+    _use_a_gpu(request, monkeypatch)
+    return sys.modules["cupy"]
 
 
 @pytest.fixture(autouse=True)
@@ -84,5 +114,23 @@ def shuffled_linspace(shape, dtype=np.float64, seed=0):
 def pytest_collection_modifyitems(items):
     """Tests that take the ``gpu`` fixture are ``gpu`` tests: ``pytest -m gpu`` selects them."""
     for item in items:
-        if "gpu" in getattr(item, "fixturenames", ()):
+        if {"gpu", "standin"} & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.gpu)
+
+
+def pytest_runtest_logreport(report):
+    for record in (STANDIN_TESTS, REAL_GPU_TESTS):
+        if report.nodeid in record and (report.when == "call" or report.outcome != "passed"):
+            if record[report.nodeid] in (None, "passed"):
+                record[report.nodeid] = report.outcome
+
+
+def pytest_terminal_summary(terminalreporter):
+    """How many GPU tests ran, and on what: the stand-in in CI, real CuPy on a GPU."""
+    for record, where in ((STANDIN_TESTS, "on the CuPy stand-in (tests/cupy_standin.py)"),
+                          (REAL_GPU_TESTS, "on real CuPy")):
+        if record:
+            outcomes = list(record.values())
+            terminalreporter.write_line(
+                f"{len(record)} gpu tests ran {where}: {outcomes.count('passed')} passed, "
+                f"{outcomes.count('failed')} failed, {outcomes.count('skipped')} skipped")

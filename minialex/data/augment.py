@@ -61,6 +61,7 @@ import dataclasses
 
 import numpy as np
 
+from .. import backend
 from ..backend import get_array_module, to_numpy
 from .crops import RandomTransform, crop_flip, draw_crops, windows
 from .stats import PIXEL_MAX  # eigenvalues are of pixels / PIXEL_MAX; shifts are in 0..255
@@ -171,29 +172,31 @@ def apply_augmentation(images, draws: Draws, *, crop: int = CROP_SIZE, mean=None
         raise ValueError(f"apply_augmentation: a crop of {crop} at offsets top "
                          f"{top.min()}..{top.max()}, left {left.min()}..{left.max()} does not "
                          f"fit images of {H}x{W} (or an image index is outside 0..{N - 1})")
-    top, left, flip, image = (xp.asarray(a) for a in (top, left, flip, image))
+    with backend.device_scope(images):   # every array below is made on the batch's device
+        top, left, flip, image = (xp.asarray(a) for a in (top, left, flip, image))
 
-    out = crop_flip(images, top, left, flip, (crop, crop), image=image, channels_last=True)
-    out = out.astype(dtype, order="C")    # the gather keeps the source's channels-last layout
-    if mean is not None:
-        mean = xp.asarray(mean, dtype=dtype)
-        if mean.shape == (C,):
-            out -= mean[:, None, None]
-        elif mean.shape == (H, W, C):
-            # A mirrored crop of the mean = the crop of the mirrored mean at left' = W-crop-left.
-            both = xp.stack([mean, mean[:, ::-1]])
-            left_in_source = xp.where(flip, (W - crop) - left, left)
-            out -= windows(both, crop, crop, channels_last=True)[flip.astype(xp.int64), top,
-                                                                 left_in_source]
-        else:
-            raise ValueError(f"apply_augmentation: mean must have shape {(H, W, C)} or "
-                             f"{(C,)}, got {mean.shape}")
-    if draws.alpha is not None:
-        out += pca_shift(xp.asarray(draws.alpha), xp.asarray(eigvals),
-                         xp.asarray(eigvecs)).astype(dtype)[:, :, None, None]
-    if scale != 1.0:
-        out *= scale
-    return out
+        out = crop_flip(images, top, left, flip, (crop, crop), image=image, channels_last=True)
+        out = out.astype(dtype, order="C")    # the gather keeps the source's channels-last layout
+        if mean is not None:
+            mean = xp.asarray(mean, dtype=dtype)
+            if mean.shape == (C,):
+                out -= mean[:, None, None]
+            elif mean.shape == (H, W, C):
+                # A mirrored crop of the mean = the crop of the mirrored mean at
+                # left' = W-crop-left.
+                both = xp.stack([mean, mean[:, ::-1]])
+                left_in_source = xp.where(flip, (W - crop) - left, left)
+                out -= windows(both, crop, crop, channels_last=True)[flip.astype(xp.int64), top,
+                                                                     left_in_source]
+            else:
+                raise ValueError(f"apply_augmentation: mean must have shape {(H, W, C)} or "
+                                 f"{(C,)}, got {mean.shape}")
+        if draws.alpha is not None:
+            out += pca_shift(xp.asarray(draws.alpha), xp.asarray(eigvals),
+                             xp.asarray(eigvecs)).astype(dtype)[:, :, None, None]
+        if scale != 1.0:
+            out *= scale
+        return out
 
 
 def augment(images, rng, *, crop: int = CROP_SIZE, mean=None, eigvals=None, eigvecs=None,
@@ -227,21 +230,21 @@ def ten_crop(images, *, crop: int = CROP_SIZE, mean=None, scale: float = 1.0, dt
     N, H, W, C = images.shape
     out = apply_augmentation(images, ten_crop_draws(N, H, crop), crop=crop, dtype=dtype)
     out = out.reshape((10, N) + out.shape[1:])
-    if mean is not None:
-        # Only 10 distinct mean crops: take them once and broadcast, instead of 10*N of them.
-        xp = get_array_module(out)
-        mean = xp.asarray(mean, dtype=dtype)
-        if mean.shape == (H, W, C):
-            out -= apply_augmentation(mean[None], ten_crop_draws(1, H, crop), crop=crop,
-                                      dtype=dtype)[:, None]
-        elif mean.shape == (C,):
-            out -= mean[:, None, None]
-        else:
-            raise ValueError(f"ten_crop: mean must have shape {(H, W, C)} or {(C,)}, got "
-                             f"{mean.shape}")
-    if scale != 1.0:
-        out *= scale
-    return out
+    with backend.device_scope(out):
+        if mean is not None:
+            # Only 10 distinct mean crops: take them once and broadcast, instead of 10*N of them.
+            mean = backend.to_device(mean, backend.device_of(out), dtype)
+            if mean.shape == (H, W, C):
+                out -= apply_augmentation(mean[None], ten_crop_draws(1, H, crop), crop=crop,
+                                          dtype=dtype)[:, None]
+            elif mean.shape == (C,):
+                out -= mean[:, None, None]
+            else:
+                raise ValueError(f"ten_crop: mean must have shape {(H, W, C)} or {(C,)}, got "
+                                 f"{mean.shape}")
+        if scale != 1.0:
+            out *= scale
+        return out
 
 
 def average_softmax(logits, n_crops: int = 10):
@@ -264,7 +267,7 @@ def average_softmax(logits, n_crops: int = 10):
 class Augmenter(RandomTransform):
     """The train and evaluation transforms bound to a dataset's statistics and options.
 
-    Keeps one copy of the mean image and the RGB PCA per array module, so a GPU trainer copies
+    Keeps one copy of the mean image and the RGB PCA per device, so a GPU trainer copies
     them to the device once, not per batch. ``mean=None`` skips mean subtraction,
     ``pca_std=None`` (or ``eigvals=None``) skips colour noise; the defaults are the paper's.
     ``train``, ``eval`` and ``ten_crop`` take a uint8 ``(N, S, S, 3)`` batch and fit
@@ -303,15 +306,18 @@ class Augmenter(RandomTransform):
         return (f"Augmenter(crop={self.crop}, random_crop={self.random_crop}, flip={self.flip}, "
                 f"pca_std={self.pca_std}, mean={self._host[0] is not None}, scale={self.scale})")
 
-    def _stats(self, xp):
-        if xp not in self._on:
-            self._on[xp] = tuple(None if a is None else xp.asarray(a, dtype=self.dtype)
-                                 for a in self._host)
-        return self._on[xp]
+    def _stats(self, images):
+        """The mean and PCA on ``images``' device, copied there once."""
+        device = backend.device_of(images)
+        if device not in self._on:
+            self._on[device] = tuple(None if a is None else
+                                     backend.to_device(np.asarray(a), device, self.dtype)
+                                     for a in self._host)
+        return self._on[device]
 
     def apply(self, images, draws: Draws):
         """:func:`apply_augmentation` with this augmenter's statistics and options."""
-        mean, eigvals, eigvecs = self._stats(get_array_module(images))
+        mean, eigvals, eigvecs = self._stats(images)
         return apply_augmentation(images, draws, crop=self.crop, mean=mean, eigvals=eigvals,
                                   eigvecs=eigvecs, scale=self.scale, dtype=self.dtype)
 
@@ -328,5 +334,5 @@ class Augmenter(RandomTransform):
 
     def ten_crop(self, images):
         """The 10 test crops, ``(10, N, C, crop, crop)`` (see :func:`ten_crop`)."""
-        mean = self._stats(get_array_module(images))[0]
+        mean = self._stats(images)[0]
         return ten_crop(images, crop=self.crop, mean=mean, scale=self.scale, dtype=self.dtype)

@@ -158,7 +158,8 @@ class Loader:
         try:
             for images, labels in source:
                 if self.transform is not None:
-                    images = self.transform(images)
+                    with backend.device_scope(images):   # transforms allocate on its device
+                        images = self.transform(images)
                 yield images, labels
             if self._open is not None and self._open[0] is token:
                 self._open = None          # this epoch ran to its end

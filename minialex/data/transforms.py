@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import backend
 from ..backend import get_array_module
 from .crops import RandomTransform, crop_flip, draw_crops
 
@@ -60,8 +61,9 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, x):
-        for t in self.transforms:
-            x = t(x)
+        with backend.device_scope(x):   # each step allocates on the batch's device
+            for t in self.transforms:
+                x = t(x)
         return x
 
     def _random(self):

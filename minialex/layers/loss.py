@@ -126,12 +126,13 @@ def _check_args(op, name, x, labels, reduction):
         raise ValueError(f"{op}: labels must have shape ({N},) for {name} {tuple(x.shape)}, "
                          f"got {tuple(t.shape)}")
     if N:
-        low, high = int(t.min()), int(t.max())
+        with backend.device_scope(t):
+            low, high = int(t.min()), int(t.max())
         if low < 0 or high >= C:
             bad = low if low < 0 else high
             raise ValueError(f"{op}: label {bad} is out of range [0, {C}) for {name} with "
                              f"C={C} classes")
-    return backend.to_device(t, backend.device_of(data)).astype(np.intp, copy=False)
+    return backend.to_device(t, backend.device_of(data), np.intp)
 
 
 def cross_entropy(logits, labels, reduction="mean") -> Tensor:
