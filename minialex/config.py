@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 from .models import ACTIVATIONS, INITS, LRN_POSITIONS, POOLS, VARIANTS
 from .optim import MOMENTUM, WEIGHT_DECAY
@@ -236,25 +237,41 @@ def preset_for(dataset: str | None, device: str) -> RunConfig:
 
 def resolve(given: dict, device: str, saved: dict | None = None) -> tuple:
     """The run's settings from flags ``given`` (None: not given), the checkpoint's ``saved``
-    settings when resuming, and the preset. Returns ``(RunConfig, notes)``; ``notes`` says
-    which flags a resume ignores. ``given["model"]`` is kept even on resume, so that loading
-    the checkpoint names the architecture mismatch."""
+    settings when resuming, and the preset. Returns ``(RunConfig, notes)``.
+
+    A resumed run keeps the settings it started with (:data:`RESUME_KEEPS`): a flag that
+    contradicts one of them is refused with one ValueError naming every such flag and the
+    checkpoint's value; a flag that repeats it is fine, and ``epochs``, ``ten_crop`` and
+    ``print_freq`` are free. ``notes`` is kept for callers that print it (empty here)."""
     saved = dict(saved or {})
     dataset = saved.get("dataset") or given.get("dataset")
     base = preset_for(dataset, device)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    settings, notes = {}, []
-    for key in fields:
+    settings, contradictions = {}, []
+    for key in (f.name for f in dataclasses.fields(RunConfig)):   # in declared order
         value = given.get(key)
-        if key in saved and key in RESUME_KEEPS and key != "model":
-            if value is not None and value != saved[key]:
-                notes.append(f"--{key.replace('_', '-')} {value} ignored: resuming keeps the "
-                             f"checkpoint's {saved[key]}")
+        if key in saved and key in RESUME_KEEPS:
+            if value is not None and not _same_setting(key, value, saved):
+                contradictions.append(f"--{key.replace('_', '-')} {value} (the checkpoint's: "
+                                      f"{saved[key]})")
             settings[key] = saved[key]
         elif key == "epochs" and value is None and "epochs" in saved:
             settings[key] = saved["epochs"]
-        elif key == "model" and value is None and "model" in saved:
-            settings[key] = saved["model"]
         else:
             settings[key] = value
-    return base.replace(**settings), notes
+    if contradictions:
+        raise ValueError(f"resume: {', '.join(contradictions)} "
+                         f"{'contradicts' if len(contradictions) == 1 else 'contradict'} the "
+                         f"checkpoint, and a resumed run keeps the settings it started with; "
+                         f"leave {'that flag' if len(contradictions) == 1 else 'those flags'} "
+                         f"out, or start a new run with another --out")
+    return base.replace(**settings), []
+
+
+def _same_setting(key, value, saved) -> bool:
+    """Whether flag ``value`` says what the checkpoint's ``saved[key]`` says: the same folder
+    however it is spelt, or the image size that ``image_size=None`` stood for."""
+    if key == "dataset" and FASHION_MNIST not in (value, saved[key]):
+        return os.path.realpath(value) == os.path.realpath(saved[key])
+    if key == "image_size" and saved[key] is None and saved.get("model") in VARIANTS:
+        return value == RunConfig(dataset="folder", model=saved["model"]).prepared_size
+    return value == saved[key]

@@ -14,6 +14,7 @@ A run that does not learn fails loudly: a NaN loss or one stuck at chance stops 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -25,7 +26,7 @@ import warnings
 
 import numpy as np
 
-from . import __version__, backend, checkpoint, report
+from . import __version__, backend, checkpoint, report, rundir
 from .config import FASHION_MNIST, RunConfig, resolve
 from .data import Loader, load_fashion_mnist
 from .data.augment import PCA_STD, Augmenter
@@ -225,7 +226,14 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     ``resume``: a checkpoint whose run to continue. Its settings are the run's, except those in
     ``overrides`` (settings given explicitly, e.g. by flags: see
     :func:`minialex.config.resolve`); by default only ``config``'s per-invocation ones
-    (``epochs``, ``ten_crop``, ``print_freq``)."""
+    (``epochs``, ``ten_crop``, ``print_freq``). An override that contradicts the checkpoint is
+    refused (ValueError naming it).
+
+    ``out`` is locked for the run (:mod:`minialex.rundir`): a second run there raises
+    :class:`~minialex.rundir.RunDirectoryBusy` before any work, and temporary files that a
+    killed save left are removed. A write that fails (disk full, quota, permission) raises
+    :class:`~minialex.checkpoint.WriteError` naming the file, what ``last.npz`` still holds and
+    how to resume."""
     started = time.time()
     stream = sys.stdout if stream is None else stream
     tree = None
@@ -235,50 +243,58 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
             overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
         config, resume_notes = resolve(overrides, device, tree.get("config", {}))
         notes = list(notes) + resume_notes
-    for note in notes:
-        print(f"note: {note}", file=stream)
-    data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
-                     classes=saved_classes(tree) if tree else None)
-    run = build(config, data, device, normalization=saved_normalization(tree) if tree else None)
-    if config.limit_train and config.limit_train < config.batch_size:
-        print(f"note: --limit-train {config.limit_train} is below the batch size", file=stream)
     out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
                   default_out_dir(config))
-    watch = LossWatch(len(data.classes), warmup=config.warmup, stall_steps=config.stall_steps)
-    trainer = Trainer(run.model, run.optimizer, run.train_loader, run.val_loader,
-                      scheduler=run.scheduler, warmup=run.warmup, watch=watch,
-                      epochs=config.epochs, out_dir=out,
-                      config={**config.to_dict(), "device": device},
-                      extra_state={"classes": data.classes, "normalization": run.normalization},
-                      print_freq=config.print_freq, stream=stream)
-    if tree is not None:
-        trainer.load_state(tree, source=str(resume))
-    _print_header(run, trainer, device, out, resume, stream)
+    with rundir.lock(out):      # one run per folder; a second stops here, before any work
+        for partial in checkpoint.remove_partial_files(out):
+            notes = list(notes) + [f"removed {partial}, left by a save that was cut short"]
+        for note in notes:
+            print(f"note: {note}", file=stream)
+        data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
+                         classes=saved_classes(tree) if tree else None)
+        run = build(config, data, device,
+                    normalization=saved_normalization(tree) if tree else None)
+        if config.limit_train and config.limit_train < config.batch_size:
+            print(f"note: --limit-train {config.limit_train} is below the batch size",
+                  file=stream)
+        watch = LossWatch(len(data.classes), warmup=config.warmup,
+                          stall_steps=config.stall_steps)
+        trainer = Trainer(run.model, run.optimizer, run.train_loader, run.val_loader,
+                          scheduler=run.scheduler, warmup=run.warmup, watch=watch,
+                          epochs=config.epochs, out_dir=out,
+                          config={**config.to_dict(), "device": device},
+                          extra_state={"classes": data.classes,
+                                       "normalization": run.normalization},
+                          print_freq=config.print_freq, stream=stream)
+        if tree is not None:
+            trainer.load_state(tree, source=str(resume))
+        _print_header(run, trainer, device, out, resume, stream)
 
-    try:
-        stopped = trainer.fit()
-    except TrainingStopped as exc:
-        trainer.stopped = f"{exc.reason}: {exc}"
-        _write_summary(out, run_summary(trainer, run, device, None, started))
-        raise
-    if stopped == "interrupted":
-        return run_summary(trainer, run, device, None, started)
-    test = evaluate_best(trainer, run.test_loader)
-    extra = {}
-    if run.ten_crop_loader is not None:    # evaluate_best left its weights in the model
-        ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
-        extra = {"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
-                 "test_loss_10crop": ten["loss"]}
-    summary = run_summary(trainer, run, device, test, started, **extra)
-    if not above_chance(test["top1"], test["images"], len(data.classes)):
-        what = (f"the run ended at chance: test top-1 {test['top1']:.2%} over "
-                f"{test['images']} images of {len(data.classes)} classes is no better than "
-                f"guessing ({1 / len(data.classes):.2%})")
-        summary["stopped"] = f"{TrainingStalled.reason}: {what}"
+        try:
+            stopped = trainer.fit()
+        except TrainingStopped as exc:
+            trainer.stopped = f"{exc.reason}: {exc}"
+            with contextlib.suppress(OSError):     # why it stopped matters more than a full disk
+                _write_summary(out, run_summary(trainer, run, device, None, started))
+            raise
+        if stopped == "interrupted":
+            return run_summary(trainer, run, device, None, started)
+        test = evaluate_best(trainer, run.test_loader)
+        extra = {}
+        if run.ten_crop_loader is not None:    # evaluate_best left its weights in the model
+            ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
+            extra = {"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
+                     "test_loss_10crop": ten["loss"]}
+        summary = run_summary(trainer, run, device, test, started, **extra)
+        if not above_chance(test["top1"], test["images"], len(data.classes)):
+            what = (f"the run ended at chance: test top-1 {test['top1']:.2%} over "
+                    f"{test['images']} images of {len(data.classes)} classes is no better than "
+                    f"guessing ({1 / len(data.classes):.2%})")
+            summary["stopped"] = f"{TrainingStalled.reason}: {what}"
+            _write_summary(out, summary)
+            raise TrainingStalled(what)
         _write_summary(out, summary)
-        raise TrainingStalled(what)
-    _write_summary(out, summary)
-    report.write_after_fit(out, run, stream)       # report.html; a failure only warns
+        report.write_after_fit(out, run, stream)   # report.html; a failure only warns
     return summary
 
 
@@ -364,9 +380,17 @@ def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **e
 
 
 def _write_summary(out, summary) -> str:
+    """Write ``out/summary.json``; when that fails the trained state is in ``last.npz``, and
+    resuming it (with no epochs left) tests it and writes the summary again."""
     path = os.path.join(out, SUMMARY_FILE)
     text = json.dumps(summary, indent=2) + "\n"
-    checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    try:
+        checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+    except checkpoint.WriteError as exc:
+        last = os.path.join(out, "last.npz")
+        raise checkpoint.WriteError(path, exc, f"the trained state is in {last}; resume with "
+                                               f"--resume {last} to test it and write the "
+                                               f"summary again") from None
     return path
 
 
@@ -381,7 +405,7 @@ def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, 
     saved = dict(tree.get("config", {}))
     saved.update({k: v for k, v in (("dataset", dataset), ("model", model)) if v is not None})
     saved.setdefault("model", tree.get("architecture"))
-    config, _ = resolve({"limit_test": limit_test, "ten_crop": ten_crop or None}, device, saved)
+    config, _ = resolve({}, device, saved)     # limit_test and ten_crop are this call's own
     config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop)).check()
     data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                      classes=saved_classes(tree))

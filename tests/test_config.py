@@ -78,15 +78,37 @@ def test_flags_win_over_the_preset_and_none_means_not_given():
     assert config.lr == 0.5 and config.epochs == CPU_PRESET.epochs and notes == []
 
 
-def test_resuming_keeps_the_checkpoints_recipe_and_names_the_flags_it_ignores():
+def test_resuming_keeps_the_checkpoints_recipe_and_frees_only_per_invocation_settings():
     saved = CPU_PRESET.replace(batch_size=32, lr=0.1, epochs=2).to_dict()
     saved["device"] = "cpu"                        # extra keys in a checkpoint are ignored
-    config, notes = resolve({"batch_size": 64, "epochs": 5, "print_freq": 0, "lr": 0.1}, "cpu",
-                            saved)
-    assert config.batch_size == 32 and config.lr == 0.1
+    config, notes = resolve({"batch_size": 32, "epochs": 5, "print_freq": 0, "lr": 0.1}, "cpu",
+                            saved)                 # repeating the checkpoint's values is fine
+    assert config.batch_size == 32 and config.lr == 0.1 and notes == []
     assert config.epochs == 5 and config.print_freq == 0        # per invocation: free
-    assert notes == ["--batch-size 64 ignored: resuming keeps the checkpoint's 32"]
     assert resolve({}, "cpu", saved)[0].epochs == 2
+
+
+@pytest.mark.parametrize("given,named", [
+    ({"model": "small"}, "--model small (the checkpoint's: mini) contradicts the checkpoint"),
+    ({"dataset": "/photos"}, "--dataset /photos (the checkpoint's: fashion-mnist)"),
+    ({"batch_size": 64, "lr": 0.5, "epochs": 9},
+     "--batch-size 64 (the checkpoint's: 32), --lr 0.5 (the checkpoint's: 0.1) contradict the"),
+])
+def test_a_flag_contradicting_the_checkpoint_is_refused_by_name(given, named):
+    saved = CPU_PRESET.replace(batch_size=32, lr=0.1).to_dict()
+    with pytest.raises(ValueError) as info:
+        resolve(given, "cpu", saved)
+    message = str(info.value)
+    assert message.startswith("resume: ") and named in message and "\n" not in message
+    assert "epochs" not in message and "another --out" in message
+
+
+def test_a_flag_that_spells_the_checkpoints_setting_differently_is_no_contradiction(tmp_path):
+    saved = RunConfig(dataset=str(tmp_path), model="small").to_dict()      # image_size None
+    same = {"dataset": str(tmp_path) + "/", "image_size": 74, "model": "small"}
+    assert resolve(same, "cpu", saved)[0].prepared_size == 74
+    with pytest.raises(ValueError, match="--image-size 96 .the checkpoint's: None"):
+        resolve({"image_size": 96}, "cpu", saved)
 
 
 def test_a_folders_checkpoint_resumes_with_the_folder_preset_on_any_device():
