@@ -1,5 +1,5 @@
 r"""What the layer files share: argument checks, the output-size formula, strided windows, and
-threads for the CPU copy loops.
+threads for the CPU passes (copies and GEMMs).
 
 Every functional checks its arguments here, once, at the public boundary, so that the rest of its
 layer file is the math. Each check raises one line naming the op, the argument and what was
@@ -10,11 +10,13 @@ zero padding PH, PW; output OH x OW.
 """
 from __future__ import annotations
 
+import itertools
 import numbers
 import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from ..backend import get_array_module
 
@@ -131,26 +133,75 @@ def unpadded(a, PH: int, PW: int):
     return a[..., PH:a.shape[-2] - PH, PW:a.shape[-1] - PW]
 
 
-# -- threads for the CPU copy loops (im2col, col2im, max-pool) ------------------------------
+# -- threads for the CPU passes (GEMMs, im2col, col2im, max-pool) -------------------------
+# Why minialex runs its own threads: OpenBLAS's worker threads spin-wait between calls, so on a
+# 2-core machine they hold both cores through the copies that follow each GEMM (im2col, col2im,
+# pooling), and on a busy machine they fight other processes for cores and wait on each other
+# (a training step ran 2-3x slower with two BLAS threads than with one there). Instead BLAS runs
+# single-threaded inside minialex's CPU ops, and each big pass (GEMMs included) is cut into
+# pieces that this thread and a few sleeping workers take in turn: a worker that the scheduler
+# sets aside delays only its own piece, and nothing spins.
+PIECES_PER_THREAD = 4  # more pieces than threads, so a slowed thread leaves its share to others
 _pool = None  # worker threads, made at the first call that is large enough to use them
+_blas = None  # threadpoolctl's handle on NumPy's BLAS, made at the first GEMM
+
+
+def cpu_threads() -> int:
+    """The cores this process may run on (its CPU affinity, as ``os.sched_getaffinity``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
 
 
 def cpu_parallel(fn, n: int, work: int) -> None:
-    """Run ``fn(start, stop)`` over ``range(n)`` split into one chunk per CPU core, in threads.
+    """Run ``fn(start, stop)`` over ``range(n)`` cut into pieces, on this thread and workers.
 
-    Why: NumPy's BLAS already uses every core, but its copies and ufuncs (im2col, col2im, the
-    pooling loops) use one; they release the GIL, so threads over independent slices (channels
-    or images) let those run on all cores too. ``work`` (elements touched) below ~1M runs inline,
-    where starting threads would cost more than it saves.
+    Why: NumPy's copies and ufuncs (im2col, col2im, the pooling loops) and single-threaded
+    GEMMs use one core each; they release the GIL, so threads over independent slices
+    (channels, images, output columns) let them run on all cores. ``work`` (elements touched)
+    below ~1M runs inline, where starting threads would cost more than it saves.
     """
     global _pool
-    cores = min(os.cpu_count() or 1, n)
-    if cores <= 1 or work < (1 << 20):
+    threads = min(cpu_threads(), n)
+    if threads <= 1 or work < (1 << 20):
         fn(0, n)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=os.cpu_count(), thread_name_prefix="minialex-cpu")
-    bounds = [n * i // cores for i in range(cores + 1)]
-    futures = [_pool.submit(fn, lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
-    for future in futures:
-        future.result()  # re-raises a worker's exception here
+    if _pool is None or _pool._max_workers < threads - 1:
+        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="minialex-cpu")
+    pieces = min(n, threads * PIECES_PER_THREAD)
+    bounds = [n * i // pieces for i in range(pieces + 1)]
+    taken = itertools.count()  # next() on it is atomic under the GIL: each piece goes once
+
+    def take_pieces():
+        while (i := next(taken)) < pieces:
+            fn(bounds[i], bounds[i + 1])
+    futures = [_pool.submit(take_pieces) for _ in range(threads - 1)]
+    try:
+        take_pieces()
+    finally:
+        for future in futures:
+            future.result()  # waits for every worker; re-raises a worker's exception here
+
+
+def cpu_matmul(a, b, out=None):
+    """``a @ b`` for 2-D float arrays, into ``out`` when given, in blocks of its longer side.
+
+    Why: BLAS runs single-threaded here (see above) and :func:`cpu_parallel` spreads the
+    blocks over the cores; a block of rows or columns of ``out`` is a plain strided view, so
+    each block's GEMM writes straight into ``out``.
+    """
+    global _blas
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
+    M, P = out.shape
+    if P >= M:
+        def block(j0, j1):
+            np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])
+    else:
+        def block(i0, i1):
+            np.matmul(a[i0:i1], b, out=out[i0:i1])
+    if _blas is None:
+        _blas = ThreadpoolController()
+    with _blas.limit(limits=1, user_api="blas"):
+        cpu_parallel(block, max(M, P), M * P * a.shape[1] // 16)
+    return out

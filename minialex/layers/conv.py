@@ -58,6 +58,7 @@ from ..tensor import Function, Tensor
 from ._common import (
     check_float,
     check_window_fits,
+    cpu_matmul,
     cpu_parallel,
     output_size,
     padded,
@@ -79,7 +80,7 @@ class Conv2dFunction(Function):
 
     def forward(self, x, w, b=None):
         xp = get_array_module(x)
-        matmul = cuda.gemm if is_gpu_array(x) else np.matmul
+        matmul = cuda.gemm if is_gpu_array(x) else cpu_matmul
         N, C, H, W = x.shape
         OC, Cg, KH, KW = w.shape
         G, OCg, K = self.groups, OC // self.groups, Cg * KH * KW
@@ -97,7 +98,7 @@ class Conv2dFunction(Function):
 
     def backward(self, gy):
         xp = get_array_module(gy)
-        matmul = cuda.gemm if is_gpu_array(gy) else np.matmul
+        matmul = cuda.gemm if is_gpu_array(gy) else cpu_matmul
         col, w_mat = self.saved
         x_shape, w_shape = self.shapes
         OC, Cg, KH, KW = w_shape

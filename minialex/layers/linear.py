@@ -36,7 +36,7 @@ from .. import backend, cuda
 from ..backend import get_array_module, is_gpu_array
 from ..module import Module, Parameter
 from ..tensor import Function, Tensor
-from ._common import check_float, is_int, positive_int
+from ._common import check_float, cpu_matmul, is_int, positive_int
 
 
 class LinearFunction(Function):
@@ -46,7 +46,7 @@ class LinearFunction(Function):
     """
 
     def forward(self, x, w, b=None):
-        matmul = cuda.gemm if is_gpu_array(x) else np.matmul
+        matmul = cuda.gemm if is_gpu_array(x) else cpu_matmul
         X = x.reshape(-1, x.shape[-1])
         Y = matmul(X, w.T)
         if b is not None:
@@ -57,7 +57,7 @@ class LinearFunction(Function):
         return get_array_module(x).ascontiguousarray(Y).reshape(x.shape[:-1] + (w.shape[0],))
 
     def backward(self, gy):
-        matmul = cuda.gemm if is_gpu_array(gy) else np.matmul
+        matmul = cuda.gemm if is_gpu_array(gy) else cpu_matmul
         X, w = self.saved
         gY = gy.reshape(-1, gy.shape[-1])
         gx = matmul(gY, w).reshape(self.x_shape) if self.needs_input_grad[0] else None
