@@ -118,11 +118,18 @@ def scan_image_folder(root) -> ImageFolder:
             continue
         names = _class_folders(split_dir)
         if not names:
-            raise ValueError(f"dataset: {str(split_dir)!r} has no class sub-folders")
+            loose = sum(1 for p in split_dir.iterdir() if p.is_file()
+                        and p.suffix.lower() in extensions and not p.name.startswith("."))
+            raise ValueError(f"dataset: {str(split_dir)!r} has no class sub-folders (expected "
+                             f"one sub-folder per class, as in train/)"
+                             + (f"; its {loose} image file(s) must go into the sub-folder of "
+                                f"their class" if loose else ""))
         missing = [name for name in names if name not in class_to_idx]
         if missing:
             raise ValueError(f"dataset: class folder(s) {missing} in {str(split_dir)!r} "
-                             f"are not classes of {str(root / 'train')!r}")
+                             f"are not classes of {str(root / 'train')!r}, so they have no "
+                             f"label (train/ has {', '.join(classes[:10])}"
+                             f"{', ...' if len(classes) > 10 else ''})")
         entries, others = [], 0
         for name in names:
             files, skipped = _image_files(split_dir / name, extensions)

@@ -52,8 +52,23 @@ def test_val_class_missing_from_train_is_an_error_naming_it(tmp_path):
     save(tmp_path / "train/cat/a.png", tiny())
     save(tmp_path / "val/cat/a.png", tiny())
     save(tmp_path / "val/unicorn/a.png", tiny())
-    with pytest.raises(ValueError, match=r"unicorn.*not classes of"):
+    with pytest.raises(ValueError, match=r"unicorn.*not classes of .*no label .train/ has cat.$"):
         scan_image_folder(tmp_path)
+
+
+@pytest.mark.parametrize("loose", [0, 2])
+def test_a_split_without_class_folders_is_an_error_saying_what_it_needs(tmp_path, loose):
+    save(tmp_path / "train/cat/a.png", tiny())
+    (tmp_path / "val").mkdir()
+    for i in range(loose):                          # images put straight into val/
+        save(tmp_path / f"val/{i}.png", tiny())
+    with pytest.raises(ValueError) as info:
+        scan_image_folder(tmp_path)
+    message = str(info.value)
+    assert f"{str(tmp_path / 'val')!r} has no class sub-folders (expected one sub-folder per " \
+           f"class, as in train/)" in message
+    assert ("its 2 image file(s) must go into the sub-folder of their class" in message) == \
+        bool(loose)
 
 
 @pytest.mark.parametrize("missing", ["train", "val"])
