@@ -48,6 +48,7 @@ GRADCHECK = dict(eps=1e-6, atol=1e-7, rtol=1e-5)
 
 STANDIN_TESTS = {}   # node id -> outcome of each test that ran on the CuPy stand-in
 REAL_GPU_TESTS = {}  # node id -> outcome of each GPU test that ran on real CuPy
+STANDIN_RUNS = []    # lines from the example run as a script under the stand-in
 
 
 @pytest.fixture(scope="session")
@@ -134,3 +135,5 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(
                 f"{len(record)} gpu tests ran {where}: {outcomes.count('passed')} passed, "
                 f"{outcomes.count('failed')} failed, {outcomes.count('skipped')} skipped")
+    for line in STANDIN_RUNS:
+        terminalreporter.write_line(line)

@@ -48,6 +48,7 @@ BUILD_DIR script.py args...``; BUILD_DIR keeps the host-built kernels between ru
 """
 from __future__ import annotations
 
+import atexit
 import ctypes
 import functools
 import runpy
@@ -85,6 +86,7 @@ class Transfers:
 
 TRANSFERS = Transfers()
 ALLOCATIONS = [0] * DEVICE_COUNT   # new buffers made on each device (views are not counted)
+LAUNCHES = {}                      # kernel name -> launches
 _current = threading.local()   # .device: this thread's current device (CUDA's is per thread)
 _roots = weakref.WeakValueDictionary()   # id -> every allocation's root buffer
 _root_device = {}                        # id -> the device of that buffer
@@ -552,7 +554,9 @@ def gemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
     opB = _column_major(B, ctype, b_rows, b_cols, ldb, device)
     out = _column_major(C, ctype, m, n, ldc, device)
     one, zero = (ctype.from_address(p).value for p in (alpha, beta))
-    product = (opA.T if transa else opA) @ (opB.T if transb else opB)
+    # contiguous copies first: NumPy's matmul takes a slow loop on strided operands
+    product = (np.ascontiguousarray(opA.T if transa else opA)
+               @ np.ascontiguousarray(opB.T if transb else opB))
     out[...] = one * product + (zero * out if zero else 0)
 
 
@@ -602,6 +606,7 @@ class RawKernel:
         device = current_device()
         values = [_kernel_argument(self.name, a, device) for a in args]
         _host_kernels["kernels"](self.name, *values)
+        LAUNCHES[self.name] = LAUNCHES.get(self.name, 0) + 1
 
 
 def _check_launch(name, grid, block):
@@ -646,6 +651,7 @@ def module():
     _current.device = 0
     TRANSFERS.reset()
     ALLOCATIONS[:] = [0] * DEVICE_COUNT
+    LAUNCHES.clear()
     handles = {}
     cuda = types.SimpleNamespace(
         Device=Device, runtime=_runtime(), MemoryPointer=MemoryPointer,
@@ -656,7 +662,7 @@ def module():
         ndarray=ndarray, array=array, asarray=asarray, ascontiguousarray=ascontiguousarray,
         asnumpy=asnumpy, empty=empty, empty_like=empty_like, get_array_module=get_array_module,
         RawModule=RawModule, RawKernel=RawKernel, cuda=cuda, TRANSFERS=TRANSFERS,
-        ALLOCATIONS=ALLOCATIONS,
+        ALLOCATIONS=ALLOCATIONS, LAUNCHES=LAUNCHES,
         random=types.SimpleNamespace(default_rng=Generator, Generator=Generator),
         lib=types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
             as_strided=_under_rules(np.lib.stride_tricks.as_strided))),
@@ -680,8 +686,16 @@ def install(build_dir) -> object:
     return cupy
 
 
+def report() -> str:
+    """One line of what ran on the stand-in, for a script run under it."""
+    return (f"cupy stand-in: {sum(LAUNCHES.values())} kernel launches "
+            f"({len(LAUNCHES)} kernels), {TRANSFERS.d2h} device-to-host and {TRANSFERS.h2d} "
+            f"host-to-device copies, buffers per device {ALLOCATIONS}")
+
+
 if __name__ == "__main__":
     build, script, *argv = sys.argv[1:]
     install(build)
+    atexit.register(lambda: print(report(), file=sys.stderr))
     sys.argv = [script, *argv]
     runpy.run_path(script, run_name="__main__")
