@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Write a run folder's report.html, and the paper's Fig. 3 and Fig. 4 from a checkpoint.
+
+    python examples/report.py runs/X                  # report.html with best.npz's test results
+    python examples/report.py runs/X --figures        # also conv1's filters and fc7 retrieval
+
+The report (:mod:`minialex.report`) opens from disk: curves, speed, confusion matrix, the most
+confidently misclassified test images, settings. ``--figures`` (:func:`minialex.predict.
+paper_figures`) writes filters.png and retrieval.png beside the same pictures of the untrained
+network (and of raw-pixel neighbours), and prints the share of same-class neighbours of each.
+Exit status: 0 done, 1 failed (run folder or checkpoint unreadable), 2 bad usage.
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from minialex import predict, recipe  # noqa: E402
+
+PROG = "report.py"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description="A run's report and the paper's figures.")
+    p.add_argument("run_dir", help="a run folder written by train_alexnet.py")
+    p.add_argument("--checkpoint", help="checkpoint to test (default: best.npz, else last.npz)")
+    p.add_argument("--figures", action="store_true",
+                   help="also conv1's filters (Fig. 3) and fc7 retrieval (Fig. 4)")
+    p.add_argument("--queries", type=int, default=1000, help="test images queried (1000)")
+    p.add_argument("--neighbours", type=int, default=6, help="neighbours per query (6)")
+    p.add_argument("--limit-train", type=int, default=10000,
+                   help="training images searched (10000)")
+    p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="cpu",
+                   help="where to run the model (default: cpu)")
+    p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
+    p.add_argument("--cache", metavar="DIR", help="where prepared image folders are cached")
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for name in ("queries", "neighbours", "limit_train"):
+        if getattr(args, name) < 1:
+            parser.error(f"argument --{name.replace('_', '-')}: expected an integer >= 1, got "
+                         f"{getattr(args, name)}")
+    if not os.path.isdir(args.run_dir):
+        print(f"{PROG}: error: {args.run_dir}: no such run folder", file=sys.stderr)
+        return 1
+    try:
+        options = dict(device=recipe.resolve_device(args.device), data_dir=args.data_dir,
+                       cache=args.cache)
+        print(predict.report_run(args.run_dir, checkpoint_path=args.checkpoint,
+                                 limit_test=args.limit_test, **options))
+        if args.figures:
+            found = predict.paper_figures(
+                args.checkpoint or os.path.join(args.run_dir, "best.npz"), args.run_dir,
+                queries=args.queries, k=args.neighbours, limit_train=args.limit_train, **options)
+            print("\n".join(found["files"]))
+            print(f"same-class share of the {found['neighbours']} nearest of "
+                  f"{found['train_images']:,} training images, over {found['queries']:,} test "
+                  "images: " + ", ".join(f"{k} {v:.3f}" for k, v in found["share"].items()))
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

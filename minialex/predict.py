@@ -1,0 +1,231 @@
+r"""Use a trained model: a checkpoint's network, with the input preparation it was trained with.
+
+:func:`load_run` rebuilds a checkpoint's run as :func:`minialex.recipe.build` makes it (model,
+data, evaluation transforms) and loads its weights; :class:`Classifier` names the classes of
+image files from it, with their probabilities:
+
+- **image folders** (RGB): each file is decoded upright, its shorter side rescaled to the
+  prepared size and its central square kept (the paper's preparation, Sec. 2), then the model's
+  centre crop or the paper's **10 crops** (four corners, centre, and their mirrors; softmax
+  averaged, Sec. 4.1) with the training set's mean image subtracted and its scale applied. The
+  mean image and pixel statistics come from the prepared cache of the training folder (reused,
+  not rebuilt, when the folder is unchanged), so that folder must be at hand;
+- **Fashion-MNIST** (grey 28x28): each file becomes a grey 28x28 image, normalised with the
+  training pixel mean and std stored in the checkpoint. Fashion-MNIST shows light clothes on a
+  black ground; photos of dark things on a light ground look nothing like it. The 10 crops need
+  an image-folder checkpoint.
+
+The class names are the checkpoint's (a folder's sub-folder names, in label order).
+
+>>> result = classify_files("no/such/checkpoint.npz", [])
+Traceback (most recent call last):
+...
+FileNotFoundError: checkpoint no/such/checkpoint.npz not found
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from . import backend, checkpoint, recipe
+from . import functional as F
+from .config import resolve
+from .data.folder import image_extensions, load_rgb, resize_center_crop
+from .report import collect_predictions, write_report
+from .tensor import Tensor, no_grad
+from .visualize import conv1_filters, fc7_features, retrieval, retrieval_grid, save_png
+
+TOPK = 5
+BATCH = 32              # files decoded and scored together (10x as many crops with ten_crop)
+
+
+def load_run(path, *, device: str = "cpu", data_dir=None, cache=None, workers=None,
+             limit_test=None, ten_crop: bool = False, trained: bool = True) -> recipe.Run:
+    """The run of checkpoint ``path``: its model (with the checkpoint's weights unless
+    ``trained=False``, which keeps the run's seeded initial ones), its data and transforms.
+    ``ten_crop`` builds the 10-crop transform too (image folders only)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    tree = checkpoint.load(path)
+    saved = dict(tree.get("config", {}))
+    saved.setdefault("model", tree.get("architecture"))
+    config, _ = resolve({}, device, saved)
+    config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop))
+    if ten_crop and not config.is_folder:
+        raise ValueError(f"ten_crop: {path} was trained on Fashion-MNIST; the paper's 10 crops "
+                         f"need a checkpoint trained on an image folder")
+    data = recipe.load_data(config.check(), data_dir=data_dir, cache=cache, workers=workers,
+                            classes=recipe.saved_classes(tree))
+    run = recipe.build(config, data, device, normalization=recipe.saved_normalization(tree))
+    if tree.get("architecture") != run.model.variant:
+        raise ValueError(f"{path}: checkpoint of architecture {tree.get('architecture')!r} "
+                         f"cannot be loaded into a {run.model.variant!r} model")
+    if trained:
+        try:
+            run.model.load_state_dict(tree["model"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    run.model.eval()
+    return run
+
+
+def checkpoint_predictions(path, **options) -> tuple:
+    """``(run, Predictions)``: checkpoint ``path`` on its test split (see :func:`load_run`)."""
+    run = load_run(path, **options)
+    return run, collect_predictions(run.model, run.test_loader, run.data.classes)
+
+
+@dataclasses.dataclass
+class Prediction:
+    """One file's ``top`` classes, ``[(name, probability), ...]``, most probable first."""
+    path: str
+    top: list
+
+
+class Classifier:
+    """Names the classes of images with a checkpoint's model (see the module docstring)."""
+
+    def __init__(self, run: recipe.Run):
+        self.run, self.model, self.classes = run, run.model, list(run.data.classes)
+        self.device = backend.device_of(next(iter(self.model.parameters())).data)
+        folder = run.data.folder
+        self.size = folder.size if folder is not None else run.model.input_size
+        self.grey = folder is None
+
+    @classmethod
+    def from_checkpoint(cls, path, *, device: str = "cpu", ten_crop: bool = False,
+                        **options) -> "Classifier":
+        return cls(load_run(path, device=device, ten_crop=ten_crop, limit_test=1, **options))
+
+    def load(self, path) -> np.ndarray:
+        """An image file as the dataset stores its images: uint8 ``(1, S, S)`` grey or
+        ``(S, S, 3)`` RGB. Raises what Pillow raises for an unreadable file."""
+        with load_rgb(path, min_side=self.size) as image:
+            if self.grey:
+                with image.convert("L") as grey:
+                    return resize_center_crop(grey, self.size)[None]
+            return resize_center_crop(image, self.size)
+
+    def probabilities(self, images, *, ten_crop: bool = False) -> np.ndarray:
+        """Class probabilities ``(N, K)`` of a uint8 batch as :meth:`load` gives them."""
+        images = backend.to_device(np.asarray(images), self.device)
+        with no_grad():
+            if not ten_crop:
+                logits = self.model(Tensor(self.run.test_loader.transform(images))).data
+                return backend.to_numpy(F.average_softmax(logits, 1))
+            if self.run.ten_crop_loader is None:
+                raise ValueError("ten_crop: build the Classifier with ten_crop=True (image-folder "
+                                 "checkpoints only)")
+            crops = self.run.ten_crop_loader.transform(images)      # (10, N, C, H, W)
+            logits = self.model(Tensor(crops.reshape((-1,) + crops.shape[2:]))).data
+            return backend.to_numpy(F.average_softmax(logits, crops.shape[0]))
+
+    def classify(self, paths, *, k: int = TOPK, ten_crop: bool = False) -> tuple:
+        """``(predictions, skipped)``: the top ``k`` classes of each readable file, and
+        ``[(path, reason)]`` for the files that could not be decoded."""
+        if not isinstance(k, int) or k < 1:
+            raise ValueError(f"classify: k must be a positive int, got {k!r}")
+        predictions, skipped = [], []
+        for start in range(0, len(paths), BATCH):
+            batch, names = [], []
+            for path in paths[start:start + BATCH]:
+                try:
+                    batch.append(self.load(path))
+                    names.append(str(path))
+                except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                    skipped.append((str(path), f"{type(exc).__name__}: {exc}"))
+            if batch:
+                probs = self.probabilities(np.stack(batch), ten_crop=ten_crop)
+                predictions += [Prediction(name, top_classes(p, self.classes, k))
+                                for name, p in zip(names, probs)]
+        return predictions, skipped
+
+
+def top_classes(probs, classes, k: int = TOPK) -> list:
+    """``[(name, probability)]`` of the ``k`` most probable classes (ties by class index)."""
+    order = np.argsort(-np.asarray(probs), kind="stable")[:k]
+    return [(classes[i], float(probs[i])) for i in order]
+
+
+def image_files(paths) -> list:
+    """The files to classify: each file as given, and every image file (by extension) under
+    each folder, in sorted order. A path that does not exist raises FileNotFoundError."""
+    files = []
+    for path in map(pathlib.Path, paths):
+        if path.is_dir():
+            extensions = image_extensions()
+            files += sorted(str(p) for p in path.rglob("*")
+                            if p.is_file() and p.suffix.lower() in extensions
+                            and not p.name.startswith("."))
+        elif path.exists():
+            files.append(str(path))
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return files
+
+
+def classify_files(checkpoint_path, paths, *, k: int = TOPK, ten_crop: bool = False,
+                   device: str = "cpu", **options) -> tuple:
+    """``(predictions, skipped)`` for image files and folders ``paths`` with the checkpoint at
+    ``checkpoint_path`` (see :class:`Classifier`); ``options`` go to :func:`load_run`."""
+    if not os.path.exists(checkpoint_path):
+        raise FileNotFoundError(f"checkpoint {checkpoint_path} not found")
+    files = image_files(paths)
+    classifier = Classifier.from_checkpoint(checkpoint_path, device=device, ten_crop=ten_crop,
+                                            **options)
+    return classifier.classify(files, k=k, ten_crop=ten_crop)
+
+
+def report_run(run_dir, *, checkpoint_path=None, **options) -> str:
+    """Write ``run_dir/report.html`` (:func:`minialex.report.write_report`) for a run folder,
+    with the test predictions of ``checkpoint_path`` (default: its ``best.npz``, else
+    ``last.npz``; with neither, the curves and tables alone); ``options`` go to
+    :func:`load_run`."""
+    if checkpoint_path is None:
+        found = [os.path.join(run_dir, name) for name in ("best.npz", "last.npz")
+                 if os.path.exists(os.path.join(run_dir, name))]
+        checkpoint_path = found[0] if found else None
+    if checkpoint_path is None:
+        return write_report(run_dir)
+    run, predictions = checkpoint_predictions(checkpoint_path, **options)
+    return write_report(run_dir, predictions=predictions, test_images=run.data.test,
+                        model=run.model)
+
+
+def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int = 5,
+                  limit_train: int | None = 10000, **options) -> dict:
+    """The paper's Fig. 3 and Fig. 4 for checkpoint ``path``, beside the same network untrained
+    (its run's seeded initial weights) and, for retrieval, raw pixels. Writes to ``out_dir``
+    ``filters.png``, ``filters_untrained.png``, ``retrieval.png``, ``retrieval_untrained.png``
+    and ``retrieval_pixels.png``; returns the share of same-class neighbours of each (``k``
+    nearest among the first ``limit_train`` training images, for the first ``queries`` test
+    images) and the paths written."""
+    run = load_run(path, **options)
+    untrained = recipe.build(run.config, run.data, options.get("device", "cpu")).model.eval()
+    transform = run.test_loader.transform
+    train, test = run.data.train, run.data.test
+    out = {"queries": min(queries, len(test)), "neighbours": k,
+           "train_images": len(train.head(limit_train)), "share": {}, "files": []}
+    for name, model in (("", run.model), ("_untrained", untrained)):
+        out["files"].append(save_png(conv1_filters(model),
+                                     os.path.join(out_dir, f"filters{name}.png")))
+    for name, features in (
+            ("", lambda d: fc7_features(run.model, d, transform)),
+            ("_untrained", lambda d: fc7_features(untrained, d, transform)),
+            ("_pixels", None)):
+        found = retrieval(train, test, features=features, queries=queries, k=k,
+                          limit_train=limit_train)
+        out["share"][{"": "trained", "_untrained": "untrained", "_pixels": "pixels"}[name]] = \
+            found["share"]
+        out["files"].append(save_png(retrieval_grid(train.head(limit_train), test,
+                                                    found["neighbours"], rows=rows),
+                                     os.path.join(out_dir, f"retrieval{name}.png")))
+    return out
+
+
+__all__ = ["Classifier", "Prediction", "checkpoint_predictions", "classify_files",
+           "image_files", "load_run", "paper_figures", "report_run", "top_classes"]

@@ -1,0 +1,76 @@
+"""Using a trained checkpoint on image files: top-k names and probabilities (centre crop or the
+paper's 10 crops) equal to the evaluation pipeline's, unreadable files skipped and counted, the
+command line, and one clear line for a missing checkpoint."""
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from minialex import predict, recipe
+from minialex.config import IMAGES_PRESET
+
+from support import CORRUPT, ROOT, synthetic_photos
+from support import PHOTO_CLASSES as CLASSES
+
+SCRIPT = ROOT / "examples" / "predict.py"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A `mini` checkpoint of an image folder (3 classes), and the folder and cache."""
+    root = tmp_path_factory.mktemp("predict")
+    photos = synthetic_photos(root / "photos", n_train=12, n_val=6)
+    config = IMAGES_PRESET.replace(dataset=str(photos), model="mini", image_size=32,
+                                   batch_size=12, print_freq=0, epochs=1, warmup=2)
+    recipe.fit(config, out=str(root / "run"), cache=str(root / "cache"), workers=0,
+               stream=io.StringIO())
+    return root / "run" / "last.npz", photos, root / "cache"
+
+
+def test_classifying_files_gives_what_evaluating_the_prepared_images_gives(trained):
+    checkpoint, photos, cache = trained
+    run, expected = predict.checkpoint_predictions(checkpoint, cache=cache, workers=0)
+    files = [str(photos / rel) for rel in run.data.folder.files("val")]
+    classifier = predict.Classifier.from_checkpoint(checkpoint, cache=cache, workers=0,
+                                                    ten_crop=True)
+    found, skipped = classifier.classify(files, k=5)
+    assert skipped == [] and [p.path for p in found] == files
+    assert classifier.classes == list(CLASSES)
+    for item, probs in zip(found, expected.probs):
+        assert len(item.top) == 3                           # only 3 classes to rank
+        names, values = zip(*item.top)
+        assert list(values) == sorted(values, reverse=True)
+        np.testing.assert_allclose(values, np.sort(probs)[::-1], rtol=1e-5, atol=1e-6)
+        assert names[0] == list(CLASSES)[int(np.argmax(probs))]
+    ten, _ = classifier.classify(files[:4], k=2, ten_crop=True)
+    assert [len(t.top) for t in ten] == [2] * 4
+    assert all(0 < sum(p for _, p in t.top) <= 1 + 1e-6 for t in ten)
+
+
+def test_the_command_prints_top_classes_per_file_and_counts_unreadable_ones(trained, tmp_path):
+    checkpoint, photos, cache = trained
+    done = subprocess.run([sys.executable, str(SCRIPT), str(checkpoint), str(photos / "train"
+                                                                               / "apple"),
+                           "--cache", str(cache), "--top", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 12 and all(line.count("%") == 2 for line in lines)
+    assert any(name in lines[0] for name in CLASSES)
+    assert f"skipped 1 unreadable file(s): {photos / CORRUPT}" in done.stderr
+    assert "12 file(s) classified, 1 skipped" in done.stderr
+
+    missing = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "nope.npz"),
+                              str(photos)], capture_output=True, text=True, timeout=120,
+                             cwd=ROOT)
+    assert missing.returncode == 1 and missing.stdout == ""
+    assert missing.stderr == f"predict.py: error: checkpoint {tmp_path / 'nope.npz'} not found\n"
+
+
+def test_ten_crops_need_an_image_folder_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no_such.npz not found"):
+        predict.classify_files(tmp_path / "no_such.npz", [tmp_path])
+    assert predict.top_classes(np.array([0.2, 0.5, 0.2, 0.1]), list("abcd"), 3) == [
+        ("b", 0.5), ("a", 0.2), ("c", 0.2)]
