@@ -3,7 +3,8 @@
 #   bash run.sh train [flags...]   set up, then train AlexNet on Fashion-MNIST (examples/train_alexnet.py)
 #   bash run.sh test  [pytest args] set up, then lint (ruff, codespell) and run the whole test suite
 # Set-up (idempotent, each step skipped when already done): a virtual environment in .venv with
-# minialex and its test extras, and Debian's Fashion-MNIST package (dataset-fashion-mnist).
+# minialex and its test extras, Debian's Fashion-MNIST package (dataset-fashion-mnist), and for
+# `test` Debian's chromium (the report test renders report.html headless).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,7 +25,7 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
 fi
-if ! .venv/bin/python -c "import minialex, pytest, hypothesis" 2>/dev/null \
+if ! .venv/bin/python -c "import minialex, pytest, hypothesis, matplotlib" 2>/dev/null \
     || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/codespell ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".[test,lint]"
@@ -33,6 +34,11 @@ FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ -z "${MINIALEX_NO_APT:-}" ]; then
   echo "run.sh: installing Fashion-MNIST (Debian package dataset-fashion-mnist) into $FMNIST"
   as_root apt-get update -qq && as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+# the report test renders report.html in a headless browser (Debian's chromium)
+if [ "$job" = test ] && ! command -v chromium >/dev/null && [ -z "${MINIALEX_NO_APT:-}" ]; then
+  echo "run.sh: installing chromium (Debian package), which the report test renders pages with"
+  as_root apt-get update -qq && as_root apt-get install -y -qq chromium >/dev/null
 fi
 
 if [ "$job" = train ]; then
