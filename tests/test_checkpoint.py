@@ -77,11 +77,40 @@ def test_failed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
         raise OSError("disk full")
 
     monkeypatch.setattr(np, "savez", savez_then_fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(checkpoint.WriteError) as info:
         checkpoint.save(path, {"epoch": 2, "w": np.zeros(100)})
+    assert str(info.value) == f"cannot write {path}: disk full"      # the file and the cause
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == ["last.npz"]              # the temporary file is gone
     assert checkpoint.load(path)["epoch"] == 1
+
+
+def test_the_temporary_file_a_killed_save_leaves_is_removed_and_nothing_else(tmp_path):
+    during = []
+    checkpoint.atomic_write(tmp_path / "last.npz", lambda f: during.extend(os.listdir(tmp_path)))
+    (partial,) = during                          # the name a save writes under, before its rename
+    (tmp_path / partial).write_bytes(b"PK\x03\x04 half")      # as a kill -9 leaves it
+    (tmp_path / "notes.tmp").write_text("the user's")
+    assert checkpoint.remove_partial_files(tmp_path) == [str(tmp_path / partial)]
+    assert sorted(os.listdir(tmp_path)) == ["last.npz", "notes.tmp"]
+
+
+def test_a_directory_or_unreadable_file_is_named_as_such_not_as_corrupt(tmp_path, monkeypatch):
+    with pytest.raises(IsADirectoryError, match=f"{tmp_path} is a directory, not a checkpoint "
+                                                f"file, and holds no .npz"):
+        checkpoint.load(tmp_path)
+    checkpoint.save(tmp_path / "best.npz", {"epoch": 1})
+    with pytest.raises(IsADirectoryError, match=r"pass one of its checkpoints \(best.npz\), "
+                                                f"e.g. {tmp_path / 'best.npz'}$"):
+        checkpoint.load(tmp_path)
+
+    def no_permission(path, mode="r"):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("builtins.open", no_permission)    # root reads any file: simulate it
+    with pytest.raises(PermissionError, match=f"^cannot read checkpoint {tmp_path / 'best.npz'}: "
+                                              f"Permission denied$"):
+        checkpoint.load(tmp_path / "best.npz")
 
 
 # -- exact resumption through the Trainer ------------------------------------------------------
