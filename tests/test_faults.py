@@ -2,7 +2,8 @@
 in a child process that a launcher kills, or limits in the size of file it may write
 (``RLIMIT_FSIZE``), at a named point; each resumed run ends with the test accuracy and loss of
 an uninterrupted run of the same seed, every epoch once in metrics.jsonl, and no temporary
-file left behind."""
+file left behind. (A failed metrics.jsonl write is simulated in-process.)"""
+import errno
 import io
 import json
 import os
@@ -12,10 +13,10 @@ import sys
 
 import pytest
 
-from minialex import checkpoint, recipe
+from minialex import checkpoint, recipe, train
 from minialex.config import CPU_PRESET
 
-from support import ROOT, SCRIPT, learnable_fashion_mnist
+from support import ROOT, SCRIPT, learnable_fashion_mnist, make_trainer
 
 # Two epochs of six steps, with dropout, flips and shuffling drawn from the checkpointed
 # generators; learns well above chance in those twelve steps, and epoch 2 beats epoch 1 on
@@ -171,3 +172,27 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes_from_it(data_dir, s
     done = run(data_dir, "--resume", resume)
     assert done.returncode == 0, done.stderr
     assert_same_as(straight, out)
+
+
+def test_a_failed_metrics_write_stops_before_the_checkpoint_saying_what_is_kept(tmp_path,
+                                                                             monkeypatch):
+    trainer = make_trainer(tmp_path, epochs=2)
+    appended = []
+
+    def disk_full_on_append(path, mode="r", *args, **kwargs):
+        if "a" in mode:
+            appended.append(path)
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return open(path, mode, *args, **kwargs)
+
+    trainer.epochs = 1                           # epoch 1 as usual, then the disk is full
+    trainer.fit()
+    trainer.epochs = 2
+    monkeypatch.setattr(train, "open", disk_full_on_append, raising=False)
+    with pytest.raises(checkpoint.WriteError) as info:
+        trainer.fit()
+    last = tmp_path / "last.npz"
+    assert str(info.value) == (f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on "
+                               f"device; {last} keeps the last good state, from the end of "
+                               f"epoch 1; resume with --resume {last}")
+    assert appended and saved_epoch(last) == 1
