@@ -2,7 +2,6 @@
 import os
 import sys
 
-import cupy_standin
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -10,6 +9,7 @@ from hypothesis import HealthCheck, settings
 import minialex
 from minialex import backend, cuda
 
+import cupy_standin
 import host_build
 
 # CI runs on 2 cores within minutes: few but varied hypothesis draws; locally the same.

@@ -86,7 +86,7 @@ class Transfers:
 
 TRANSFERS = Transfers()
 ALLOCATIONS = [0] * DEVICE_COUNT   # new buffers made on each device (views are not counted)
-LAUNCHES = {}                      # kernel name -> launches
+LAUNCHES = []                      # (kernel name, grid, block) of every launch, in order
 _current = threading.local()   # .device: this thread's current device (CUDA's is per thread)
 _roots = weakref.WeakValueDictionary()   # id -> every allocation's root buffer
 _root_device = {}                        # id -> the device of that buffer
@@ -565,9 +565,11 @@ _host_kernels = {}   # "kernels": the HostKernels every RawModule launches
 _installed = {}      # "cupy": the module made last
 
 
-def use_host_kernels(kernels) -> None:
-    """The host build (``host_build.HostKernels``) that kernel launches run."""
-    _host_kernels["kernels"] = kernels
+def use_host_kernels(kernels, replay: bool = False) -> None:
+    """The host build (``host_build.HostKernels``) that kernel launches run. ``replay`` runs
+    every (block, thread) of a launch in turn, so a kernel's grid-stride loop is exercised as
+    launched (slow: for small tests); otherwise one call covers every work item."""
+    _host_kernels["kernels"], _host_kernels["replay"] = kernels, replay
 
 
 class RawModule:
@@ -605,8 +607,9 @@ class RawKernel:
         _check_launch(self.name, grid, block)
         device = current_device()
         values = [_kernel_argument(self.name, a, device) for a in args]
-        _host_kernels["kernels"](self.name, *values)
-        LAUNCHES[self.name] = LAUNCHES.get(self.name, 0) + 1
+        launch = (int(np.prod(grid)), int(np.prod(block))) if _host_kernels["replay"] else (1, 1)
+        _host_kernels["kernels"](self.name, *values, launch=launch)
+        LAUNCHES.append((self.name, grid, block))
 
 
 def _check_launch(name, grid, block):
@@ -688,8 +691,9 @@ def install(build_dir) -> object:
 
 def report() -> str:
     """One line of what ran on the stand-in, for a script run under it."""
-    return (f"cupy stand-in: {sum(LAUNCHES.values())} kernel launches "
-            f"({len(LAUNCHES)} kernels), {TRANSFERS.d2h} device-to-host and {TRANSFERS.h2d} "
+    return (f"cupy stand-in: {len(LAUNCHES)} kernel launches "
+            f"({len({name for name, _, _ in LAUNCHES})} kernels), {TRANSFERS.d2h} "
+            f"device-to-host and {TRANSFERS.h2d} "
             f"host-to-device copies, buffers per device {ALLOCATIONS}")
 
 

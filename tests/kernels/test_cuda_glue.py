@@ -1,12 +1,14 @@
-"""minialex/cuda.py, the CuPy glue, as far as it can be run without CuPy or a GPU.
+"""minialex/cuda.py, the CuPy glue, as far as it can be run without a GPU.
 
-The core test replaces CuPy by NumPy (``empty`` returning poisoned buffers) and each compiled
-kernel by the same kernel built for the host (host_build.py), which refuses any argument whose
-type differs from the kernel's C signature. Every op of minialex.cuda then runs end to end
-(shapes, argument order and types, work-item counts, the capped grid with its grid-stride loop)
-and must agree with minialex's NumPy path. What stays unchecked here is CuPy itself: NVRTC
-compiling the files, the real launch, and cuBLAS (only the GEMM's column-major arithmetic is
-checked, against a reference BLAS written below).
+The ops run on the CuPy stand-in (tests/cupy_standin.py): NumPy arrays under CuPy's rules, fresh
+buffers poisoned, and each compiled kernel replaced by the same kernel built for the host
+(host_build.py), which refuses any argument whose type differs from the kernel's C signature as
+CuPy would pass it. Every op of minialex.cuda then runs end to end (shapes, argument order and
+types, work-item counts, the capped grid with its grid-stride loop replayed thread by thread)
+and must agree with minialex's NumPy path; GEMM goes through the stand-in's column-major
+``gemmEx``. The last section checks CuPy's rules themselves: on real CuPy where a GPU is
+usable, and the stand-in's own checks. What stays unchecked here is CuPy itself: NVRTC compiling
+the files, the real launch, and cuBLAS.
 """
 import subprocess
 import sys
@@ -29,6 +31,7 @@ from minialex.layers.lrn import (
 )
 from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
 
+import cupy_standin
 import host_build
 from conftest import TOL, shuffled_linspace
 
@@ -87,42 +90,24 @@ def test_ops_raise_the_backend_error_without_a_gpu():
             call()
 
 
-# -- the ops, with NumPy standing in for CuPy and host-built kernels for the compiled ones ------
-class FakeCupy:
-    """The part of the CuPy API the kernel ops use, on NumPy; new buffers are NaN-poisoned."""
-
-    ascontiguousarray = staticmethod(np.ascontiguousarray)
-
-    @staticmethod
-    def empty(shape, dtype):
-        return np.full(shape, -7 if np.dtype(dtype) == np.int32 else np.nan, dtype=dtype)
-
-    @staticmethod
-    def empty_like(a):
-        return FakeCupy.empty(a.shape, a.dtype)
-
-
+# -- the ops on the CuPy stand-in (tests/cupy_standin.py), kernels built for the host ------------
 GRID_CAP = 3  # blocks: small, so most calls run several grid-stride rounds
 
 
 @pytest.fixture
-def on_host(kernels, monkeypatch):
-    """minialex.cuda running its kernels on the host build; returns the launches it made."""
-    launches = []
-
-    def get_kernel(name):
-        def launch(grid, block, args):
-            assert isinstance(grid, tuple) and isinstance(block, tuple)
-            assert all(type(v) is int and v > 0 for v in grid + block), (grid, block)
-            assert block == (cuda.BLOCK,) and grid[0] <= GRID_CAP
-            launches.append((name, grid, block))
-            kernels(name, *args, launch=(grid[0], block[0]))
-        return launch
-
-    monkeypatch.setattr(backend, "require_cupy", lambda: FakeCupy)
-    monkeypatch.setattr(cuda, "_get_kernel", get_kernel)
+def on_host(standin, kernels, monkeypatch):
+    """minialex.cuda on the CuPy stand-in, each launch replayed thread by thread on a grid capped
+    at GRID_CAP blocks; returns the stand-in's log of launches."""
+    cupy_standin.use_host_kernels(kernels, replay=True)
     monkeypatch.setattr(cuda, "_max_blocks", lambda: GRID_CAP)
-    return launches
+    return standin.LAUNCHES
+
+
+def dev(*arrays):
+    """Host arrays copied to the (stand-in) device."""
+    cupy = backend.require_cupy()
+    copies = tuple(cupy.asarray(a) for a in arrays)
+    return copies if len(copies) > 1 else copies[0]
 
 
 def random(shape, dtype, seed=0):
@@ -133,43 +118,47 @@ def random(shape, dtype, seed=0):
 def test_convolution_ops(on_host, dtype):
     x = random((2, 3, 9, 8), dtype)
     window = (3, 2, 2, 1, 1, 2)  # KH, KW, SH, SW, PH, PW
-    col = cuda.im2col(x, *window)
-    np.testing.assert_array_equal(col, _im2col_cpu(x, *window))
+    col = cuda.im2col(dev(x), *window)
+    np.testing.assert_array_equal(col.get(), _im2col_cpu(x, *window))
     gcol = random(col.shape, dtype, seed=1)
-    assert_close(cuda.col2im(gcol, x.shape, *window), _col2im_cpu(gcol, x.shape, *window), dtype)
+    assert_close(cuda.col2im(dev(gcol), x.shape, *window).get(),
+                 _col2im_cpu(gcol, x.shape, *window), dtype)
     Y, b = random((5, 2 * 4 * 6), dtype), random(5, dtype, seed=2)
     for bias in (b, None):
-        np.testing.assert_array_equal(cuda.bias_add_nchw(Y, bias, 2, 4, 6),
-                                      _bias_add_nchw_cpu(Y, bias, 2, 4, 6))
+        np.testing.assert_array_equal(
+            cuda.bias_add_nchw(dev(Y), None if bias is None else dev(bias), 2, 4, 6).get(),
+            _bias_add_nchw_cpu(Y, bias, 2, 4, 6))
     assert [name for name, _, _ in on_host] == [
         f"{op}_{'f32' if dtype == np.float32 else 'f64'}"
         for op in ("im2col", "col2im", "bias_add_nchw", "bias_add_nchw")]
+    assert {block for _, _, block in on_host} == {(cuda.BLOCK,)}
+    assert max(grid for _, grid, _ in on_host) == (GRID_CAP,)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_max_pool_ops(on_host, dtype):
     x = shuffled_linspace((2, 3, 13, 11), dtype)
     window = (3, 2, 2, 1, 1, 1)  # KH != KW and SH != SW, so a swapped pair shows
-    y, argmax = cuda.max_pool_forward(x, *window)
+    y, argmax = cuda.max_pool_forward(dev(x), *window)
     expected_y, expected_argmax = _max_pool_forward_cpu(x, *window)
-    np.testing.assert_array_equal(y, expected_y)
-    np.testing.assert_array_equal(argmax, expected_argmax)
+    np.testing.assert_array_equal(y.get(), expected_y)
+    np.testing.assert_array_equal(argmax.get(), expected_argmax)
     assert argmax.dtype == np.int32
     gy = random(y.shape, dtype)
-    assert_close(cuda.max_pool_backward(gy, argmax, x.shape, *window),
-                 _max_pool_backward_cpu(gy, argmax, x.shape, *window), dtype)
+    assert_close(cuda.max_pool_backward(dev(gy), argmax, x.shape, *window).get(),
+                 _max_pool_backward_cpu(gy, argmax.get(), x.shape, *window), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_lrn_ops(on_host, dtype):
     x, gy = random((2, 7, 5, 4), dtype) * 3, random((2, 7, 5, 4), dtype, seed=1)
     options = (4, 0.5, 0.75, 1.5)  # size, alpha, beta, k
-    y, scale = cuda.lrn_forward(x, *options)
+    y, scale = cuda.lrn_forward(dev(x), *options)
     expected_y, expected_scale = _lrn_forward_cpu(x, *options)
-    assert_close(y, expected_y, dtype)
-    assert_close(scale, expected_scale, dtype)
-    assert_close(cuda.lrn_backward(x, y, scale, gy, *options[:3]),
-                 _lrn_backward_cpu(x, y, scale, gy, *options[:3]), dtype)
+    assert_close(y.get(), expected_y, dtype)
+    assert_close(scale.get(), expected_scale, dtype)
+    assert_close(cuda.lrn_backward(*dev(x, y.get(), scale.get(), gy), *options[:3]).get(),
+                 _lrn_backward_cpu(x, y.get(), scale.get(), gy, *options[:3]), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -177,23 +166,42 @@ def test_elementwise_ops(on_host, dtype):
     rng = np.random.default_rng(0)
     y = np.maximum(rng.integers(-2, 3, (4, 300)), 0).astype(dtype)
     gy = random(y.shape, dtype)
-    np.testing.assert_array_equal(cuda.relu_backward(y, gy), _relu_backward_cpu(y, gy))
+    np.testing.assert_array_equal(cuda.relu_backward(*dev(y, gy)).get(),
+                                  _relu_backward_cpu(y, gy))
     u = rng.random(gy.shape, dtype=dtype)
-    for got, expected in zip(cuda.dropout_forward(gy, u, 0.5, 2.0),
+    for got, expected in zip(cuda.dropout_forward(*dev(gy, u), 0.5, 2.0),
                              _dropout_forward_cpu(gy, u, 0.5, 2.0)):
-        np.testing.assert_array_equal(got, expected)
+        np.testing.assert_array_equal(got.get(), expected)
 
 
 def test_non_contiguous_inputs_are_made_contiguous(on_host):
-    x = random((2, 9, 3, 8), np.float64).transpose(0, 3, 2, 1)  # (2, 8, 3, 9), strided
-    np.testing.assert_array_equal(cuda.im2col(x, 2, 2, 1, 1, 0, 0),
-                                  _im2col_cpu(np.ascontiguousarray(x), 2, 2, 1, 1, 0, 0))
+    x = random((2, 9, 3, 8), np.float64)
+    strided = dev(x).transpose(0, 3, 2, 1)  # (2, 8, 3, 9), strided
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(
+        cuda.im2col(strided, 2, 2, 1, 1, 0, 0).get(),
+        _im2col_cpu(np.ascontiguousarray(x.transpose(0, 3, 2, 1)), 2, 2, 1, 1, 0, 0))
 
 
 def test_mismatched_dtypes_are_refused(on_host):
-    y, gy = np.ones(4, np.float32), np.ones(4, np.float64)
+    y, gy = dev(np.ones(4, np.float32), np.ones(4, np.float64))
     with pytest.raises(TypeError, match="relu_backward: y is float32 but the input is float64"):
         cuda.relu_backward(y, gy)
+
+
+@pytest.mark.parametrize("transa", [False, True])
+@pytest.mark.parametrize("transb", [False, True])
+def test_gemm_through_the_stand_ins_cublas(standin, transa, transb):
+    rng = np.random.default_rng(0)
+    M, K, N = 3, 4, 5
+    a = rng.standard_normal((K, M) if transa else (M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K) if transb else (K, N)).astype(np.float32)
+    expected = (a.T if transa else a) @ (b.T if transb else b)
+    got = cuda.gemm(*dev(a, b), transa, transb)
+    np.testing.assert_allclose(got.get(), expected, **TOL[np.float32])
+    f_contiguous = dev(np.ascontiguousarray(a.T)).T   # used in place, its flag flipped
+    np.testing.assert_allclose(cuda.gemm(f_contiguous, dev(b), transa, transb).get(), expected,
+                               **TOL[np.float32])
 
 
 def assert_close(actual, expected, dtype):
@@ -212,19 +220,18 @@ def test_launch_grid_is_capped_and_empty_work_launches_nothing(monkeypatch):
         ("relu_backward_f32", (256,), ("args",))}
 
 
-def test_each_op_launches_one_work_item_per_loop_iteration(monkeypatch):
+def test_each_op_launches_one_work_item_per_loop_iteration(standin, monkeypatch):
     """n sets the grid size: the number of output elements, or of (n, h, w) positions for LRN,
     whose threads walk the channels."""
     counts = []
-    monkeypatch.setattr(backend, "require_cupy", lambda: FakeCupy)
     monkeypatch.setattr(cuda, "_launch", lambda op, dtype, n, args: counts.append((op, n)))
-    x = np.zeros((2, 3, 7, 6))
+    x = dev(np.zeros((2, 3, 7, 6)))
     cuda.im2col(x, 3, 2, 2, 1, 1, 0)  # col (3*3*2, 2*4*5)
-    cuda.col2im(np.zeros((18, 40)), x.shape, 3, 2, 2, 1, 1, 0)
-    cuda.bias_add_nchw(np.zeros((5, 40)), None, 2, 4, 5)
+    cuda.col2im(dev(np.zeros((18, 40))), x.shape, 3, 2, 2, 1, 1, 0)
+    cuda.bias_add_nchw(dev(np.zeros((5, 40))), None, 2, 4, 5)
     cuda.max_pool_forward(x, 3, 2, 2, 1, 1, 0)
-    cuda.max_pool_backward(np.zeros((2, 3, 4, 5)), np.zeros((2, 3, 4, 5), np.int32), x.shape,
-                           3, 2, 2, 1, 1, 0)
+    cuda.max_pool_backward(*dev(np.zeros((2, 3, 4, 5)), np.zeros((2, 3, 4, 5), np.int32)),
+                           x.shape, 3, 2, 2, 1, 1, 0)
     cuda.lrn_forward(x, *PAPER_LRN)
     cuda.lrn_backward(x, x, x, x, *PAPER_LRN[:3])
     cuda.relu_backward(x, x)
@@ -309,3 +316,87 @@ def test_tf32_is_off_by_default_and_switchable():
         cuda.set_tf32(False)
     with pytest.raises(TypeError, match="True or False"):
         cuda.set_tf32(1)
+
+
+# -- CuPy's rules, where GPU code breaks: real CuPy on a GPU, else the stand-in ------------------
+def test_device_arrays_refuse_implicit_conversion_to_numpy(gpu):
+    cupy = backend.require_cupy()
+    x = cupy.arange(6.0).reshape(2, 3)
+    assert not isinstance(x, np.ndarray)
+    for convert in (np.asarray, np.array, lambda a: np.testing.assert_array_equal(a, 0)):
+        with pytest.raises(TypeError, match="Implicit conversion to a NumPy array"):
+            convert(x)
+    np.testing.assert_array_equal(x.get(), np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(cupy.asnumpy(x), x.get())
+    assert backend.to_numpy(x).tolist() == [[0, 1, 2], [3, 4, 5]]
+
+
+def test_operations_refuse_numpy_operands(gpu):
+    cupy = backend.require_cupy()
+    x, host = cupy.ones(3), np.ones(3)
+    for operation in (lambda: x + host, lambda: host * x, lambda: cupy.maximum(x, host),
+                      lambda: cupy.matmul(x, host)):
+        with pytest.raises(TypeError, match="Unsupported type <class 'numpy.ndarray'>"):
+            operation()
+    np.testing.assert_array_equal((x + np.float32(2) + 1).get(), [4, 4, 4])  # scalars are fine
+
+
+def test_device_sets_where_new_arrays_are_allocated(gpu):
+    cupy = backend.require_cupy()
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("one GPU: Device(1) cannot be shown")
+    with cupy.cuda.Device(1):
+        x = cupy.ones(3)
+        assert x.device.id == 1 and cupy.cuda.runtime.getDevice() == 1
+        assert cupy.asarray(np.ones(2)).device.id == 1
+    assert cupy.cuda.runtime.getDevice() == 0
+    assert cupy.asarray(x).device.id == 0 and x.copy().device.id == 0   # copied to device 0
+
+
+def test_the_stand_in_checks_kernel_arguments_against_the_c_signature(standin):
+    kernel = standin.RawModule(code=cuda.kernel_source("relu.cu")).get_function(
+        "relu_backward_f32")
+    y, gy = standin.ones(4, np.float32), standin.ones(4, np.float32)
+    gx = standin.empty(4, np.float32)
+    assert np.isnan(gx.get()).all()                       # fresh memory is poisoned
+    kernel((1,), (32,), (y, gy, np.int64(4), gx))
+    np.testing.assert_array_equal(gx.get(), 1)
+    kernel((1,), (32,), (y, gy, 4, gx))                   # long long: a Python int is int64
+    with pytest.raises(TypeError, match=r"n \(long long\) needs numpy.int64, got float64"):
+        kernel((1,), (32,), (y, gy, 4.0, gx))             # a Python float is a double
+    with pytest.raises(TypeError, match="Only numpy.ndarrays of size one"):
+        kernel((1,), (32,), (y, np.ones(4, np.float32), np.int64(4), gx))
+    lrn = standin.RawModule(code=cuda.kernel_source("lrn.cu")).get_function("lrn_forward_f32")
+    x = standin.ones((1, 2, 1, 1), np.float32)
+    with pytest.raises(TypeError, match=r"N \(int\) needs numpy.int32, got int64"):
+        lrn((1,), (32,), (x, 1, 2, 1, 1, np.int32(5), *map(np.float32, (1, 0.75, 2)), x, x))
+    with pytest.raises(TypeError, match=r"alpha \(float\) needs numpy.float32, got float64"):
+        lrn((1,), (32,), (x, *map(np.int32, (1, 2, 1, 1, 5)), 1e-4, *map(np.float32, (0.75, 2)),
+                          x, x))
+
+
+@pytest.mark.parametrize("grid, block", [((1,), (2048,)), ((1,), (32, 64)), ((0,), (256,)),
+                                         ((2**31,), (256,)), ((1, 70000), (256,))])
+def test_the_stand_in_refuses_launches_over_cudas_limits(standin, grid, block):
+    kernel = standin.RawModule(code=cuda.kernel_source("relu.cu")).get_function(
+        "relu_backward_f32")
+    y = standin.ones(4, np.float32)
+    with pytest.raises(RuntimeError, match="CUDA_ERROR_INVALID_VALUE"):
+        kernel(grid, block, (y, y, np.int64(4), y))
+    with pytest.raises(TypeError, match="must be tuples"):
+        kernel(1, 256, (y, y, np.int64(4), y))
+
+
+def test_the_stand_in_keeps_arrays_on_their_device(standin):
+    with standin.cuda.Device(1):
+        x = standin.ones(3)
+        rng = standin.random.default_rng(0)
+    with pytest.raises(ValueError, match=r"resides \(1\) is different from the current device "
+                                         r"\(0\)"):
+        x + 1
+    with pytest.raises(ValueError, match="Peer access is unavailable"):
+        rng.random(3)
+    assert x.reshape(3, 1).device.id == 1          # a view runs no kernel
+    a = standin.ones((2, 2), np.float32)
+    with standin.cuda.Device(1), pytest.raises(RuntimeError, match="not on the current device"):
+        cuda.gemm(a, a)
