@@ -28,6 +28,8 @@ import contextlib
 import os
 import socket
 
+from .checkpoint import WriteError
+
 try:
     import fcntl
 except ImportError:          # Windows: runs are not locked
@@ -43,11 +45,16 @@ class RunDirectoryBusy(OSError):
 @contextlib.contextmanager
 def lock(directory):
     """Hold ``directory``'s lock (creating the directory) for the ``with`` block; raises
-    :class:`RunDirectoryBusy` at once when another run holds it. Yields the lock file's path."""
+    :class:`RunDirectoryBusy` at once when another run holds it, and
+    :class:`~minialex.checkpoint.WriteError` when the lock file cannot be made. Yields the lock
+    file's path."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_FILE)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:                      # e.g. a folder the user may not write to
+        raise WriteError(path, exc) from None
     try:
         if fcntl is not None:
             try:

@@ -2,6 +2,7 @@
 that names what is wrong, before any work: two runs on one --out, a --resume flag that
 contradicts the checkpoint, a directory given as a checkpoint, an image folder whose val/
 does not match train/."""
+import errno
 import os
 import socket
 import subprocess
@@ -40,6 +41,17 @@ def test_a_killed_run_does_not_leave_its_folder_locked(tmp_path):
     assert (tmp_path / rundir.LOCK_FILE).read_text().startswith(f"pid {died.pid} on ")
     with rundir.lock(tmp_path):                  # the lock went with the process
         pass
+
+
+def test_a_folder_the_run_may_not_write_to_is_named(tmp_path, monkeypatch):
+    def refused(path, *args, **kwargs):     # root may write anywhere: simulate the refusal
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(checkpoint.WriteError, match=f"^cannot write {tmp_path / '.lock'}: "
+                                                    f"Permission denied$"):
+        with rundir.lock(tmp_path):
+            pass
 
 
 def test_resume_with_a_flag_that_contradicts_the_checkpoint_is_refused_by_name(tmp_path):
