@@ -47,14 +47,16 @@ def load_run(path, *, device: str = "cpu", data_dir=None, cache=None, workers=No
              limit_test=None, ten_crop: bool = False, trained: bool = True) -> recipe.Run:
     """The run of checkpoint ``path``: its model (with the checkpoint's weights unless
     ``trained=False``, which keeps the run's seeded initial ones), its data and transforms.
-    ``ten_crop`` builds the 10-crop transform too (image folders only)."""
+    ``ten_crop`` builds the 10-crop transform too (image folders only); ``limit_test`` cuts the
+    test split (default: as the run did)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     tree = checkpoint.load(path)
     saved = dict(tree.get("config", {}))
     saved.setdefault("model", tree.get("architecture"))
     config, _ = resolve({}, device, saved)
-    config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop))
+    config = dataclasses.replace(config, ten_crop=bool(ten_crop), limit_test=(
+        config.limit_test if limit_test is None else limit_test))    # default: the run's own
     if ten_crop and not config.is_folder:
         raise ValueError(f"ten_crop: {path} was trained on Fashion-MNIST; the paper's 10 crops "
                          f"need a checkpoint trained on an image folder")

@@ -201,7 +201,7 @@ def plot_confusion(predictions: Predictions, out_dir) -> str | None:
         for (i, j), count in np.ndenumerate(matrix):
             ax.text(j, i, str(count), ha="center", va="center", fontsize=7,
                     color="white" if count > matrix.max() / 2 else "black")
-    return _save(fig, out_dir, "confusion.png")
+    return _save(fig, out_dir, "confusion.png", tight=True)   # room for the class names
 
 
 def mistakes_picture(predictions: Predictions, images, indices, *, cols: int = 8) -> np.ndarray:
@@ -235,8 +235,13 @@ def _fit(text, width, font) -> str:
     return text
 
 
-def _save(fig, out_dir, name) -> str:
-    fig.tight_layout()
+def _save(fig, out_dir, name, tight=False) -> str:
+    # fixed margins for the curves: tight_layout would draw each figure twice
+    if tight:
+        fig.tight_layout()
+    else:
+        fig.subplots_adjust(left=0.75 / fig.get_figwidth(), right=0.97, bottom=0.16, top=0.9,
+                            wspace=0.3)
     fig.savefig(os.path.join(out_dir, name), dpi=90)
     return name
 
