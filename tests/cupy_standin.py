@@ -608,7 +608,13 @@ class RawKernel:
         device = current_device()
         values = [_kernel_argument(self.name, a, device) for a in args]
         launch = (int(np.prod(grid)), int(np.prod(block))) if _host_kernels["replay"] else (1, 1)
-        _host_kernels["kernels"](self.name, *values, launch=launch)
+        try:
+            _host_kernels["kernels"](self.name, *values, launch=launch)
+        except TypeError as exc:
+            if any(type(a) in (int, float) for a in args):
+                raise TypeError(f"{exc} (CuPy passes a Python int as a 64-bit integer and a "
+                                f"Python float as a double)") from None
+            raise
         LAUNCHES.append((self.name, grid, block))
 
 

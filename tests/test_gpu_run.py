@@ -29,9 +29,14 @@ def data_dir(tmp_path_factory):
     return learnable_fashion_mnist(tmp_path_factory.mktemp("fmnist"), n_train=260, n_test=64)
 
 
+def on_standin() -> bool:
+    """Whether the ``gpu`` fixture installed the CuPy stand-in (no usable GPU here)."""
+    return getattr(backend.require_cupy(), "is_standin", False)
+
+
 def run_on_gpu(host_kernels, *argv):
     """The example on real CuPy where a GPU is usable, else under the stand-in."""
-    if backend.gpu_available():
+    if not on_standin():
         command = [sys.executable, str(SCRIPT), *map(str, argv)]
     else:
         command = [sys.executable, str(STANDIN), str(host_kernels.build_dir), str(SCRIPT),
@@ -46,8 +51,8 @@ def launches(run) -> int:
     return int(found.group(1)) if found else 0
 
 
-def test_the_example_trains_resumes_and_evaluates_on_the_gpu(host_kernels, data_dir, tmp_path):
-    on_standin = not backend.gpu_available()
+def test_the_example_trains_resumes_and_evaluates_on_the_gpu(gpu, host_kernels, data_dir,
+                                                             tmp_path):
     last = tmp_path / "run" / "last.npz"
     run = run_on_gpu(host_kernels, *TINY, "--data-dir", data_dir, "--epochs", "1", "--out",
                      tmp_path / "run")
@@ -65,7 +70,7 @@ def test_the_example_trains_resumes_and_evaluates_on_the_gpu(host_kernels, data_
     run = run_on_gpu(host_kernels, "--device", "gpu", "--data-dir", data_dir, "--evaluate", last)
     result = json.loads(run.stdout)
     assert result["test_images"] == 64 and result["device"].startswith("gpu:0")
-    if on_standin:
+    if on_standin():
         assert "CuPy stand-in" in result["device"]
         assert min(trained, resumed, launches(run)) > 0
         conftest.STANDIN_RUNS.append(f"the tiny --device gpu run (12 steps, --resume for 12 "
