@@ -181,7 +181,7 @@ def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=N
                                              generator=augment)
         ten_tf = None
     eval_batch = 2 * config.batch_size
-    loader = dict(device=device)
+    loader = dict(device=device, num_classes=len(data.classes))
     return Run(
         config, data, model, optimizer, scheduler, LinearWarmup(optimizer, config.warmup),
         Loader(data.train, config.batch_size, shuffle=True,

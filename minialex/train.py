@@ -67,19 +67,22 @@ def train_one_epoch(model, loader, optimizer, *, start=0, running=None, before_u
     may raise to stop with the weights untouched, or adjust the learning rate;
     ``after_step(running)`` returning True stops after that step."""
     running = Running() if running is None else running
+    checked = getattr(loader, "num_classes", None)     # the label range the loader checked
     model.train()
     batches = loader.epoch(start=start)
     try:
         for x, y in _timed(batches, running):
             logits = model(Tensor(x))
-            loss = F.cross_entropy(logits, y)
-            value = float(loss.item())
+            # a loader given the model's num_classes checked the labels on the host already
+            loss = F.cross_entropy(logits, y, check_labels=checked != logits.shape[1])
+            value = float(loss.item())              # the one wait for the device in a step
             if before_update is not None:
                 before_update(value)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            running.add(len(y), value * len(y), topk_correct(logits.data, y))
+            # counted on the device, read when a progress line or the epoch's metrics need them
+            running.add(len(y), value * len(y), topk_counts(logits.data, y))
             if after_step is not None and after_step(running):
                 break
     finally:
@@ -106,6 +109,12 @@ def topk_correct(logits, labels, ks=TOPK) -> list:
     """How many rows of ``logits`` (N, C) have their label among the ``k`` highest scores, for
     each ``k``. Ties are broken by class index, as ``argmax`` does: a network that gives every
     class the same score predicts class 0, not every class. Works on NumPy and CuPy arrays."""
+    return [int(c) for c in backend.to_numpy(topk_counts(logits, labels, ks))]
+
+
+def topk_counts(logits, labels, ks=TOPK):
+    """:func:`topk_correct` as an int64 array on the logits' device, so that nothing waits for
+    the device to read it back."""
     xp = backend.get_array_module(logits)
     with backend.device_scope(logits):
         labels = xp.asarray(labels)[:, None].astype(np.int64)
@@ -113,7 +122,7 @@ def topk_correct(logits, labels, ks=TOPK) -> list:
         ahead = (logits > true_score) | ((logits == true_score)
                                          & (xp.arange(logits.shape[1]) < labels))
         rank = ahead.sum(axis=1)                     # classes ranked before the label
-        return [int((rank < k).sum()) for k in ks]
+        return xp.stack([(rank < k).sum() for k in ks]).astype(np.int64)
 
 
 def topk_accuracy(logits, labels, k=1) -> float:
@@ -123,7 +132,12 @@ def topk_accuracy(logits, labels, k=1) -> float:
 
 @dataclasses.dataclass
 class Running:
-    """Sums over the batches of one pass (training epoch or evaluation)."""
+    """Sums over the batches of one pass (training epoch or evaluation).
+
+    Top-1/top-5 counts given as a GPU array are summed on the GPU and read back (one blocking
+    transfer) only when ``correct1`` or ``correct5`` is read, e.g. for a progress line or the
+    epoch's metrics, not at every step.
+    """
     images: int = 0
     steps: int = 0
     loss_sum: float = 0.0
@@ -132,12 +146,29 @@ class Running:
     data_seconds: float = 0.0
     compute_seconds: float = 0.0
 
+    def __post_init__(self):
+        self._pending = None    # GPU sum of the counts not yet added to correct1/correct5
+
     def add(self, n, loss_sum, correct):
+        """One batch: ``n`` images, their summed loss, their (top-1, top-5) counts."""
         self.images += n
         self.steps += 1
         self.loss_sum += loss_sum
-        self.correct1 += correct[0]
-        self.correct5 += correct[1]
+        if backend.is_gpu_array(correct):
+            with backend.device_scope(correct):
+                self._pending = correct if self._pending is None else self._pending + correct
+        else:
+            self.correct1 += int(correct[0])
+            self.correct5 += int(correct[1])
+
+    def __getattribute__(self, name):
+        # reading a count first adds what is still on the GPU, so every reader sees the sum
+        if name in ("correct1", "correct5") and self.__dict__.get("_pending") is not None:
+            pending = backend.to_numpy(self.__dict__.pop("_pending"))
+            self._pending = None
+            self.correct1 += int(pending[0])
+            self.correct5 += int(pending[1])
+        return object.__getattribute__(self, name)
 
     @property
     def seconds(self):

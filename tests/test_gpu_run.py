@@ -10,12 +10,18 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from minialex import backend
+import minialex
+from minialex import backend, nn
+from minialex.data import ArrayDataset, Loader
+from minialex.data import transforms as T
+from minialex.optim import SGD
+from minialex.train import train_one_epoch
 
 import conftest
-from support import ROOT, SCRIPT, learnable_fashion_mnist
+from support import ROOT, SCRIPT, learnable_fashion_mnist, tiny_data
 
 STANDIN = ROOT / "tests" / "cupy_standin.py"
 # About the smallest run that beats chance: the mini AlexNet at 28x28, 12 steps of 16 images.
@@ -76,3 +82,54 @@ def test_the_example_trains_resumes_and_evaluates_on_the_gpu(gpu, host_kernels, 
         conftest.STANDIN_RUNS.append(f"the tiny --device gpu run (12 steps, --resume for 12 "
                                      f"more, --evaluate) ran on the CuPy stand-in: {trained} + "
                                      f"{resumed} + {launches(run)} kernel launches")
+
+
+# -- host<->device traffic of a training step ---------------------------------------------------
+MAX_D2H_PER_STEP = 1   # the loss, for the watch; the accuracy counts wait on the device
+# the batch's images and labels, and its crop and flip draws (made on the host, so that a seed
+# gives the same augmentation on every device), in one copy; constants stay on the device
+MAX_H2D_PER_STEP = 3
+
+
+def counted_steps(standin, steps=4):
+    """(device-to-host, host-to-device) copies of each step of a small net on the GPU path:
+    the loader's normalise and resize transforms, LRN, adaptive pooling, dropout, SGD."""
+    minialex.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.LocalResponseNorm(3),
+                          nn.MaxPool2d(2, 2), nn.AdaptiveAvgPool2d((3, 3)), nn.Flatten(),
+                          nn.Dropout(0.5), nn.Linear(36, 10)).to("gpu")
+    optimizer = SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+    transform = T.Compose([T.ToFloat(), T.RandomHorizontalFlip(), T.Normalize(0.5, 0.25),
+                           T.Resize(12)])
+    loader = Loader(tiny_data(8 * steps), 8, shuffle=True, generator=np.random.default_rng(1),
+                    transform=transform, device="gpu", prefetch=0, num_classes=10)
+    counts = []
+
+    def after_step(running):
+        counts.append((standin.TRANSFERS.d2h, standin.TRANSFERS.h2d))
+        standin.TRANSFERS.reset()
+
+    standin.TRANSFERS.reset()
+    running = train_one_epoch(model, loader, optimizer, after_step=after_step)
+    return counts, running
+
+
+def test_a_training_step_waits_for_the_device_once_and_copies_only_its_batch(standin):
+    counts, running = counted_steps(standin)
+    assert len(counts) == 4
+    # the first step also copies what is then kept on the device (resize matrices, the
+    # normalisation constants, the pooling matrices): allowed once, never again
+    for step, (d2h, h2d) in enumerate(counts[1:], start=2):
+        assert d2h <= MAX_D2H_PER_STEP, f"step {step}: {d2h} device-to-host transfers"
+        assert h2d <= MAX_H2D_PER_STEP, f"step {step}: {h2d} host-to-device copies"
+    assert running.correct1 + running.correct5 >= 0      # read at last: one transfer
+    assert standin.TRANSFERS.d2h == 1 and running.images == 32
+
+
+def test_labels_out_of_range_are_refused_on_the_host_before_the_copy(standin):
+    data = ArrayDataset(np.zeros((4, 1, 8, 8), np.uint8), np.array([0, 1, 10, 2]))
+    loader = Loader(data, 4, device="gpu", num_classes=10, prefetch=0)
+    standin.TRANSFERS.reset()
+    with pytest.raises(ValueError, match=r"Loader: label 10 is out of range \[0, 10\)"):
+        next(iter(loader))
+    assert standin.TRANSFERS.h2d == 0

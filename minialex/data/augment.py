@@ -173,7 +173,8 @@ def apply_augmentation(images, draws: Draws, *, crop: int = CROP_SIZE, mean=None
                          f"{top.min()}..{top.max()}, left {left.min()}..{left.max()} does not "
                          f"fit images of {H}x{W} (or an image index is outside 0..{N - 1})")
     with backend.device_scope(images):   # every array below is made on the batch's device
-        top, left, flip, image = (xp.asarray(a) for a in (top, left, flip, image))
+        # the draws go to the device in one copy, not one per array
+        top, left, flip, image = xp.asarray(np.stack([top, left, flip, image]).astype(np.int64))
 
         out = crop_flip(images, top, left, flip, (crop, crop), image=image, channels_last=True)
         out = out.astype(dtype, order="C")    # the gather keeps the source's channels-last layout

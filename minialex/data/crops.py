@@ -84,6 +84,9 @@ def crop_flip(x, top, left, flip, size, *, image=None, channels_last: bool = Fal
     OH, OW = size
     if image is None:
         image = xp.arange(x.shape[0])
+    if xp is not np and not any(backend.is_gpu_array(a) for a in (top, left, flip)):
+        # host draws go to the device in one copy, not one per array
+        top, left, flip = xp.asarray(np.stack([top, left, flip]).astype(np.int64))
     top, left, flip, image = (xp.asarray(a) for a in (top, left, flip, image))
     out = windows(x, OH, OW, channels_last=channels_last)[image, top, left]
     mirrored = xp.nonzero(flip)[0]

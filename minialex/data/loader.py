@@ -86,10 +86,12 @@ class Loader:
         transform: ``transform(images) -> images`` applied on the device, in the caller's thread.
         device: ``"cpu"`` or ``"gpu[:N]"``; batches are copied there by the loading thread.
         prefetch: batches loaded ahead by the background thread (0: no thread).
+        num_classes: when given, every batch's labels are checked to lie in [0, num_classes)
+            on the host, before the copy, so the loss need not read them back from the device.
     """
 
     def __init__(self, dataset, batch_size, *, shuffle=False, generator=None, transform=None,
-                 device="cpu", drop_last=False, prefetch=2):
+                 device="cpu", drop_last=False, prefetch=2, num_classes=None):
         if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ValueError(f"Loader: batch_size must be a positive int, got {batch_size!r}")
         if shuffle and not isinstance(generator, np.random.Generator):
@@ -100,6 +102,11 @@ class Loader:
         self.dataset, self.batch_size = dataset, int(batch_size)
         self.shuffle, self.generator, self.transform = shuffle, generator, transform
         self.device, self.drop_last, self.prefetch = device, drop_last, int(prefetch)
+        if num_classes is not None and (not isinstance(num_classes, (int, np.integer))
+                                        or num_classes < 1):
+            raise ValueError(f"Loader: num_classes must be a positive int or None, got "
+                             f"{num_classes!r}")
+        self.num_classes = num_classes
         self._open = None    # (token, shuffle state before its order) of the epoch in progress
 
     def __len__(self):
@@ -169,6 +176,12 @@ class Loader:
 
     def _fetch(self, indices):
         images, labels = self.dataset.get_batch(indices)
+        if self.num_classes is not None and len(labels):
+            labels = np.asarray(labels)
+            low, high = labels.min(), labels.max()
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"Loader: label {low if low < 0 else high} is out of range "
+                                 f"[0, {self.num_classes}) (num_classes={self.num_classes})")
         if self.device != "cpu":
             images = backend.to_device(images, self.device)
             labels = backend.to_device(labels, self.device)

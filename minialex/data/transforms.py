@@ -104,12 +104,16 @@ class Normalize:
         self.mean, self.std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
         if np.any(self.std <= 0):
             raise ValueError(f"Normalize: std must be positive, got {std!r}")
+        self._constants = {}   # (device, dtype) -> (scale, shift) there, copied once
 
     def __call__(self, x):
-        xp = get_array_module(x)
-        shape = (1, -1, 1, 1) if self.mean.ndim else ()
-        scale = xp.asarray((1 / self.std).reshape(shape), dtype=x.dtype)
-        shift = xp.asarray((self.mean / self.std).reshape(shape), dtype=x.dtype)
+        key = (backend.device_of(x), x.dtype)
+        if key not in self._constants:
+            shape = (1, -1, 1, 1) if self.mean.ndim else ()
+            self._constants[key] = tuple(
+                backend.to_device(c.reshape(shape), key[0], x.dtype)
+                for c in (1 / self.std, self.mean / self.std))
+        scale, shift = self._constants[key]
         return x * scale - shift
 
     def __repr__(self):
@@ -130,29 +134,38 @@ def bilinear_matrix(in_size: int, out_size: int, dtype=np.float64) -> np.ndarray
     return A.astype(dtype)
 
 
-def resize_bilinear(x, size):
-    """Resize a batch (N, C, H, W) to ``size`` (int or (OH, OW)) as ``A_h @ x @ A_w^T``."""
+def resize_bilinear(x, size, matrices=None):
+    """Resize a batch (N, C, H, W) to ``size`` (int or (OH, OW)) as ``A_h @ x @ A_w^T``.
+
+    ``matrices``: a dict that keeps ``A_h`` and ``A_w`` on the batch's device per input size
+    and dtype (:class:`Resize` has one), instead of copying them there at each call."""
     _check_batch("resize_bilinear", x)
     OH, OW = _pair(size, "resize_bilinear")
     N, C, H, W = x.shape
     if (OH, OW) == (H, W):
         return x
     xp = get_array_module(x)
-    dtype = x.dtype if x.dtype.kind == "f" else np.float32
-    A_h = xp.asarray(bilinear_matrix(H, OH, dtype))
-    A_w = xp.asarray(bilinear_matrix(W, OW, dtype))
+    dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
+    key = (backend.device_of(x), dtype, H, W)
+    matrices = {} if matrices is None else matrices
+    if key not in matrices:
+        matrices[key] = tuple(backend.to_device(bilinear_matrix(size, out, dtype), key[0])
+                              for size, out in ((H, OH), (W, OW)))
+    A_h, A_w = matrices[key]
     rows = xp.matmul(A_h, x.astype(dtype, copy=False))          # (N, C, OH, W)
     return (rows.reshape(-1, W) @ A_w.T).reshape(N, C, OH, OW)   # one GEMM over all rows
 
 
 class Resize:
-    """Bilinear resize to ``size`` (see the module docstring for the two-matrix form)."""
+    """Bilinear resize to ``size`` (see the module docstring for the two-matrix form); the
+    matrices are built once per input size and kept on each device that uses them."""
 
     def __init__(self, size):
         self.size = _pair(size, "Resize")
+        self._matrices = {}
 
     def __call__(self, x):
-        return resize_bilinear(x, self.size)
+        return resize_bilinear(x, self.size, self._matrices)
 
     def __repr__(self):
         return f"Resize(size={self.size})"

@@ -47,9 +47,11 @@ and adaptive average pooling's two small products are ``xp.matmul`` (not ``cuda.
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
-from .. import cuda
+from .. import backend, cuda
 from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
@@ -136,6 +138,13 @@ def adaptive_pool_matrix(size: int, out_size: int, xp=np, dtype=np.float64):
     return xp.asarray(inside / (end - start)[:, None], dtype=dtype)
 
 
+@functools.lru_cache(maxsize=64)
+def _pool_matrix_on(size: int, out_size: int, dtype, device: str):
+    """:func:`adaptive_pool_matrix` on ``device``, built and copied there once per shape (not at
+    every forward); callers only read it."""
+    return backend.to_device(adaptive_pool_matrix(size, out_size, np, dtype), device)
+
+
 class AdaptiveAvgPool2dFunction(Function):
     """y[n, c] = A_h x[n, c] A_w^T; backward gx[n, c] = A_h^T gy[n, c] A_w. No double backward."""
 
@@ -145,8 +154,8 @@ class AdaptiveAvgPool2dFunction(Function):
     def forward(self, x):
         xp = get_array_module(x)
         N, C, H, W = x.shape
-        self.A_h = adaptive_pool_matrix(H, self.OH, xp, x.dtype)
-        self.A_w = adaptive_pool_matrix(W, self.OW, xp, x.dtype)
+        self.A_h = _pool_matrix_on(H, self.OH, x.dtype, backend.device_of(x))
+        self.A_w = _pool_matrix_on(W, self.OW, x.dtype, backend.device_of(x))
         rows = (x.reshape(N * C * H, W) @ self.A_w.T).reshape(N, C, H, self.OW)
         return xp.matmul(self.A_h, rows)
 
