@@ -466,7 +466,8 @@ class Trainer:
             "architecture": self.architecture,
             "config": self.config,
             **self.extra_state,
-            "model": dict(self.model.state_dict()),
+            # host copies, read from the device once however many files are written
+            "model": {k: backend.to_numpy(v) for k, v in self.model.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "warmup": None if self.warmup is None else self.warmup.state_dict(),

@@ -6,6 +6,7 @@ the device transforms, every kernel of kernels/*.cu, cuBLAS GEMM, SGD, the check
 trip through the host, and evaluation. On a machine with a GPU it runs on real CuPy.
 """
 import json
+import os
 import re
 import subprocess
 import sys
@@ -14,14 +15,14 @@ import numpy as np
 import pytest
 
 import minialex
-from minialex import backend, nn
+from minialex import backend, checkpoint, nn
 from minialex.data import ArrayDataset, Loader
 from minialex.data import transforms as T
 from minialex.optim import SGD
 from minialex.train import train_one_epoch
 
 import conftest
-from support import ROOT, SCRIPT, learnable_fashion_mnist, tiny_data
+from support import ROOT, SCRIPT, learnable_fashion_mnist, make_trainer, tiny_data
 
 STANDIN = ROOT / "tests" / "cupy_standin.py"
 # About the smallest run that beats chance: the mini AlexNet at 28x28, 12 steps of 16 images.
@@ -133,3 +134,23 @@ def test_labels_out_of_range_are_refused_on_the_host_before_the_copy(standin):
     with pytest.raises(ValueError, match=r"Loader: label 10 is out of range \[0, 10\)"):
         next(iter(loader))
     assert standin.TRANSFERS.h2d == 0
+
+
+def test_the_checkpoint_state_is_read_from_the_device_once_for_both_files(standin, tmp_path,
+                                                                        monkeypatch):
+    minialex.manual_seed(0)
+    trainer = make_trainer(tmp_path, epochs=1)
+    trainer.model.to("gpu")
+    for loader in (trainer.train_loader, trainer.val_loader):
+        loader.device = "gpu"
+    reads = []
+    save = checkpoint.save
+
+    def counting_save(path, tree):
+        before = standin.TRANSFERS.d2h
+        save(path, tree)
+        reads.append((os.path.basename(path), standin.TRANSFERS.d2h - before))
+
+    monkeypatch.setattr(checkpoint, "save", counting_save)
+    trainer.fit()
+    assert reads == [("best.npz", 0), ("last.npz", 0)]    # the state was on the host already
