@@ -10,6 +10,7 @@ zero padding PH, PW; output OH x OW.
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import numbers
 import os
@@ -183,6 +184,24 @@ def cpu_parallel(fn, n: int, work: int) -> None:
             future.result()  # waits for every worker; re-raises a worker's exception here
 
 
+def piece_bounds(n: int) -> list:
+    """Where :func:`cpu_parallel` would cut ``range(n)``: ``bounds[i]:bounds[i + 1]`` is piece i.
+    For passes that keep one partial result per piece and sum them in a fixed order (so a
+    result never depends on which thread took which piece)."""
+    pieces = min(n, cpu_threads() * PIECES_PER_THREAD)
+    return [n * i // pieces for i in range(pieces + 1)]
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """NumPy's BLAS on one thread inside the block (see above), as it was after it."""
+    global _blas
+    if _blas is None:
+        _blas = ThreadpoolController()
+    with _blas.limit(limits=1, user_api="blas"):
+        yield
+
+
 def cpu_matmul(a, b, out=None):
     """``a @ b`` for 2-D float arrays, into ``out`` when given, in blocks of its longer side.
 
@@ -190,7 +209,6 @@ def cpu_matmul(a, b, out=None):
     blocks over the cores; a block of rows or columns of ``out`` is a plain strided view, so
     each block's GEMM writes straight into ``out``.
     """
-    global _blas
     if out is None:
         out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
     M, P = out.shape
@@ -200,8 +218,6 @@ def cpu_matmul(a, b, out=None):
     else:
         def block(i0, i1):
             np.matmul(a[i0:i1], b, out=out[i0:i1])
-    if _blas is None:
-        _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
+    with single_threaded_blas():
         cpu_parallel(block, max(M, P), M * P * a.shape[1] // 16)
     return out

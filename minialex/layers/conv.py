@@ -58,12 +58,13 @@ from ..tensor import Function, Tensor
 from ._common import (
     check_float,
     check_window_fits,
-    cpu_matmul,
     cpu_parallel,
     output_size,
     padded,
     pair,
+    piece_bounds,
     positive_int,
+    single_threaded_blas,
     unpadded,
     window,
 )
@@ -72,15 +73,18 @@ from ._common import (
 class Conv2dFunction(Function):
     """``y = conv2d(x, w, b)``: im2col, one GEMM per group, bias. No double backward.
 
-    Keeps ``col`` (only when ``w`` needs a gradient) and ``w_mat`` (only when ``x`` does).
+    Keeps ``col`` (only when ``w`` needs a gradient; on the CPU ``x`` instead, from which
+    backward rebuilds one block of columns at a time) and ``w_mat`` (only when ``x`` does).
     """
 
     def __init__(self, stride=(1, 1), padding=(0, 0), groups=1):
         (self.SH, self.SW), (self.PH, self.PW), self.groups = stride, padding, groups
 
     def forward(self, x, w, b=None):
+        if not is_gpu_array(x):  # the same products, a block of images at a time (see there)
+            return self._forward_cpu(x, w, b)
         xp = get_array_module(x)
-        matmul = cuda.gemm if is_gpu_array(x) else cpu_matmul
+        matmul = cuda.gemm
         N, C, H, W = x.shape
         OC, Cg, KH, KW = w.shape
         G, OCg, K = self.groups, OC // self.groups, Cg * KH * KW
@@ -97,8 +101,10 @@ class Conv2dFunction(Function):
         return bias_add_nchw(Y, None if b is None else xp.ascontiguousarray(b), N, OH, OW)
 
     def backward(self, gy):
+        if not is_gpu_array(gy):
+            return self._backward_cpu(gy)
         xp = get_array_module(gy)
-        matmul = cuda.gemm if is_gpu_array(gy) else cpu_matmul
+        matmul = cuda.gemm
         col, w_mat = self.saved
         x_shape, w_shape = self.shapes
         OC, Cg, KH, KW = w_shape
@@ -119,6 +125,22 @@ class Conv2dFunction(Function):
             gx = col2im(gcol, x_shape, KH, KW, self.SH, self.SW, self.PH, self.PW)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             gb = gY.sum(axis=1)
+        return gx, gw, gb
+
+    def _forward_cpu(self, x, w, b):
+        x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
+        needs_x, needs_w = self.needs_input_grad[:2]
+        self.saved = (x if needs_w else None, w.reshape(w.shape[0], -1) if needs_x else None)
+        self.shapes = x.shape, w.shape
+        return _conv2d_forward_cpu(x, w, b, self.SH, self.SW, self.PH, self.PW, self.groups)
+
+    def _backward_cpu(self, gy):
+        x, w_mat = self.saved
+        gx, gw = _conv2d_backward_cpu(np.ascontiguousarray(gy), x, w_mat, *self.shapes,
+                                      self.SH, self.SW, self.PH, self.PW, self.groups)
+        gb = None
+        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
+            gb = gy.sum(axis=(0, 2, 3))
         return gx, gw, gb
 
 
@@ -246,37 +268,125 @@ def bias_add_nchw(Y, b, N, OH, OW):
 
 def _im2col_cpu(x, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x.shape
-    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
-    x_pad = padded(x, PH, PW)
-    sN, sC, sH, sW = x_pad.strides
-    # A read-only view indexed [c, kh, kw, n, i, j] -> x_pad[n, c, i*SH + kh, j*SW + kw]: the
-    # col layout before flattening, so a single copy (the reshape) writes col in order.
-    fields = as_strided(x_pad, shape=(C, KH, KW, N, OH, OW),
-                        strides=(sC, sH, sW, sN, sH * SH, sW * SW), writeable=False)
-    col = np.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
+    fields = _receptive_fields(padded(x, PH, PW), KH, KW, SH, SW, PH, PW)
+    col = np.empty(fields.shape, dtype=x.dtype)
 
     def copy_channels(c0, c1):
         col[c0:c1] = fields[c0:c1]
     cpu_parallel(copy_channels, C, col.size)
-    return col.reshape(C * KH * KW, N * OH * OW)
+    return col.reshape(C * KH * KW, -1)
 
 
 def _col2im_cpu(col, x_shape, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x_shape
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     fields = col.reshape(C, KH, KW, N, OH, OW)
-    # Accumulate channel-major (C, N, ...) so each add reads one contiguous block of col; the
-    # final copy turns it back to (N, C, H, W) and drops the padding in the same pass.
-    gx_pad = np.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=col.dtype)
     gx = np.empty(x_shape, dtype=col.dtype)
 
     def add_channels(c0, c1):  # channels are independent: each thread sums its own
-        for kh in range(KH):
-            for kw in range(KW):
-                window(gx_pad[c0:c1], kh, kw, SH, SW, OH, OW)[...] += fields[c0:c1, kh, kw]
-        gx[:, c0:c1] = unpadded(gx_pad[c0:c1], PH, PW).transpose(1, 0, 2, 3)
+        _add_fields(fields[c0:c1], gx[:, c0:c1], SH, SW, PH, PW)
     cpu_parallel(add_channels, C, col.size)
     return gx
+
+
+def _receptive_fields(x_pad, KH, KW, SH, SW, PH, PW):
+    """A read-only view of x_pad (N, C, H + 2 PH, W + 2 PW) indexed [c, kh, kw, n, i, j] ->
+    x_pad[n, c, i*SH + kh, j*SW + kw]: col's layout before flattening, so that one copy (the
+    reshape) writes col in order."""
+    N, C, Hp, Wp = x_pad.shape
+    OH, OW = output_size(Hp - 2 * PH, KH, SH, PH), output_size(Wp - 2 * PW, KW, SW, PW)
+    sN, sC, sH, sW = x_pad.strides
+    return as_strided(x_pad, shape=(C, KH, KW, N, OH, OW),
+                      strides=(sC, sH, sW, sN, sH * SH, sW * SW), writeable=False)
+
+
+def _add_fields(fields, gx, SH, SW, PH, PW):
+    """col2im of ``fields`` (C, KH, KW, N, OH, OW) into ``gx`` (N, C, H, W), in one thread.
+
+    Accumulates channel-major (C, N, ...) so each add reads one contiguous block of ``fields``;
+    the final copy turns the sum back to (N, C, H, W) and drops the padding in the same pass.
+    """
+    C, KH, KW, N, OH, OW = fields.shape
+    H, W = gx.shape[2:]
+    gx_pad = np.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=fields.dtype)
+    for kh in range(KH):
+        for kw in range(KW):
+            window(gx_pad, kh, kw, SH, SW, OH, OW)[...] += fields[:, kh, kw]
+    gx[...] = unpadded(gx_pad, PH, PW).transpose(1, 0, 2, 3)
+
+
+# -- the convolution on the CPU, a block of images at a time ---------------------------------
+# Why blocks: Conv2dFunction's products, computed for a few images at a time, keep a block's
+# columns (a few MB) in cache between im2col writing them and the GEMM reading them; each
+# thread runs im2col, GEMMs, bias and col2im for its own block with no wait in between; each
+# image's (OC, OH*OW) product goes straight into y (no transpose pass); and no col for the whole
+# batch (hundreds of MB at AlexNet's sizes, each page of it a fresh page fault) is allocated or
+# kept: backward rebuilds a block's columns from x, which the previous layer keeps anyway.
+def _conv2d_forward_cpu(x, w, b, SH, SW, PH, PW, G):
+    """``y = conv2d(x, w, b)`` for contiguous NumPy arrays, block by block."""
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = w.shape
+    OCg, K = OC // G, Cg * KH * KW
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
+    w_mat = w.reshape(OC, K)
+    y = np.empty((N, OC, OH, OW), dtype=x.dtype)
+    bounds = piece_bounds(N)
+
+    def run_blocks(i0, i1):
+        for n0, n1 in zip(bounds[i0:i1], bounds[i0 + 1:i1 + 1]):
+            col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW)  # (C*KH*KW, n, OH*OW)
+            y_n = y[n0:n1].reshape(n1 - n0, OC, OH * OW)
+            for g in range(G):  # (OCg, K) @ (n, K, OH*OW): one GEMM per image, into y
+                np.matmul(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].transpose(1, 0, 2),
+                          out=y_n[:, g * OCg:(g + 1) * OCg])
+            if b is not None:
+                y_n += b[:, None]
+    with single_threaded_blas():
+        cpu_parallel(run_blocks, len(bounds) - 1, y.size * K)
+    return y
+
+
+def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G):
+    """``(gx, gw)`` of conv2d for contiguous NumPy arrays, block by block. ``x`` is given only
+    when gw is wanted and ``w_mat`` (OC, Cg*KH*KW) only when gx is; the other result is None.
+    Each block's gw is kept apart and the blocks' are summed in order, so the result never
+    depends on which thread took which block."""
+    N, C = x_shape[:2]
+    OC, Cg, KH, KW = w_shape
+    OCg, K = OC // G, Cg * KH * KW
+    OH, OW = gy.shape[2:]
+    bounds = piece_bounds(N)
+    gx = None if w_mat is None else np.empty(x_shape, dtype=gy.dtype)
+    gw_blocks = None if x is None else np.empty((len(bounds) - 1, OC, K), dtype=gy.dtype)
+
+    def run_blocks(i0, i1):
+        for i in range(i0, i1):
+            n0, n1 = bounds[i], bounds[i + 1]
+            gY = np.ascontiguousarray(gy[n0:n1].reshape(n1 - n0, OC, OH * OW).transpose(1, 0, 2))
+            gY = gY.reshape(OC, -1)  # (OC, n*OH*OW): col's column order
+            if x is not None:
+                col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW).reshape(G * K, -1)
+                for g in range(G):
+                    np.matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
+                              out=gw_blocks[i, g * OCg:(g + 1) * OCg])
+            if w_mat is not None:
+                gcol = np.empty((G * K, gY.shape[1]), dtype=gy.dtype)
+                for g in range(G):
+                    np.matmul(w_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
+                              out=gcol[g * K:(g + 1) * K])
+                _add_fields(gcol.reshape(C, KH, KW, n1 - n0, OH, OW), gx[n0:n1], SH, SW, PH, PW)
+    with single_threaded_blas():
+        cpu_parallel(run_blocks, len(bounds) - 1, gy.size * K)
+    return gx, None if gw_blocks is None else gw_blocks.sum(axis=0).reshape(w_shape)
+
+
+def _im2col_block(x, KH, KW, SH, SW, PH, PW):
+    """col (C*KH*KW, N, OH*OW) of x (N, C, H, W), in one thread (one block's share)."""
+    fields = _receptive_fields(padded(x, PH, PW), KH, KW, SH, SW, PH, PW)
+    col = np.empty(fields.shape, dtype=x.dtype)
+    col[...] = fields
+    C, KH, KW, N, OH, OW = col.shape
+    return col.reshape(C * KH * KW, N, OH * OW)
 
 
 def _bias_add_nchw_cpu(Y, b, N, OH, OW):
