@@ -286,45 +286,52 @@ def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
     view with gaps that NumPy walks slowly. Splitting ``x_pad`` once into its SH*SW stride phases
     (rows a, a+SH, ...; columns b, b+SW, ...) makes each offset a plain contiguous-row slice of
     one phase: ``phase[kh % SH, kw % SW][kh // SH : kh // SH + OH, kw // SW : kw // SW + OW]``.
-    This halves the time of AlexNet's 3/2 pool.
+    This halves the time of AlexNet's 3/2 pool. Each thread does all of it for its own images,
+    so a block's phases are still in cache when its offsets are read.
     """
-    OH, OW = output_size(x.shape[2], KH, SH, PH), output_size(x.shape[3], KW, SW, PW)
-    x_pad = padded(x, PH, PW, value=-np.inf)
-    phases = {(a, b): np.ascontiguousarray(x_pad[:, :, a::SH, b::SW])
-              for a in range(min(SH, KH)) for b in range(min(SW, KW))}
+    N, C, H, W = x.shape
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
+    y = np.empty((N, C, OH, OW), dtype=x.dtype)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int32)
 
-    def offset(kh, kw):
-        return phases[kh % SH, kw % SW][:, :, kh // SH:kh // SH + OH, kw // SW:kw // SW + OW]
+    def scan_images(n0, n1):  # images are independent: one block per thread at a time
+        x_pad = padded(x[n0:n1], PH, PW, value=-np.inf)
+        phases = {(a, b): np.ascontiguousarray(x_pad[:, :, a::SH, b::SW])
+                  for a in range(min(SH, KH)) for b in range(min(SW, KW))}
 
-    y = offset(0, 0).copy()
-    argmax = np.zeros(y.shape, dtype=np.int32)
+        def offset(kh, kw):
+            return phases[kh % SH, kw % SW][:, :, kh // SH:kh // SH + OH, kw // SW:kw // SW + OW]
 
-    def scan_images(n0, n1):  # images are independent: one slice per thread
         y_n, argmax_n = y[n0:n1], argmax[n0:n1]
+        y_n[...] = offset(0, 0)
+        argmax_n.fill(0)
         better = np.empty(y_n.shape, dtype=bool)
         for kh in range(KH):
             for kw in range(KW):
                 if kh == 0 and kw == 0:
                     continue
-                candidate = offset(kh, kw)[n0:n1]
+                candidate = offset(kh, kw)
                 np.greater(candidate, y_n, out=better)  # strictly: at a tie the earlier stays
                 np.maximum(y_n, candidate, out=y_n)  # NaN propagates to y, as in PyTorch
                 np.copyto(argmax_n, kh * KW + kw, where=better)
-    cpu_parallel(scan_images, y.shape[0], y.size * KH * KW)
+    cpu_parallel(scan_images, N, y.size * KH * KW)
     return y, argmax
 
 
 def _max_pool_backward_cpu(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x_shape
     OH, OW = gy.shape[2:]
-    gx_pad = np.zeros((N, C, H + 2 * PH, W + 2 * PW), dtype=gy.dtype)
+    gx = np.empty(x_shape, dtype=gy.dtype)
 
-    def route_images(n0, n1):
+    def route_images(n0, n1):  # each thread sums its own images, then writes them to gx
+        gx_pad = np.zeros((n1 - n0, C, H + 2 * PH, W + 2 * PW), dtype=gy.dtype)
         chosen = np.empty(gy[n0:n1].shape, dtype=gy.dtype)
         for kh in range(KH):
             for kw in range(KW):
+                # a product, not np.add(..., where=): NumPy's masked ufuncs are several x slower
                 np.equal(argmax[n0:n1], kh * KW + kw, out=chosen)
                 chosen *= gy[n0:n1]
-                window(gx_pad[n0:n1], kh, kw, SH, SW, OH, OW)[...] += chosen
+                window(gx_pad, kh, kw, SH, SW, OH, OW)[...] += chosen
+        gx[n0:n1] = unpadded(gx_pad, PH, PW)
     cpu_parallel(route_images, N, gy.size * KH * KW)
-    return np.ascontiguousarray(unpadded(gx_pad, PH, PW))
+    return gx
