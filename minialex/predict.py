@@ -202,8 +202,9 @@ def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int =
                   limit_train: int | None = 10000, **options) -> dict:
     """The paper's Fig. 3 and Fig. 4 for checkpoint ``path``, beside the same network untrained
     (its run's seeded initial weights) and, for retrieval, raw pixels. Writes to ``out_dir``
-    ``filters.png``, ``filters_untrained.png``, ``retrieval.png``, ``retrieval_untrained.png``
-    and ``retrieval_pixels.png``; returns the share of same-class neighbours of each (``k``
+    ``filters.png``, ``filters_untrained.png``, ``filters_change.png`` (trained minus
+    untrained: what training learned), ``retrieval.png``, ``retrieval_untrained.png`` and
+    ``retrieval_pixels.png``; returns the share of same-class neighbours of each (``k``
     nearest among the first ``limit_train`` training images, for the first ``queries`` test
     images) and the paths written."""
     run = load_run(path, **options)
@@ -212,9 +213,10 @@ def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int =
     train, test = run.data.train, run.data.test
     out = {"queries": min(queries, len(test)), "neighbours": k,
            "train_images": len(train.head(limit_train)), "share": {}, "files": []}
-    for name, model in (("", run.model), ("_untrained", untrained)):
-        out["files"].append(save_png(conv1_filters(model),
-                                     os.path.join(out_dir, f"filters{name}.png")))
+    for name, picture in (("", conv1_filters(run.model)),
+                          ("_untrained", conv1_filters(untrained)),
+                          ("_change", conv1_filters(run.model, relative_to=untrained))):
+        out["files"].append(save_png(picture, os.path.join(out_dir, f"filters{name}.png")))
     for name, features in (
             ("", lambda d: fc7_features(run.model, d, transform)),
             ("_untrained", lambda d: fc7_features(untrained, d, transform)),

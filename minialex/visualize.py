@@ -120,17 +120,17 @@ def filter_pictures(weight) -> np.ndarray:
 def filter_grid(weight, *, towers: int = 1, scale: int = 4, pad: int = 1,
                 cols: int | None = None) -> np.ndarray:
     """The picture of conv kernels ``(O, C, KH, KW)``: each kernel enlarged ``scale`` times,
-    ``cols`` per row (default: a divisor of a tower's kernels near twice the rows), ``towers``
-    blocks one above the other, ``GAP`` pixels apart (Fig. 3's two GPUs)."""
+    ``cols`` per row (default: a divisor of a tower's kernels near four times the rows),
+    ``towers`` blocks one above the other, ``GAP`` pixels apart (Fig. 3's two GPUs)."""
     pictures = filter_pictures(weight)
     n = len(pictures)
     if towers < 1 or n % towers:
         raise ValueError(f"filter_grid: {n} kernels cannot be split into towers={towers}")
     per_tower = n // towers
-    if cols is None:     # rows of about twice as many kernels as there are rows, none short
-        target = math.sqrt(2 * per_tower)
+    if cols is None:     # wide blocks as in Fig. 3 (48 kernels: 3 rows of 16), no row short
+        target = math.sqrt(4 * per_tower)
         cols = min((d for d in range(1, per_tower + 1) if per_tower % d == 0),
-                   key=lambda d: (abs(d - target), -d))
+                   key=lambda d: (round(abs(math.log(d / target)), 9), -d))   # ties: wider
     blocks = [tile(np.stack([upscale(p, scale) for p in pictures[t * per_tower:
                                                                 (t + 1) * per_tower]]),
                    cols, pad=pad) for t in range(towers)]
@@ -141,17 +141,24 @@ def filter_grid(weight, *, towers: int = 1, scale: int = 4, pad: int = 1,
     return np.concatenate(pieces, axis=0)
 
 
+def _conv1(model):
+    return next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+
+
 def conv1_towers(model) -> int:
     """How many towers conv1's kernels feed: the groups of the convolution after it."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     return convs[1].groups if len(convs) > 1 else 1
 
 
-def conv1_filters(model, *, scale: int | None = None) -> np.ndarray:
+def conv1_filters(model, *, scale: int | None = None, relative_to=None) -> np.ndarray:
     """Fig. 3 for ``model``: its first convolution's kernels, one block per tower. ``scale``
-    defaults to what makes a kernel about 40 pixels wide (11x11 -> x4, 5x5 -> x8)."""
-    conv1 = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    weight = conv1.weight.data
+    defaults to what makes a kernel about 40 pixels wide (11x11 -> x4, 5x5 -> x8).
+    ``relative_to``, a model of the same architecture (e.g. the run's initial weights), shows
+    the change from its kernels instead: what training learned."""
+    weight = backend.to_numpy(_conv1(model).weight.data)
+    if relative_to is not None:
+        weight = weight - backend.to_numpy(_conv1(relative_to).weight.data)
     scale = scale or max(1, round(40 / weight.shape[-1]))
     return filter_grid(weight, towers=conv1_towers(model), scale=scale)
 

@@ -37,8 +37,8 @@ def test_each_kernel_is_mapped_about_zero_by_its_own_largest_magnitude():
 def test_the_paper_model_shows_two_towers_of_48_colour_kernels():
     minialex.manual_seed(0)
     picture = conv1_filters(alexnet("paper"))
-    # 48 kernels per tower in 6 rows of 8, 11x11 enlarged 4x, 1-pixel borders, GAP between
-    block = (1 + 6 * 45, 1 + 8 * 45)
+    # 48 kernels per tower in 3 rows of 16 (Fig. 3), 11x11 enlarged 4x, 1-pixel borders
+    block = (1 + 3 * 45, 1 + 16 * 45)
     assert picture.shape == (2 * block[0] + GAP, block[1], 3) and picture.dtype == np.uint8
     assert (picture[block[0]:block[0] + GAP] == 255).all()
     assert picture.min() == 0 and picture.max() == 255
@@ -64,6 +64,9 @@ def test_a_trained_mini_network_has_other_filters_than_its_untrained_self():
     assert after.min() == 0 and after.max() == 255
     changed = np.abs(after.astype(int) - before.astype(int))
     assert changed.mean() > 1      # five steps already move the kernels (docs/ shows a run)
+    minialex.manual_seed(0)
+    change = conv1_filters(model, relative_to=alexnet("mini"))    # what the steps learned
+    assert change.shape == before.shape and change.min() == 0 and change.max() == 255
 
 
 def test_nearest_neighbours_are_those_of_a_full_sort():
