@@ -6,8 +6,9 @@ import pytest
 
 import minialex
 from minialex import functional as F
+from minialex import nn
 from minialex.data import ArrayDataset
-from minialex.models import alexnet
+from minialex.models import VARIANTS, alexnet
 from minialex.optim import SGD
 from minialex.tensor import Tensor
 from minialex.visualize import (
@@ -36,7 +37,10 @@ def test_each_kernel_is_mapped_about_zero_by_its_own_largest_magnitude():
 
 def test_the_paper_model_shows_two_towers_of_48_colour_kernels():
     minialex.manual_seed(0)
-    picture = conv1_filters(alexnet("paper"))
+    # the paper variant's conv1 and conv2 (groups=2) alone: building all 61M weights is slow
+    (c1, k1, s1, _, _), (c2, k2, _, p2, g2) = VARIANTS["paper"].convs[:2]
+    picture = conv1_filters(nn.Sequential(nn.Conv2d(3, c1, k1, stride=s1),
+                                          nn.Conv2d(c1, c2, k2, padding=p2, groups=g2)))
     # 48 kernels per tower in 3 rows of 16 (Fig. 3), 11x11 enlarged 4x, 1-pixel borders
     block = (1 + 3 * 45, 1 + 16 * 45)
     assert picture.shape == (2 * block[0] + GAP, block[1], 3) and picture.dtype == np.uint8
