@@ -3,7 +3,8 @@
 The ``gpu`` and ``device`` fixtures of conftest.py install :func:`module` as ``cupy`` when no real
 GPU is usable, so every GPU test runs in CI; on a machine with a GPU the same tests run on real
 CuPy. Arrays live in NumPy, but the rules that GPU code breaks are CuPy's, each checked against
-CuPy's own source (cupy/cupy, ``cupy/_core/*.pyx``, ``cupy/cuda/*.pyx``) or its documentation:
+CuPy's own source (cupy/cupy at 6b6d956, August 2026: ``cupy/_core/*.pyx``, ``cupy/cuda/*.pyx``)
+or its documentation:
 
 - A device array is its own class, :class:`ndarray` (not an ``numpy.ndarray`` subclass), and
   implicit conversion to NumPy raises ``TypeError``: ``_ndarray_base.__array__`` in
