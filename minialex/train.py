@@ -212,7 +212,7 @@ def _evaluate(model, loader, scores) -> dict:
         with no_grad():
             for x, y in _timed(loader.epoch(), running):
                 loss_sum, batch_scores = scores(model, x, y)
-                running.add(len(y), loss_sum, topk_correct(batch_scores, y))
+                running.add(len(y), loss_sum, topk_counts(batch_scores, y))
     finally:
         model.train(was_training)
     return {k.split("_", 1)[1]: v for k, v in running.metrics("x").items()}
