@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
+from minialex.layers import _common
 from minialex.layers.conv import Conv2d, _col2im_cpu, col2im, conv2d, im2col
 
 from conftest import GRADCHECK, TOL
@@ -216,6 +217,34 @@ def test_conv2d_skips_unneeded_gradients():
     xt, wt = Tensor(x, requires_grad=True), Tensor(w)
     conv2d(xt, wt, **kw).sum().backward()
     assert xt.grad.shape == x.shape and wt.grad is None
+
+
+def test_conv2d_cpu_blocks_on_several_threads_match_the_whole_batch(monkeypatch):
+    """The CPU path computes im2col and the GEMMs a block of images at a time, in threads: with
+    7 images over 4 threads (uneven blocks), groups and padding, it equals the whole-batch
+    products (im2col, one GEMM per group, col2im), and gw is the same bits on a second run."""
+    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((7, 8, 45, 45))  # big enough for cpu_parallel to use its threads
+    w, b = rng.standard_normal((12, 4, 3, 3)), rng.standard_normal(12)
+    gy = rng.standard_normal((7, 12, 23, 23))
+    col = im2col(x, 3, 3, 2, 2, 1, 1).reshape(2, 36, -1)
+    Y = np.concatenate([w[:6].reshape(6, 36) @ col[0], w[6:].reshape(6, 36) @ col[1]])
+    expected_y = Y.reshape(12, 7, 23, 23).transpose(1, 0, 2, 3) + b[:, None, None]
+    gY = gy.transpose(1, 0, 2, 3).reshape(2, 6, -1)
+    expected_gw = np.concatenate([gY[g] @ col[g].T for g in range(2)]).reshape(w.shape)
+    gcol = np.concatenate([w[6 * g:6 * g + 6].reshape(6, 36).T @ gY[g] for g in range(2)])
+    expected_gx = col2im(gcol, x.shape, 3, 3, 2, 2, 1, 1)
+    grads = []
+    for _ in range(2):
+        xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+        y = conv2d(xt, wt, bt, stride=2, padding=1, groups=2)
+        y.backward(gy)
+        np.testing.assert_allclose(y.numpy(), expected_y, **TOL["float64_exact"])
+        np.testing.assert_allclose(xt.grad, expected_gx, **TOL["float64_exact"])
+        np.testing.assert_allclose(wt.grad, expected_gw, **TOL["float64_exact"])
+        grads.append(wt.grad)
+    assert np.array_equal(grads[0], grads[1])  # blocks summed in order, whoever ran them
 
 
 # -- CPU and GPU against the loop references ------------------------------------------------
