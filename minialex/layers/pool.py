@@ -76,6 +76,9 @@ class MaxPool2dFunction(Function):
 
     def forward(self, x):
         impl = cuda.max_pool_forward if is_gpu_array(x) else _max_pool_forward_cpu
+        if not self.needs_input_grad[0] and impl is _max_pool_forward_cpu:
+            # no gradient to route (inference): the CPU skips the arg-max, a third of the passes
+            impl = functools.partial(_max_pool_forward_cpu, with_argmax=False)
         x = get_array_module(x).ascontiguousarray(x)
         y, self.argmax = impl(x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW)
         self.x_shape = x.shape
@@ -279,8 +282,9 @@ class AdaptiveAvgPool2d(Module):
 
 
 # -- max pooling on the CPU: the NumPy siblings of kernels/pool.cu --------------------------
-def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
-    """(y, argmax) for x (N, C, H, W): loop over the KH*KW window offsets, not over pixels.
+def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW, with_argmax=True):
+    """(y, argmax) for x (N, C, H, W): loop over the KH*KW window offsets, not over pixels;
+    argmax is None unless ``with_argmax``.
 
     Why phases: the element at offset (kh, kw) of every window is ``x_pad[kh::SH, kw::SW]``, a
     view with gaps that NumPy walks slowly. Splitting ``x_pad`` once into its SH*SW stride phases
@@ -292,7 +296,7 @@ def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x.shape
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     y = np.empty((N, C, OH, OW), dtype=x.dtype)
-    argmax = np.empty((N, C, OH, OW), dtype=np.int32)
+    argmax = np.empty((N, C, OH, OW), dtype=np.int32) if with_argmax else None
 
     def scan_images(n0, n1):  # images are independent: one block per thread at a time
         x_pad = padded(x[n0:n1], PH, PW, value=-np.inf)
@@ -302,18 +306,21 @@ def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW):
         def offset(kh, kw):
             return phases[kh % SH, kw % SW][:, :, kh // SH:kh // SH + OH, kw // SW:kw // SW + OW]
 
-        y_n, argmax_n = y[n0:n1], argmax[n0:n1]
+        y_n = y[n0:n1]
         y_n[...] = offset(0, 0)
-        argmax_n.fill(0)
-        better = np.empty(y_n.shape, dtype=bool)
+        if with_argmax:
+            argmax_n = argmax[n0:n1]
+            argmax_n.fill(0)
+            better = np.empty(y_n.shape, dtype=bool)
         for kh in range(KH):
             for kw in range(KW):
                 if kh == 0 and kw == 0:
                     continue
                 candidate = offset(kh, kw)
-                np.greater(candidate, y_n, out=better)  # strictly: at a tie the earlier stays
+                if with_argmax:  # strictly greater: at a tie the earlier stays
+                    np.greater(candidate, y_n, out=better)
+                    np.copyto(argmax_n, kh * KW + kw, where=better)
                 np.maximum(y_n, candidate, out=y_n)  # NaN propagates to y, as in PyTorch
-                np.copyto(argmax_n, kh * KW + kw, where=better)
     cpu_parallel(scan_images, N, y.size * KH * KW)
     return y, argmax
 

@@ -106,6 +106,15 @@ def test_max_pool_forward_matches_loop_reference(shape, kernel, stride, padding)
     np.testing.assert_array_equal(y.creator.argmax, argmax_ref)
 
 
+def test_max_pool_without_grad_skips_the_argmax_and_gives_the_same_output():
+    x = shuffled_linspace((3, 4, 13, 13), seed=2)
+    y = max_pool2d(Tensor(x), 3, stride=2, padding=1)
+    assert y.creator is None  # nothing to route a gradient through
+    trained = max_pool2d(Tensor(x, requires_grad=True), 3, stride=2, padding=1)
+    np.testing.assert_array_equal(y.numpy(), trained.numpy())
+    assert _max_pool_forward_cpu(x, 3, 3, 2, 2, 1, 1, with_argmax=False)[1] is None
+
+
 def test_max_pool_alexnet_sizes():
     pool = MaxPool2d(3, stride=2)
     sizes = [pool(Tensor(np.zeros((1, 1, s, s), np.float32))).shape[-1] for s in (55, 27, 13)]
