@@ -10,7 +10,8 @@
 Flags -> minialex.config.RunConfig (flags not given take the dataset's and device's preset, or
 on --resume the checkpoint's settings) -> minialex.recipe.fit -> one line of results. Exit
 status: 0 done, 1 failed (data or checkpoint unreadable, a write failed, --out in use by another
-run, loss diverged or stuck at chance, final accuracy at chance), 2 bad usage (or no usable GPU for --device gpu), 130 Ctrl-C (saved).
+run, loss diverged or stuck at chance, final accuracy at chance), 2 bad usage (or no usable GPU
+for --device gpu), 130 Ctrl-C (saved).
 """
 import argparse
 import json
