@@ -136,12 +136,9 @@ class Conv2dFunction(Function):
 
     def _backward_cpu(self, gy):
         x, w_mat = self.saved
-        gx, gw = _conv2d_backward_cpu(np.ascontiguousarray(gy), x, w_mat, *self.shapes,
-                                      self.SH, self.SW, self.PH, self.PW, self.groups)
-        gb = None
-        if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
-            gb = gy.sum(axis=(0, 2, 3))
-        return gx, gw, gb
+        needs_b = len(self.needs_input_grad) > 2 and self.needs_input_grad[2]
+        return _conv2d_backward_cpu(np.ascontiguousarray(gy), x, w_mat, *self.shapes,
+                                    self.SH, self.SW, self.PH, self.PW, self.groups, needs_b)
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, groups=1) -> Tensor:
@@ -346,11 +343,11 @@ def _conv2d_forward_cpu(x, w, b, SH, SW, PH, PW, G):
     return y
 
 
-def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G):
-    """``(gx, gw)`` of conv2d for contiguous NumPy arrays, block by block. ``x`` is given only
-    when gw is wanted and ``w_mat`` (OC, Cg*KH*KW) only when gx is; the other result is None.
-    Each block's gw is kept apart and the blocks' are summed in order, so the result never
-    depends on which thread took which block."""
+def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, needs_b):
+    """``(gx, gw, gb)`` of conv2d for contiguous NumPy arrays, block by block. ``x`` is given
+    only when gw is wanted, ``w_mat`` (OC, Cg*KH*KW) only when gx is, and gb is computed only
+    when ``needs_b``; a result not wanted is None. Each block's gw and gb are kept apart and the
+    blocks' are summed in order, so a result never depends on which thread took which block."""
     N, C = x_shape[:2]
     OC, Cg, KH, KW = w_shape
     OCg, K = OC // G, Cg * KH * KW
@@ -358,12 +355,15 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G):
     bounds = piece_bounds(N)
     gx = None if w_mat is None else np.empty(x_shape, dtype=gy.dtype)
     gw_blocks = None if x is None else np.empty((len(bounds) - 1, OC, K), dtype=gy.dtype)
+    gb_blocks = np.empty((len(bounds) - 1, OC), dtype=gy.dtype) if needs_b else None
 
     def run_blocks(i0, i1):
         for i in range(i0, i1):
             n0, n1 = bounds[i], bounds[i + 1]
             gY = np.ascontiguousarray(gy[n0:n1].reshape(n1 - n0, OC, OH * OW).transpose(1, 0, 2))
             gY = gY.reshape(OC, -1)  # (OC, n*OH*OW): col's column order
+            if needs_b:
+                gY.sum(axis=1, out=gb_blocks[i])
             if x is not None:
                 col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW).reshape(G * K, -1)
                 for g in range(G):
@@ -377,7 +377,8 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G):
                 _add_fields(gcol.reshape(C, KH, KW, n1 - n0, OH, OW), gx[n0:n1], SH, SW, PH, PW)
     with single_threaded_blas():
         cpu_parallel(run_blocks, len(bounds) - 1, gy.size * K)
-    return gx, None if gw_blocks is None else gw_blocks.sum(axis=0).reshape(w_shape)
+    gw = None if gw_blocks is None else gw_blocks.sum(axis=0).reshape(w_shape)
+    return gx, gw, None if gb_blocks is None else gb_blocks.sum(axis=0)
 
 
 def _im2col_block(x, KH, KW, SH, SW, PH, PW):

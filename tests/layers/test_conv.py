@@ -243,6 +243,7 @@ def test_conv2d_cpu_blocks_on_several_threads_match_the_whole_batch(monkeypatch)
         np.testing.assert_allclose(y.numpy(), expected_y, **TOL["float64_exact"])
         np.testing.assert_allclose(xt.grad, expected_gx, **TOL["float64_exact"])
         np.testing.assert_allclose(wt.grad, expected_gw, **TOL["float64_exact"])
+        np.testing.assert_allclose(bt.grad, gy.sum(axis=(0, 2, 3)), **TOL["float64_exact"])
         grads.append(wt.grad)
     assert np.array_equal(grads[0], grads[1])  # blocks summed in order, whoever ran them
 
