@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import numbers
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -145,6 +147,7 @@ def unpadded(a, PH: int, PW: int):
 PIECES_PER_THREAD = 4  # more pieces than threads, so a slowed thread leaves its share to others
 _pool = None  # worker threads, made at the first call that is large enough to use them
 _blas = None  # threadpoolctl's handle on NumPy's BLAS, made at the first GEMM
+_scratch = threading.local()  # each thread's reusable temporaries (see scratch)
 
 
 def cpu_threads() -> int:
@@ -182,6 +185,24 @@ def cpu_parallel(fn, n: int, work: int) -> None:
     finally:
         for future in futures:
             future.result()  # waits for every worker; re-raises a worker's exception here
+
+
+def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """An uninitialised ``shape`` array that this thread gets back at every call with ``name``.
+
+    Why: the CPU passes make the same large temporaries in every call (a block's columns, its
+    column gradient, a padded copy). A fresh array is fresh pages from the kernel, and the first
+    write to each is a page fault: about a tenth of a training step was measured in them. Kept
+    per thread and grown to the largest size asked, these stay mapped; each thread holds one
+    buffer per name for the life of the process. The array is valid until the next call with
+    the same name in the same thread, so it must never be returned or kept.
+    """
+    buffers = _scratch.__dict__
+    size = math.prod(shape)
+    buf = buffers.get((name, np.dtype(dtype)))
+    if buf is None or buf.size < size:
+        buf = buffers[name, np.dtype(dtype)] = np.empty(size, dtype=dtype)
+    return buf[:size].reshape(shape)
 
 
 def piece_bounds(n: int) -> list:

@@ -64,6 +64,7 @@ from ._common import (
     pair,
     piece_bounds,
     positive_int,
+    scratch,
     single_threaded_blas,
     unpadded,
     window,
@@ -305,7 +306,8 @@ def _add_fields(fields, gx, SH, SW, PH, PW):
     """
     C, KH, KW, N, OH, OW = fields.shape
     H, W = gx.shape[2:]
-    gx_pad = np.zeros((C, N, H + 2 * PH, W + 2 * PW), dtype=fields.dtype)
+    gx_pad = scratch("gx_pad", (C, N, H + 2 * PH, W + 2 * PW), fields.dtype)
+    gx_pad.fill(0)
     for kh in range(KH):
         for kw in range(KW):
             window(gx_pad, kh, kw, SH, SW, OH, OW)[...] += fields[:, kh, kw]
@@ -360,7 +362,8 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, need
     def run_blocks(i0, i1):
         for i in range(i0, i1):
             n0, n1 = bounds[i], bounds[i + 1]
-            gY = np.ascontiguousarray(gy[n0:n1].reshape(n1 - n0, OC, OH * OW).transpose(1, 0, 2))
+            gY = scratch("gY", (OC, n1 - n0, OH * OW), gy.dtype)
+            gY[...] = gy[n0:n1].reshape(n1 - n0, OC, OH * OW).transpose(1, 0, 2)
             gY = gY.reshape(OC, -1)  # (OC, n*OH*OW): col's column order
             if needs_b:
                 gY.sum(axis=1, out=gb_blocks[i])
@@ -370,7 +373,7 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, need
                     np.matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
                               out=gw_blocks[i, g * OCg:(g + 1) * OCg])
             if w_mat is not None:
-                gcol = np.empty((G * K, gY.shape[1]), dtype=gy.dtype)
+                gcol = scratch("gcol", (G * K, gY.shape[1]), gy.dtype)
                 for g in range(G):
                     np.matmul(w_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
                               out=gcol[g * K:(g + 1) * K])
@@ -382,12 +385,20 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, need
 
 
 def _im2col_block(x, KH, KW, SH, SW, PH, PW):
-    """col (C*KH*KW, N, OH*OW) of x (N, C, H, W), in one thread (one block's share)."""
-    fields = _receptive_fields(padded(x, PH, PW), KH, KW, SH, SW, PH, PW)
-    col = np.empty(fields.shape, dtype=x.dtype)
+    """col (C*KH*KW, N, OH*OW) of x (N, C, H, W), in one thread (one block's share), in this
+    thread's scratch: valid until its next call in the same thread."""
+    N, C, H, W = x.shape
+    x_pad = x
+    if PH or PW:
+        x_pad = scratch("x_pad", (N, C, H + 2 * PH, W + 2 * PW), x.dtype)
+        for border in (x_pad[:, :, :PH], x_pad[:, :, H + PH:], x_pad[..., :PW],
+                       x_pad[..., W + PW:]):
+            border.fill(0)  # only the zero border; the copy below writes the rest
+        x_pad[:, :, PH:PH + H, PW:PW + W] = x
+    fields = _receptive_fields(x_pad, KH, KW, SH, SW, PH, PW)
+    col = scratch("col", fields.shape, x.dtype)
     col[...] = fields
-    C, KH, KW, N, OH, OW = col.shape
-    return col.reshape(C * KH * KW, N, OH * OW)
+    return col.reshape(C * KH * KW, N, -1)
 
 
 def _bias_add_nchw_cpu(Y, b, N, OH, OW):
