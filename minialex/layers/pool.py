@@ -62,6 +62,7 @@ from ._common import (
     output_size,
     padded,
     pair,
+    scratch,
     unpadded,
     window,
 )
@@ -300,8 +301,12 @@ def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW, with_argmax=True):
 
     def scan_images(n0, n1):  # images are independent: one block per thread at a time
         x_pad = padded(x[n0:n1], PH, PW, value=-np.inf)
-        phases = {(a, b): np.ascontiguousarray(x_pad[:, :, a::SH, b::SW])
-                  for a in range(min(SH, KH)) for b in range(min(SW, KW))}
+        phases = {}
+        for a in range(min(SH, KH)):
+            for b in range(min(SW, KW)):
+                part = x_pad[:, :, a::SH, b::SW]
+                phases[a, b] = scratch(f"phase{a},{b}", part.shape, x.dtype)
+                phases[a, b][...] = part
 
         def offset(kh, kw):
             return phases[kh % SH, kw % SW][:, :, kh // SH:kh // SH + OH, kw // SW:kw // SW + OW]
@@ -311,7 +316,7 @@ def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW, with_argmax=True):
         if with_argmax:
             argmax_n = argmax[n0:n1]
             argmax_n.fill(0)
-            better = np.empty(y_n.shape, dtype=bool)
+            better = scratch("better", y_n.shape, bool)
         for kh in range(KH):
             for kw in range(KW):
                 if kh == 0 and kw == 0:
@@ -331,8 +336,9 @@ def _max_pool_backward_cpu(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
     gx = np.empty(x_shape, dtype=gy.dtype)
 
     def route_images(n0, n1):  # each thread sums its own images, then writes them to gx
-        gx_pad = np.zeros((n1 - n0, C, H + 2 * PH, W + 2 * PW), dtype=gy.dtype)
-        chosen = np.empty(gy[n0:n1].shape, dtype=gy.dtype)
+        gx_pad = scratch("gx_pad", (n1 - n0, C, H + 2 * PH, W + 2 * PW), gy.dtype)
+        gx_pad.fill(0)
+        chosen = scratch("chosen", gy[n0:n1].shape, gy.dtype)
         for kh in range(KH):
             for kw in range(KW):
                 # a product, not np.add(..., where=): NumPy's masked ufuncs are several x slower
