@@ -11,6 +11,7 @@ zero padding PH, PW; output OH x OW.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 import numbers
@@ -150,11 +151,19 @@ _blas = None  # threadpoolctl's handle on NumPy's BLAS, made at the first GEMM
 _scratch = threading.local()  # each thread's reusable temporaries (see scratch)
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_threads() -> int:
-    """The cores this process may run on (its CPU affinity, as ``os.sched_getaffinity``)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return max(1, os.cpu_count() or 1)
+    """The cores this process may use: its CPU affinity (``os.sched_getaffinity``), or fewer
+    where a cgroup v2 CPU quota (a container's ``--cpus``) allows less. Read once."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores or 1, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity stands
+    return max(1, cores or 1)
 
 
 def cpu_parallel(fn, n: int, work: int) -> None:
