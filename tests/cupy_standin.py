@@ -40,9 +40,11 @@ or its documentation:
 - cuBLAS ``gemmEx`` reads column-major operands through their pointers, as cuBLAS does.
 
 :data:`ALLOCATIONS` counts the buffers made on each device; :data:`TRANSFERS` counts
-host<->device copies: ``d2h`` for ``get``, ``asnumpy``, ``item``, ``float()``/``int()``/``bool()``
-and printing; ``h2d`` for ``asarray``/``array`` of host data, host values assigned into device
-arrays and host index arrays.
+host<->device copies: ``d2h`` for ``get``, ``asnumpy``, ``item``, ``float()``/``int()``/``bool()``,
+printing, and the value-sized results that make CuPy read a count back (``nonzero``,
+``argwhere``, ``flatnonzero``, ``compress``, ``unique``, boolean-mask indexing); ``h2d`` for
+``asarray``/``array`` of host data, host values assigned into device arrays and host index
+arrays.
 
 Run as a script, it runs another script under the stand-in (``python tests/cupy_standin.py
 BUILD_DIR script.py args...``; BUILD_DIR keeps the host-built kernels between runs).
@@ -173,12 +175,30 @@ def _apply(func, args=(), kwargs=None, owner=None):
     return _wrap(func(*args, **kwargs), found, current_device())
 
 
-def _under_rules(func, owner=None):
+# Functions whose output size depends on the values, so CuPy reads a count back first and the
+# host waits for the device: ``count_nonzero = int(scan_index[-1])  # synchronize!`` in
+# ``_ndarray_nonzero`` (cupy/_core/_routines_indexing.pyx); a boolean mask index goes through it.
+_READS_BACK = frozenset({"nonzero", "argwhere", "flatnonzero", "compress", "unique"})
+
+
+def _under_rules(func, owner=None, name=None):
     """``func`` as a CuPy function (or, with ``owner``, a method of that device array)."""
+    reads_back = (name or func.__name__) in _READS_BACK
+
     @functools.wraps(func)
     def call(*args, **kwargs):
+        if reads_back:
+            TRANSFERS.d2h += 1
         return _apply(func, args, kwargs, owner)
     return call
+
+
+def _count_mask_read(index) -> None:
+    """A boolean mask index is a ``nonzero``: one device-to-host read (see _READS_BACK)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    for part in parts:
+        if isinstance(part, (ndarray, np.ndarray)) and part.dtype == bool:
+            TRANSFERS.d2h += 1
 
 
 class MemoryPointer:
@@ -281,12 +301,14 @@ class ndarray:
         self._array.fill(value)
 
     def __getitem__(self, index):
+        _count_mask_read(index)
         return _apply(self._array.__getitem__, (_device_index(index),), owner=self)
 
     def __setitem__(self, index, value):
         if isinstance(value, (np.ndarray, list)):
             TRANSFERS.h2d += 1          # CuPy copies a host value to the device first
             value = ndarray._of(np.array(value), current_device())
+        _count_mask_read(index)
         _apply(self._array.__setitem__, (_device_index(index), value), owner=self)
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
@@ -303,7 +325,7 @@ class ndarray:
         attribute = getattr(self._array, name)
         if not callable(attribute):
             return attribute
-        return _under_rules(attribute, owner=self)
+        return _under_rules(attribute, owner=self, name=name)
 
 
 def _device_index(index):
@@ -422,7 +444,7 @@ class _CupyModule(types.ModuleType):
         if isinstance(target, np.ufunc):
             target = _Ufunc(target)
         elif callable(target) and not isinstance(target, type):
-            target = _under_rules(target)
+            target = _under_rules(target, name=name)
         setattr(self, name, target)
         return target
 

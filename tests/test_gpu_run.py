@@ -16,7 +16,8 @@ import pytest
 
 import minialex
 from minialex import backend, checkpoint, nn
-from minialex.data import ArrayDataset, Loader
+from minialex.data import ArrayDataset, Loader, crops
+from minialex.data import augment as aug
 from minialex.data import transforms as T
 from minialex.optim import SGD
 from minialex.train import train_one_epoch
@@ -154,3 +155,22 @@ def test_the_checkpoint_state_is_read_from_the_device_once_for_both_files(standi
     monkeypatch.setattr(checkpoint, "save", counting_save)
     trainer.fit()
     assert reads == [("best.npz", 0), ("last.npz", 0)]    # the state was on the host already
+
+
+def test_crops_and_mirrors_read_nothing_back_from_the_device(standin):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
+    mean = rng.random((12, 12, 3)).astype(np.float32)
+    draws = aug.draw_augmentation(np.random.default_rng(1), 6, size=12, crop=8, pca_std=None)
+    assert 0 < draws.flip.sum() < 6
+    on_gpu = backend.to_device(images, "gpu")
+    standin.TRANSFERS.reset()
+    out = aug.apply_augmentation(on_gpu, draws, crop=8, mean=mean)
+    flags = backend.to_device(draws.flip, "gpu")   # flags already on the device: no nonzero
+    by_selection = crops.crop_flip(on_gpu, draws.top, draws.left, flags, (8, 8),
+                                   channels_last=True)
+    assert standin.TRANSFERS.d2h == 0
+    np.testing.assert_allclose(out.get(), aug.apply_augmentation(images, draws, crop=8,
+                                                                 mean=mean), rtol=1e-6)
+    np.testing.assert_array_equal(by_selection.get(), crops.crop_flip(
+        images, draws.top, draws.left, draws.flip, (8, 8), channels_last=True))

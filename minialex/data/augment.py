@@ -63,7 +63,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module, to_numpy
-from .crops import RandomTransform, crop_flip, draw_crops, windows
+from .crops import RandomTransform, crop_flip, draw_crops, draws_on_device, windows
 from .stats import PIXEL_MAX  # eigenvalues are of pixels / PIXEL_MAX; shifts are in 0..255
 
 IMAGE_SIZE = 256         # the paper's training images, 256x256 (Sec. 2)
@@ -173,10 +173,10 @@ def apply_augmentation(images, draws: Draws, *, crop: int = CROP_SIZE, mean=None
                          f"{top.min()}..{top.max()}, left {left.min()}..{left.max()} does not "
                          f"fit images of {H}x{W} (or an image index is outside 0..{N - 1})")
     with backend.device_scope(images):   # every array below is made on the batch's device
-        # the draws go to the device in one copy, not one per array
-        top, left, flip, image = xp.asarray(np.stack([top, left, flip, image]).astype(np.int64))
-
-        out = crop_flip(images, top, left, flip, (crop, crop), image=image, channels_last=True)
+        top, left, flip, image, mirrored = draws_on_device(xp, top, left, flip, image,
+                                                           np.flatnonzero(flip))
+        out = crop_flip(images, top, left, flip, (crop, crop), image=image, channels_last=True,
+                        mirrored=mirrored)
         out = out.astype(dtype, order="C")    # the gather keeps the source's channels-last layout
         if mean is not None:
             mean = xp.asarray(mean, dtype=dtype)

@@ -69,7 +69,19 @@ def windows(x, OH: int, OW: int, *, channels_last: bool):
         x, shape=(N, H - OH + 1, W - OW + 1, C, OH, OW), strides=(sN, sH, sW, sC, sH, sW))
 
 
-def crop_flip(x, top, left, flip, size, *, image=None, channels_last: bool = False):
+def draws_on_device(xp, *draws):
+    """Host draws as ``int64`` arrays on ``xp``'s current device, made in one host-to-device
+    copy (one per array would be a copy each); the arrays may differ in length."""
+    host = [np.asarray(d).astype(np.int64, copy=False).ravel() for d in draws]
+    if xp is np:
+        return tuple(host)
+    packed = xp.asarray(np.concatenate(host))
+    ends = np.cumsum([len(h) for h in host])
+    return tuple(packed[end - len(h):end] for h, end in zip(host, ends))
+
+
+def crop_flip(x, top, left, flip, size, *, image=None, channels_last: bool = False,
+              mirrored=None):
     """Crops ``(M, C, OH, OW)`` of the batch ``x``, in ``x``'s dtype, on ``x``'s device.
 
     Args:
@@ -77,20 +89,23 @@ def crop_flip(x, top, left, flip, size, *, image=None, channels_last: bool = Fal
         top, left, flip: ``(M,)`` offsets and mirror flags (host or device arrays).
         size: ``(OH, OW)``.
         image: ``(M,)`` source image of each crop; None means ``arange(N)``.
+        mirrored: ``flatnonzero(flip)`` when the caller has it (on ``x``'s device).
 
     The caller checks that the offsets fit (this gather would read outside the images).
     """
     xp = get_array_module(x)
     OH, OW = size
+    on_device = any(backend.is_gpu_array(a) for a in (top, left, flip, image, mirrored))
+    if mirrored is None and not on_device:
+        # which crops are mirrored is found on the host: on a GPU, nonzero waits for the device
+        image = np.arange(x.shape[0]) if image is None else image
+        top, left, image, mirrored = draws_on_device(xp, top, left, image, np.flatnonzero(flip))
     if image is None:
         image = xp.arange(x.shape[0])
-    if xp is not np and not any(backend.is_gpu_array(a) for a in (top, left, flip)):
-        # host draws go to the device in one copy, not one per array
-        top, left, flip = xp.asarray(np.stack([top, left, flip]).astype(np.int64))
-    top, left, flip, image = (xp.asarray(a) for a in (top, left, flip, image))
     out = windows(x, OH, OW, channels_last=channels_last)[image, top, left]
-    mirrored = xp.nonzero(flip)[0]
-    if mirrored.size:             # only the mirrored crops are copied again
+    if mirrored is None:          # device flags: mirror by selection, reading nothing back
+        return xp.where(xp.asarray(flip)[:, None, None, None], out[..., ::-1], out)
+    if len(mirrored):             # only the mirrored crops are copied again
         out[mirrored] = out[mirrored, :, :, ::-1]
     return out
 
