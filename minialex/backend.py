@@ -113,7 +113,7 @@ def to_device(array, device: str, dtype=None):
     it unchanged when already there in that dtype."""
     device = parse_device(device)
     if device == "cpu":
-        array = array.get() if is_gpu_array(array) else array
+        array = array.get() if is_gpu_array(array) else np.asarray(array)
         return array if dtype is None else array.astype(dtype, copy=False)
     cupy = require_cupy()
     with cupy.cuda.Device(int(device[4:])):

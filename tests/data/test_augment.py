@@ -131,6 +131,9 @@ def test_ten_crop_is_corners_centre_and_their_mirrors():
     rgb = np.array([1.0, 2.0, 3.0])
     np.testing.assert_allclose(aug.ten_crop(x, mean=rgb, scale=0.5),
                                (aug.ten_crop(x) - rgb[:, None, None]) * 0.5, **TOL[np.float32])
+    for as_given in (list, tuple):     # a per-channel mean given as a plain sequence
+        np.testing.assert_array_equal(aug.ten_crop(x, mean=as_given(rgb)),
+                                      aug.ten_crop(x, mean=rgb))
     np.testing.assert_array_equal(aug.Augmenter(mean).ten_crop(x), crops)
     np.testing.assert_array_equal(aug.Augmenter(mean).eval(x), crops[4])
 
