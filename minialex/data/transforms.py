@@ -137,8 +137,8 @@ def bilinear_matrix(in_size: int, out_size: int, dtype=np.float64) -> np.ndarray
 def resize_bilinear(x, size, matrices=None):
     """Resize a batch (N, C, H, W) to ``size`` (int or (OH, OW)) as ``A_h @ x @ A_w^T``.
 
-    ``matrices``: a dict that keeps ``A_h`` and ``A_w`` on the batch's device per input size
-    and dtype (:class:`Resize` has one), instead of copying them there at each call."""
+    ``matrices``: a dict that keeps ``A_h`` and ``A_w`` on the batch's device per input and
+    output size and dtype (:class:`Resize` has one), instead of copying them there at each call."""
     _check_batch("resize_bilinear", x)
     OH, OW = _pair(size, "resize_bilinear")
     N, C, H, W = x.shape
@@ -146,11 +146,11 @@ def resize_bilinear(x, size, matrices=None):
         return x
     xp = get_array_module(x)
     dtype = x.dtype if x.dtype.kind == "f" else np.dtype(np.float32)
-    key = (backend.device_of(x), dtype, H, W)
+    key = (backend.device_of(x), dtype, H, W, OH, OW)
     matrices = {} if matrices is None else matrices
     if key not in matrices:
-        matrices[key] = tuple(backend.to_device(bilinear_matrix(size, out, dtype), key[0])
-                              for size, out in ((H, OH), (W, OW)))
+        matrices[key] = tuple(backend.to_device(bilinear_matrix(in_size, out, dtype), key[0])
+                              for in_size, out in ((H, OH), (W, OW)))
     A_h, A_w = matrices[key]
     rows = xp.matmul(A_h, x.astype(dtype, copy=False))          # (N, C, OH, W)
     return (rows.reshape(-1, W) @ A_w.T).reshape(N, C, OH, OW)   # one GEMM over all rows
