@@ -60,6 +60,7 @@ def test_module_to_and_load_state_dict_keep_the_parameters_on_their_device(two_g
     net.double()
     assert devices(net.state_dict().values()) == {"gpu:1"}
     before = list(two_gpus)
+    net.load_state_dict(net.state_dict())          # its own arrays: copied, on gpu:1
     x = Tensor(np.random.default_rng(0).random((2, 1, 8, 8))).to("gpu:1")
     y = net(x)
     y.sum().backward()
