@@ -555,7 +555,10 @@ def busy_lines(rows) -> list:
         return []
     lines = ["", "A busy machine: training beside k competing processes, each a NumPy GEMM loop "
                  "on every core (another job's work), started and stopped by this script. "
-                 "Slowdown = busy step time / the quiet step time above (lower is better).", "",
+                 "Slowdown = busy step time / the quiet step time above (lower is better). With "
+                 "k competitors a fair share of the cores is 1/(1 + k), so a framework that kept "
+                 "every core busy on the quiet machine slows by about 1 + k at best; one that "
+                 "did not, less.", "",
              "| model | competitors | minialex img/s | slowdown | PyTorch img/s | slowdown |",
              "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
