@@ -61,7 +61,9 @@ class Compose:
         self.transforms = list(transforms)
 
     def __call__(self, x):
-        with backend.device_scope(x):   # each step allocates on the batch's device
+        # each step allocates on the batch's device; the Loader enters this scope around any
+        # transform, but a pipeline is also called directly (predict.Classifier)
+        with backend.device_scope(x):
             for t in self.transforms:
                 x = t(x)
         return x

@@ -99,6 +99,15 @@ def test_loader_batches_and_their_transforms_are_made_on_the_device(two_gpus, pr
     only_gpu1_allocates(two_gpus, before)
 
 
+def test_a_bare_transform_runs_on_the_loaders_device(two_gpus):
+    loader = Loader(tiny_data(16), 8, transform=T.Normalize(0.5, 0.25), device="gpu:1",
+                    prefetch=0)
+    before = list(two_gpus)
+    batches = list(loader.epoch())
+    assert devices(a for batch in batches for a in batch) == {"gpu:1"}
+    only_gpu1_allocates(two_gpus, before)
+
+
 def test_augmenter_copies_its_statistics_to_each_device_it_serves(two_gpus):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8)
