@@ -217,7 +217,7 @@ def train_arm(config: RunConfig, data, device: str = "cpu", *, train_eval: int =
     def after_step(running):
         images = running.images - last[0]
         losses.append((running.loss_sum - last[1]) / images)
-        errors.append(1.0 - (running.correct1 - last[2]) / images)
+        errors.append(1.0 - (running.settle().correct1 - last[2]) / images)
         last[:] = running.images, running.loss_sum, running.correct1
 
     for epoch in range(config.epochs):

@@ -134,9 +134,9 @@ def topk_accuracy(logits, labels, k=1) -> float:
 class Running:
     """Sums over the batches of one pass (training epoch or evaluation).
 
-    Top-1/top-5 counts given as a GPU array are summed on the GPU and read back (one blocking
-    transfer) only when ``correct1`` or ``correct5`` is read, e.g. for a progress line or the
-    epoch's metrics, not at every step.
+    Top-1/top-5 counts given as a GPU array are summed on the GPU; :meth:`settle` reads that sum
+    back (one blocking transfer) into ``correct1``/``correct5``. :meth:`metrics`, the trainer's
+    progress line and its checkpoint state settle first; any other reader calls it.
     """
     images: int = 0
     steps: int = 0
@@ -161,20 +161,20 @@ class Running:
             self.correct1 += int(correct[0])
             self.correct5 += int(correct[1])
 
-    def __getattribute__(self, name):
-        # reading a count first adds what is still on the GPU, so every reader sees the sum
-        if name in ("correct1", "correct5") and self.__dict__.get("_pending") is not None:
-            pending = backend.to_numpy(self.__dict__.pop("_pending"))
-            self._pending = None
+    def settle(self) -> Running:
+        """Add the counts still summed on the GPU to ``correct1``/``correct5``; returns self."""
+        if self._pending is not None:
+            pending, self._pending = backend.to_numpy(self._pending), None
             self.correct1 += int(pending[0])
             self.correct5 += int(pending[1])
-        return object.__getattribute__(self, name)
+        return self
 
     @property
     def seconds(self):
         return self.data_seconds + self.compute_seconds
 
     def metrics(self, prefix) -> dict:
+        self.settle()
         n = max(self.images, 1)
         return {f"{prefix}_loss": self.loss_sum / n, f"{prefix}_top1": self.correct1 / n,
                 f"{prefix}_top5": self.correct5 / n, f"{prefix}_images": self.images,
@@ -435,7 +435,7 @@ class Trainer:
 
     # -- output ------------------------------------------------------------------------------
     def _progress_line(self, total) -> str:
-        r = self.running
+        r = self.running.settle()
         steps = max(r.steps, 1)
         eta = (total - self.step) * r.seconds / steps
         return (f"epoch {self.epoch + 1}/{self.epochs} [{self.step:>{len(str(total))}}/{total}] "
@@ -462,6 +462,7 @@ class Trainer:
     # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
         """The whole training state as a checkpoint tree (see the module docstring)."""
+        self.running.settle()
         return {
             "architecture": self.architecture,
             "config": self.config,

@@ -20,7 +20,7 @@ from minialex.data import ArrayDataset, Loader, crops
 from minialex.data import augment as aug
 from minialex.data import transforms as T
 from minialex.optim import SGD
-from minialex.train import train_one_epoch
+from minialex.train import Running, Trainer, topk_correct, topk_counts, train_one_epoch
 
 import conftest
 from support import ROOT, SCRIPT, learnable_fashion_mnist, make_trainer, tiny_data
@@ -124,8 +124,23 @@ def test_a_training_step_waits_for_the_device_once_and_copies_only_its_batch(sta
     for step, (d2h, h2d) in enumerate(counts[1:], start=2):
         assert d2h <= MAX_D2H_PER_STEP, f"step {step}: {d2h} device-to-host transfers"
         assert h2d <= MAX_H2D_PER_STEP, f"step {step}: {h2d} host-to-device copies"
-    assert running.correct1 + running.correct5 >= 0      # read at last: one transfer
+    running.settle()                                      # the counts, read at last
     assert standin.TRANSFERS.d2h == 1 and running.images == 32
+
+
+def test_top_k_counts_summed_on_the_device_equal_the_host_counts(standin):
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((8, 10)).astype(np.float32), rng.integers(0, 10, 8))
+               for _ in range(3)]
+    running = Running()
+    for logits, labels in batches:
+        running.add(8, 0.0, topk_counts(backend.to_device(logits, "gpu"),
+                                        backend.to_device(labels, "gpu")))
+    expected = np.sum([topk_correct(logits, labels) for logits, labels in batches], axis=0)
+    assert 0 < expected[0] < expected[1] < 24
+    standin.TRANSFERS.reset()
+    assert (running.settle().correct1, running.correct5) == tuple(expected)
+    assert standin.TRANSFERS.d2h == 1
 
 
 def test_labels_out_of_range_are_refused_on_the_host_before_the_copy(standin):
@@ -152,9 +167,18 @@ def test_the_checkpoint_state_is_read_from_the_device_once_for_both_files(standi
         save(path, tree)
         reads.append((os.path.basename(path), standin.TRANSFERS.d2h - before))
 
+    built = []
+    state = Trainer.state
+
+    def counting_state(self):
+        built.append(self.epoch)
+        return state(self)
+
     monkeypatch.setattr(checkpoint, "save", counting_save)
+    monkeypatch.setattr(Trainer, "state", counting_state)
     trainer.fit()
     assert reads == [("best.npz", 0), ("last.npz", 0)]    # the state was on the host already
+    assert built == [1]                                    # one state for both files
 
 
 def test_crops_and_mirrors_read_nothing_back_from_the_device(standin):
