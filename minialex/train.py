@@ -546,7 +546,8 @@ class Trainer:
         kept = [line for line in lines if _logged_epoch(line) <= self.epoch]
         if len(kept) != len(lines):
             text = "".join(kept)
-            checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+            with self._writing():
+                checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _logged_epoch(line) -> float:

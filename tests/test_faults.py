@@ -2,7 +2,7 @@
 in a child process that a launcher kills, or limits in the size of file it may write
 (``RLIMIT_FSIZE``), at a named point; each resumed run ends with the test accuracy and loss of
 an uninterrupted run of the same seed, every epoch once in metrics.jsonl, and no temporary
-file left behind. (A failed metrics.jsonl write is simulated in-process.)"""
+file left behind."""
 import errno
 import io
 import json
@@ -32,6 +32,8 @@ FLAGS = ["--val-size", "16", "--batch-size", "8", "--limit-train", "48", "--limi
 #   kill-before-rename:NAME       SIGKILL once a save to NAME has written and fsynced its
 #                                 temporary file, before the rename
 #   limit-after-rename:NAME:BYTES after the first save to NAME, files may grow to BYTES only
+#   limit-after-rename:NAME:FILE  ... to the size FILE (in NAME's folder) has then
+#   limit:BYTES                   files may grow to BYTES only, from the start
 LAUNCHER = """
 import os, resource, runpy, signal, sys
 from minialex import optim
@@ -55,6 +57,10 @@ if what == "kill-before-step":
         return step(self)
 
     optim.SGD.step = step_or_die
+elif what == "limit":
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (int(arg), resource.getrlimit(
+        resource.RLIMIT_FSIZE)[1]))
 else:
     name, _, limit = arg.partition(":")
     replace = os.replace
@@ -68,7 +74,9 @@ else:
         os.replace = replace
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)      # EFBIG, not a signal
         hard = resource.getrlimit(resource.RLIMIT_FSIZE)[1]
-        resource.setrlimit(resource.RLIMIT_FSIZE, (int(limit), hard))
+        size = int(limit) if limit.isdigit() else os.path.getsize(
+            os.path.join(os.path.dirname(dst), limit))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size, hard))
 
     os.replace = replace_with_fault
 runpy.run_path(script, run_name="__main__")
@@ -150,12 +158,19 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes_from_it(data_dir, s
                                                                     tmp_path):
     out = tmp_path / "run"
     last = out / "last.npz"
-    # epoch 1 saved; then files may not grow past 100 kB, and epoch 2's checkpoint does
-    full = run(data_dir, *FLAGS, "--out", out, fault="limit-after-rename:last.npz:100000")
+    # epoch 1 saved; then no file may grow past metrics.jsonl's size: epoch 2's line fails
+    full = run(data_dir, *FLAGS, "--out", out, fault="limit-after-rename:last.npz:metrics.jsonl")
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert full.stderr == (f"train_alexnet.py: error: cannot write {out}/metrics.jsonl: File "
+                           f"too large; {last} keeps the last good state, from the end of epoch "
+                           f"1; resume with --resume {last}\n")
+    assert saved_epoch(last) == 1 and [m["epoch"] for m in epochs_logged(out)] == [1]
+
+    # resumed where files may not grow past 100 kB: epoch 2's line is written, its checkpoint not
+    full = run(data_dir, "--resume", last, fault="limit:100000")
     assert full.returncode == 1, full.stdout + full.stderr
     assert full.stderr == (f"train_alexnet.py: error: cannot write {out}/best.npz: File too "
-                           f"large; {last} keeps the last good state, from the end of epoch 1; "
-                           f"resume with --resume {last}\n")
+                           f"large; {last} is left as it was; resume with --resume {last}\n")
     assert saved_epoch(last) == 1 and partial_files(out) == []
 
     # resumed as the line says; epoch 2 is saved, then summary.json cannot be written
@@ -196,3 +211,18 @@ def test_a_failed_metrics_write_stops_before_the_checkpoint_saying_what_is_kept(
                                f"device; {last} keeps the last good state, from the end of "
                                f"epoch 1; resume with --resume {last}")
     assert appended and saved_epoch(last) == 1
+
+    # a line past the checkpoint (a killed run's) is cut at the start, and that write fails too
+    monkeypatch.undo()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3}) + "\n")
+
+    def disk_full(path, write):
+        raise checkpoint.WriteError(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+
+    monkeypatch.setattr(checkpoint, "atomic_write", disk_full)
+    with pytest.raises(checkpoint.WriteError) as info:
+        trainer.fit()
+    assert str(info.value).endswith(f"metrics.jsonl: No space left on device; {last} keeps the "
+                                    f"last good state, from the end of epoch 1; resume with "
+                                    f"--resume {last}")
