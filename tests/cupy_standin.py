@@ -93,6 +93,8 @@ LAUNCHES = []                      # (kernel name, grid, block) of every launch,
 _current = threading.local()   # .device: this thread's current device (CUDA's is per thread)
 _roots = weakref.WeakValueDictionary()   # id -> every allocation's root buffer
 _root_device = {}                        # id -> the device of that buffer
+# the loader's prefetch thread allocates while the main thread looks buffers up (cuBLAS)
+_roots_lock = threading.Lock()
 
 
 class CUDARuntimeError(RuntimeError):
@@ -233,9 +235,10 @@ class ndarray:
             if base is None:
                 break
             root = base
-        if id(root) not in _roots:
-            _roots[id(root)], _root_device[id(root)] = root, device
-            ALLOCATIONS[device] += 1
+        with _roots_lock:
+            if id(root) not in _roots:
+                _roots[id(root)], _root_device[id(root)] = root, device
+                ALLOCATIONS[device] += 1
 
     # -- what needs no kernel ---------------------------------------------------------------
     shape = property(lambda self: self._array.shape)
@@ -362,10 +365,13 @@ ndarray.__hash__ = None
 
 def _device_of_pointer(ptr: int):
     """The device of the allocation holding address ``ptr`` (None: host memory)."""
-    for key, root in list(_roots.items()):
+    with _roots_lock:
+        roots = list(_roots.items())
+    for key, root in roots:
         start = root.ctypes.data
         if start <= ptr < start + max(root.nbytes, 1):
-            return _root_device.get(key)
+            with _roots_lock:
+                return _root_device.get(key)
     return None
 
 
@@ -682,7 +688,8 @@ def module():
     cupy = _CupyModule("cupy", "CuPy stand-in (tests/cupy_standin.py): NumPy under CuPy's rules")
     _current.device = 0
     TRANSFERS.reset()
-    ALLOCATIONS[:] = [0] * DEVICE_COUNT
+    with _roots_lock:
+        ALLOCATIONS[:] = [0] * DEVICE_COUNT
     LAUNCHES.clear()
     handles = {}
     cuda = types.SimpleNamespace(
