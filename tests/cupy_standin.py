@@ -28,8 +28,9 @@ or its documentation:
 - ``RawModule``/``RawKernel`` launches run the kernel file built for the host
   (``tests/kernels/host_build.py``), whose arguments must match the kernel's C signature after
   CuPy's conversion (``_pointer`` in ``cupy/cuda/function.pyx``): a CuPy array becomes its
-  pointer, ``None`` a null pointer, a Python ``int`` an ``int64`` and a Python ``float`` a
-  ``double`` (``numpy_dtype_from_pyscalar``), so a kernel taking ``int`` or ``float`` needs
+  pointer, ``None`` a null pointer, a Python ``int`` an ``int64`` (``uint64`` from 2**63) and
+  a Python ``float`` a ``double`` (``numpy_dtype_from_pyscalar``; anything else is an
+  "Unsupported type"), so a kernel taking ``int`` or ``float`` needs
   ``numpy.int32``/``numpy.float32``; a NumPy array of more than one element is refused
   ("Only numpy.ndarrays of size one can be passed by value"). ``grid`` and ``block`` must be
   tuples (``Function.__call__(self, tuple grid, tuple block, ...)``) within CUDA's limits
@@ -440,12 +441,23 @@ class _Ufunc:
         return _under_rules(attribute) if callable(attribute) else attribute
 
 
+# The NumPy names minialex and its tests take from ``cupy`` that CuPy exports too (each checked
+# in cupy/__init__.py at the revision above); any other raises AttributeError as CuPy would.
+_CUPY_NAMES = frozenset({
+    "add", "argwhere", "bool_", "broadcast_shapes", "broadcast_to", "compress", "concatenate",
+    "exp", "expand_dims", "flatnonzero", "float16", "float32", "float64", "int32", "int64",
+    "intp", "log", "matmul", "maximum", "minimum", "nonzero", "pad", "sqrt", "stack",
+    "swapaxes", "take_along_axis", "tanh", "uint8", "unique", "where"})
+
+
 class _CupyModule(types.ModuleType):
-    """``cupy``: what is defined here, else NumPy's function under CuPy's rules."""
+    """``cupy``: what is defined here, else NumPy's function of the same name (CuPy has it)
+    under CuPy's rules."""
 
     def __getattr__(self, name):
-        if name.startswith("__"):
-            raise AttributeError(name)
+        if name not in _CUPY_NAMES:
+            raise AttributeError(f"module 'cupy' has no attribute '{name}' (or the CuPy "
+                                 f"stand-in does not list it: see _CUPY_NAMES)")
         target = getattr(np, name)
         if isinstance(target, np.ufunc):
             target = _Ufunc(target)
@@ -673,13 +685,18 @@ def _kernel_argument(name, value, device):
                             f"kernel parameter. Only numpy.ndarrays of size one can be passed by "
                             f"value.")
         return value.reshape(())[()]    # by value, in the array's own dtype
+    if value is None or isinstance(value, np.generic):
+        return value                # a null pointer; a NumPy scalar in its own dtype
+    # a Python scalar (numpy_dtype_from_pyscalar in cupy/_core/_scalar.pyx)
     if isinstance(value, bool):
         return np.bool_(value)
-    if isinstance(value, int):
-        return np.int64(value)      # CuPy passes a Python int as a 64-bit integer
+    if isinstance(value, int):      # a 64-bit integer, unsigned from 2**63
+        return np.uint64(value) if value >= 2**63 else np.int64(value)
     if isinstance(value, float):
-        return np.float64(value)    # and a Python float as a double
-    return value
+        return np.float64(value)    # a double
+    if isinstance(value, complex):
+        return np.complex128(value)
+    raise TypeError(f"Unsupported type {type(value)}")    # CScalar's refusal
 
 
 # -- the module -----------------------------------------------------------------------------------

@@ -363,6 +363,10 @@ def test_the_stand_in_checks_kernel_arguments_against_the_c_signature(standin):
     kernel((1,), (32,), (y, gy, np.int64(4), gx))
     np.testing.assert_array_equal(gx.get(), 1)
     kernel((1,), (32,), (y, gy, 4, gx))                   # long long: a Python int is int64
+    with pytest.raises(TypeError, match=r"n \(long long\) needs numpy.int64, got uint64"):
+        kernel((1,), (32,), (y, gy, 2**63, gx))           # ... up to 2**63 - 1, then uint64
+    with pytest.raises(TypeError, match="Unsupported type <class 'str'>"):
+        kernel((1,), (32,), (y, gy, "4", gx))
     with pytest.raises(TypeError, match=r"n \(long long\) needs numpy.int64, got float64"):
         kernel((1,), (32,), (y, gy, 4.0, gx))             # a Python float is a double
     with pytest.raises(TypeError, match="Only numpy.ndarrays of size one"):
@@ -386,6 +390,13 @@ def test_the_stand_in_refuses_launches_over_cudas_limits(standin, grid, block):
         kernel(grid, block, (y, y, np.int64(4), y))
     with pytest.raises(TypeError, match="must be tuples"):
         kernel(1, 256, (y, y, np.int64(4), y))
+
+
+def test_the_stand_in_has_only_what_cupy_exports(standin):
+    assert standin.take_along_axis is not None
+    for missing in ("histogram_bin_edges", "float128"):   # NumPy names CuPy does not export
+        with pytest.raises(AttributeError, match=f"module 'cupy' has no attribute '{missing}'"):
+            getattr(standin, missing)
 
 
 def test_the_stand_in_keeps_arrays_on_their_device(standin):
