@@ -370,8 +370,18 @@ def _epoch_table(records) -> str:
     return f"<table class='grid'><tr>{head}</tr>{rows}</table>"
 
 
-def _confusion_table(predictions) -> str:
+def _confusion_table(predictions, full_up_to: int = 30) -> str:
+    """The whole matrix up to ``full_up_to`` classes; beyond, its largest off-diagonal cells
+    (a thousand classes would make a million cells)."""
     matrix, names = predictions.confusion(), [html.escape(c) for c in predictions.classes]
+    if len(names) > full_up_to:
+        off = matrix - np.diag(np.diag(matrix))
+        cells = np.argsort(-off, axis=None, kind="stable")[:full_up_to]
+        rows = "".join(f"<tr><th>{names[i]}</th><th>{names[j]}</th><td>{off[i, j]}</td></tr>"
+                       for i, j in zip(*np.unravel_index(cells, off.shape)) if off[i, j])
+        return (f"<p>The {full_up_to} most frequent confusions of {len(names)} classes:</p>"
+                f"<table class='grid' id='confusion'><tr><th>true</th><th>predicted</th>"
+                f"<th>images</th></tr>{rows}</table>")
     head = "<tr><th>true \\ predicted</th>" + "".join(f"<th>{n}</th>" for n in names) + "</tr>"
     rows = "".join(f"<tr><th>{names[i]}</th>" + "".join(
         f"<td{' class=diag' if i == j else ''}>{c}</td>" for j, c in enumerate(row)) + "</tr>"

@@ -137,3 +137,15 @@ def test_fit_writes_the_report_and_a_report_that_fails_only_warns(tmp_path, monk
                                 data=types.SimpleNamespace(classes=CLASSES))
     assert report.write_after_fit(str(tmp_path / "run"), run, log) is None
     assert log.getvalue() == "warning: report not written: RuntimeError: no room left\n"
+
+
+def test_many_classes_list_their_largest_confusions_instead_of_the_whole_matrix(tmp_path):
+    labels = np.repeat(np.arange(40), 2)
+    probs = np.full((80, 40), 0.01)
+    probs[np.arange(80), (labels + 1) % 40] = 0.9        # every image taken for the next class
+    probs[0, 0] = 0.95                                    # but the very first one right
+    page = open(report.write_report(tmp_path, predictions=report.Predictions(
+        probs, labels, [f"class {i}" for i in range(40)]))).read()
+    table = re.search(r"<table class='grid' id='confusion'>(.*?)</table>", page, re.S).group(1)
+    assert table.count("<tr>") == 1 + 30 and "<th>class 1</th><th>class 2</th><td>2</td>" in table
+    assert "<th>class 0</th><th>class 1</th>" not in table     # 1 image: outranked by 2s
