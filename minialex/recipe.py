@@ -245,8 +245,9 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
         notes = list(notes) + resume_notes
     out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
                   default_out_dir(config))
-    with rundir.lock(out):      # one run per folder; a second stops here, before any work
-        for partial in checkpoint.remove_partial_files(out):
+    with rundir.lock(out) as locked:  # one run per folder; a second stops here, before any work
+        # unlocked (no fcntl), another run may be writing these files: leave them
+        for partial in checkpoint.remove_partial_files(out) if locked else []:
             notes = list(notes) + [f"removed {partial}, left by a save that was cut short"]
         for note in notes:
             print(f"note: {note}", file=stream)

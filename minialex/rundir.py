@@ -7,9 +7,10 @@ folder and the process that holds it.
 
 The lock is ``fcntl.flock`` on an open file, which the operating system releases when the
 process ends, however it ends: a run killed with ``kill -9`` leaves the file (with its old pid)
-but not the lock, so the next run starts normally. Where ``fcntl`` is missing (Windows) no lock
-is taken. While the lock is held no other run writes in the folder, so what a killed save left
-behind can be removed safely (:func:`minialex.checkpoint.remove_partial_files`).
+but not the lock, so the next run starts normally. While the lock is held no other run writes
+in the folder, so what a killed save left behind can be removed safely
+(:func:`minialex.checkpoint.remove_partial_files`). Where ``fcntl`` is missing (Windows) no lock
+is taken, and :func:`lock` yields False: another run may be writing those files.
 
 >>> import tempfile
 >>> out = tempfile.mkdtemp()
@@ -46,15 +47,15 @@ class RunDirectoryBusy(OSError):
 def lock(directory):
     """Hold ``directory``'s lock (creating the directory) for the ``with`` block; raises
     :class:`RunDirectoryBusy` at once when another run holds it, and
-    :class:`~minialex.checkpoint.WriteError` when the lock file cannot be made. Yields the lock
-    file's path."""
+    :class:`~minialex.checkpoint.WriteError` when the folder or the lock file cannot be made.
+    Yields whether the folder is locked (False where ``fcntl`` is missing)."""
     directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, LOCK_FILE)
     try:
+        os.makedirs(directory, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:                      # e.g. a folder the user may not write to
-        raise WriteError(path, exc) from None
+        raise WriteError(exc.filename or path, exc) from None
     try:
         if fcntl is not None:
             try:
@@ -65,7 +66,7 @@ def lock(directory):
         with contextlib.suppress(OSError):      # who holds it is a courtesy: a full disk may
             os.ftruncate(fd, 0)                 # refuse it, and the run says so when it saves
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        yield path
+        yield fcntl is not None
     finally:
         os.close(fd)                            # closing the file releases the lock
 

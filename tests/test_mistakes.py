@@ -3,6 +3,7 @@ that names what is wrong, before any work: two runs on one --out, a --resume fla
 contradicts the checkpoint, a directory given as a checkpoint, an image folder whose val/
 does not match train/."""
 import errno
+import io
 import os
 import socket
 import subprocess
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from minialex import checkpoint, rundir
+from minialex import checkpoint, recipe, rundir
 from minialex.config import CPU_PRESET
 
 from support import ROOT, run_example
@@ -52,6 +53,40 @@ def test_a_folder_the_run_may_not_write_to_is_named(tmp_path, monkeypatch):
                                                     f"Permission denied$"):
         with rundir.lock(tmp_path):
             pass
+
+
+def test_a_folder_that_cannot_be_made_is_named(tmp_path, monkeypatch):
+    def refused(path, *args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+
+    monkeypatch.setattr(os, "makedirs", refused)
+    with pytest.raises(checkpoint.WriteError, match=f"^cannot write {tmp_path / 'new'}: "
+                                                    f"Permission denied$"):
+        with rundir.lock(tmp_path / "new"):
+            pass
+
+
+class Stop(Exception):
+    """Raised where the run would load its data: what came before is what the test checks."""
+
+
+@pytest.mark.parametrize("has_fcntl", [True, False])
+def test_a_killed_saves_files_are_removed_only_from_a_locked_folder(tmp_path, monkeypatch,
+                                                                    has_fcntl):
+    partial = tmp_path / f".last.npz{checkpoint.PARTIAL}x.tmp"
+    partial.write_bytes(b"")
+    if not has_fcntl:                        # as on Windows: no lock, so maybe another writer
+        monkeypatch.setattr(rundir, "fcntl", None)
+
+    def stop(*args, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(recipe, "load_data", stop)
+    with rundir.lock(tmp_path) as locked:
+        assert locked == has_fcntl
+    with pytest.raises(Stop):
+        recipe.fit(CPU_PRESET, out=str(tmp_path), stream=io.StringIO())
+    assert partial.exists() != has_fcntl
 
 
 def test_resume_with_a_flag_that_contradicts_the_checkpoint_is_refused_by_name(tmp_path):
