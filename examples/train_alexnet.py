@@ -106,12 +106,12 @@ def run(args, device) -> int:
             limit_test=args.limit_test, ten_crop=args.ten_crop, out=args.out)
         print(json.dumps(result, indent=2))
         return 0
-    config, notes = settings(args, device)
+    config = settings(args, device)
     if args.find_lr:
         return find_lr(config, args, device, args.out or recipe.default_out_dir(config))
     summary = recipe.fit(config, device=device, out=args.out, resume=args.resume,
                          overrides=given(args), data_dir=args.data_dir, cache=args.cache,
-                         workers=args.workers, notes=notes)
+                         workers=args.workers)
     if summary["stopped"] == "interrupted":
         script = sys.argv[0] if sys.argv[0].endswith(".py") else PROG
         print(f"resume with: python {script} --resume {os.path.join(summary['out'], 'last.npz')}")
@@ -132,7 +132,7 @@ def given(args) -> dict:
 
 
 def settings(args, device, parser=None):
-    """(RunConfig, notes) from the flags; a value out of range is an argparse error naming
+    """The RunConfig of the flags; a value out of range is an argparse error naming
     its flag (RunConfig.check is the one place that knows the ranges)."""
     try:
         return cfg.resolve(given(args), device)
@@ -143,7 +143,7 @@ def settings(args, device, parser=None):
     except ValueError:          # settings that conflict: checked again when the run is built
         if parser is None:      # (with the checkpoint's own settings, when there is one): exit 1
             raise
-    return None, []
+    return None
 
 
 def main(argv=None) -> int:

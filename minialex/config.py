@@ -235,14 +235,14 @@ def preset_for(dataset: str | None, device: str) -> RunConfig:
     return preset if dataset in (None, FASHION_MNIST) else preset.replace(dataset=dataset)
 
 
-def resolve(given: dict, device: str, saved: dict | None = None) -> tuple:
+def resolve(given: dict, device: str, saved: dict | None = None) -> RunConfig:
     """The run's settings from flags ``given`` (None: not given), the checkpoint's ``saved``
-    settings when resuming, and the preset. Returns ``(RunConfig, notes)``.
+    settings when resuming, and the preset.
 
     A resumed run keeps the settings it started with (:data:`RESUME_KEEPS`): a flag that
     contradicts one of them is refused with one ValueError naming every such flag and the
     checkpoint's value; a flag that repeats it is fine, and ``epochs``, ``ten_crop`` and
-    ``print_freq`` are free. ``notes`` is kept for callers that print it (empty here)."""
+    ``print_freq`` are free."""
     saved = dict(saved or {})
     dataset = saved.get("dataset") or given.get("dataset")
     base = preset_for(dataset, device)
@@ -264,7 +264,7 @@ def resolve(given: dict, device: str, saved: dict | None = None) -> tuple:
                          f"checkpoint, and a resumed run keeps the settings it started with; "
                          f"leave {'that flag' if len(contradictions) == 1 else 'those flags'} "
                          f"out, or start a new run with another --out")
-    return base.replace(**settings), []
+    return base.replace(**settings)
 
 
 def _same_setting(key, value, saved) -> bool:

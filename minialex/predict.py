@@ -54,7 +54,7 @@ def load_run(path, *, device: str = "cpu", data_dir=None, cache=None, workers=No
     tree = checkpoint.load(path)
     saved = dict(tree.get("config", {}))
     saved.setdefault("model", tree.get("architecture"))
-    config, _ = resolve({}, device, saved)
+    config = resolve({}, device, saved)
     config = dataclasses.replace(config, ten_crop=bool(ten_crop), limit_test=(
         config.limit_test if limit_test is None else limit_test))    # default: the run's own
     if ten_crop and not config.is_folder:

@@ -216,8 +216,8 @@ def default_out_dir(config: RunConfig) -> str:
 
 
 def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resume=None,
-        overrides: dict | None = None, data_dir=None, cache=None, workers=None, stream=None,
-        notes=()) -> dict:
+        overrides: dict | None = None, data_dir=None, cache=None, workers=None,
+        stream=None) -> dict:
     """Train ``config``, test it, and return the summary that is also written to
     ``out/summary.json``. ``summary["stopped"]`` is ``"completed"``, ``"schedule exhausted"``
     or ``"interrupted"``; a run that stopped learning raises
@@ -241,16 +241,13 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
         tree = checkpoint.load(resume)
         if overrides is None:
             overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
-        config, resume_notes = resolve(overrides, device, tree.get("config", {}))
-        notes = list(notes) + resume_notes
+        config = resolve(overrides, device, tree.get("config", {}))
     out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
                   default_out_dir(config))
     with rundir.lock(out) as locked:  # one run per folder; a second stops here, before any work
         # unlocked (no fcntl), another run may be writing these files: leave them
         for partial in checkpoint.remove_partial_files(out) if locked else []:
-            notes = list(notes) + [f"removed {partial}, left by a save that was cut short"]
-        for note in notes:
-            print(f"note: {note}", file=stream)
+            print(f"note: removed {partial}, left by a save that was cut short", file=stream)
         data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                          classes=saved_classes(tree) if tree else None)
         run = build(config, data, device,
@@ -406,7 +403,7 @@ def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, 
     saved = dict(tree.get("config", {}))
     saved.update({k: v for k, v in (("dataset", dataset), ("model", model)) if v is not None})
     saved.setdefault("model", tree.get("architecture"))
-    config, _ = resolve({}, device, saved)     # limit_test and ten_crop are this call's own
+    config = resolve({}, device, saved)     # limit_test and ten_crop are this call's own
     config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop)).check()
     data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                      classes=saved_classes(tree))

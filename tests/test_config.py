@@ -74,18 +74,18 @@ def test_unknown_settings_are_refused():
 
 
 def test_flags_win_over_the_preset_and_none_means_not_given():
-    config, notes = resolve({"lr": 0.5, "epochs": None, "model": None}, "cpu")
-    assert config.lr == 0.5 and config.epochs == CPU_PRESET.epochs and notes == []
+    config = resolve({"lr": 0.5, "epochs": None, "model": None}, "cpu")
+    assert config.lr == 0.5 and config.epochs == CPU_PRESET.epochs
 
 
 def test_resuming_keeps_the_checkpoints_recipe_and_frees_only_per_invocation_settings():
     saved = CPU_PRESET.replace(batch_size=32, lr=0.1, epochs=2).to_dict()
     saved["device"] = "cpu"                        # extra keys in a checkpoint are ignored
-    config, notes = resolve({"batch_size": 32, "epochs": 5, "print_freq": 0, "lr": 0.1}, "cpu",
-                            saved)                 # repeating the checkpoint's values is fine
-    assert config.batch_size == 32 and config.lr == 0.1 and notes == []
+    config = resolve({"batch_size": 32, "epochs": 5, "print_freq": 0, "lr": 0.1}, "cpu",
+                     saved)                        # repeating the checkpoint's values is fine
+    assert config.batch_size == 32 and config.lr == 0.1
     assert config.epochs == 5 and config.print_freq == 0        # per invocation: free
-    assert resolve({}, "cpu", saved)[0].epochs == 2
+    assert resolve({}, "cpu", saved).epochs == 2
 
 
 @pytest.mark.parametrize("given,named", [
@@ -106,12 +106,12 @@ def test_a_flag_contradicting_the_checkpoint_is_refused_by_name(given, named):
 def test_a_flag_that_spells_the_checkpoints_setting_differently_is_no_contradiction(tmp_path):
     saved = RunConfig(dataset=str(tmp_path), model="small").to_dict()      # image_size None
     same = {"dataset": str(tmp_path) + "/", "image_size": 74, "model": "small"}
-    assert resolve(same, "cpu", saved)[0].prepared_size == 74
+    assert resolve(same, "cpu", saved).prepared_size == 74
     with pytest.raises(ValueError, match="--image-size 96 .the checkpoint's: None"):
         resolve({"image_size": 96}, "cpu", saved)
 
 
 def test_a_folders_checkpoint_resumes_with_the_folder_preset_on_any_device():
     saved = IMAGES_PRESET.replace(dataset="/photos", model="small").to_dict()
-    config, _ = resolve({}, "gpu", saved)
+    config = resolve({}, "gpu", saved)
     assert config.dataset == "/photos" and config.model == "small" and config.schedule == "plateau"
