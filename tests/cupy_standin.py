@@ -477,9 +477,7 @@ class Generator:
     def _draw(self, method, *args, **kwargs):
         device = current_device()
         if device != self._device:
-            raise ValueError(f"The device where the array resides ({self._device}) is different "
-                             f"from the current device ({device}). Peer access is unavailable "
-                             f"between these devices.")
+            raise _peer_error(self, device)     # the state is an array on its device
         return ndarray._of(np.asarray(getattr(self._rng, method)(*args, **kwargs)), device)
 
     def random(self, size=None, dtype=np.float64, out=None):
