@@ -120,6 +120,14 @@ def to_device(array, device: str, dtype=None):
         return cupy.asarray(array, dtype=dtype)
 
 
+def check_same_device(op_name: str, arrays) -> None:
+    """Refuse operands on different devices by name (CuPy's own error names no op)."""
+    devices = {device_of(a) for a in arrays}
+    if len(devices) > 1:
+        raise RuntimeError(f"{op_name}: inputs live on different devices {sorted(devices)}; "
+                           f"move them with .to(device) first")
+
+
 def to_numpy(array) -> np.ndarray:
     """A NumPy copy (or the array itself when it is already on the CPU)."""
     return array.get() if is_gpu_array(array) else np.asarray(array)

@@ -79,7 +79,7 @@ class Function:
                     t = Tensor(xp.asarray(x if scalar_dtype else _as_array(x),
                                           dtype=scalar_dtype))
             arrays.append(t.data)
-        _check_same_device(type(self).__name__, arrays)
+        backend.check_same_device(type(self).__name__, arrays)
         self.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
         with backend.device_scope(like):
             y = self.forward(*arrays)
@@ -100,13 +100,6 @@ class Function:
 def _is_scalar(x) -> bool:
     return isinstance(x, numbers.Number) or (isinstance(x, (np.ndarray, np.generic))
                                               and x.ndim == 0)
-
-
-def _check_same_device(op_name, arrays):
-    devices = {backend.device_of(a) for a in arrays}
-    if len(devices) > 1:
-        raise RuntimeError(f"{op_name}: inputs live on different devices {sorted(devices)}; "
-                           f"move them with .to(device) first")
 
 
 class Tensor:
@@ -156,11 +149,7 @@ class Tensor:
 
     def to(self, device=None, dtype=None) -> "Tensor":
         """A copy on ``device`` and/or of ``dtype``; the result is a new leaf of the graph."""
-        if device is None:
-            with backend.device_scope(self.data):
-                data = self.data if dtype is None else self.data.astype(dtype, copy=False)
-        else:
-            data = backend.to_device(self.data, device, dtype)
+        data = backend.to_device(self.data, self.device if device is None else device, dtype)
         if data is self.data:
             return self
         return Tensor(data, requires_grad=self.requires_grad)
