@@ -23,9 +23,9 @@ Targets (each names its command, wall time and accuracy in the table):
 - ``photos``: the ``paper`` model (two towers, 224x224) with the image-folder recipe on real
   colour photographs (``photo_folder.py``: twelve photographs from Debian's ``mate-backgrounds``,
   one class each, validation crops from a part of each photograph training never sees), in
-  lockstep with PyTorch as above, with ``--batch-size`` cut for the CPU. Target: steady
-  progress: the loss falls every quarter of the run, no spike (a step above 3x the median of the
-  20 before it), nothing non-finite.
+  lockstep with PyTorch as above, with ``--batch-size`` cut for the CPU (and the learning rate
+  scaled with it, as the example does). Target: steady progress: the loss falls every quarter
+  of the run, no spike (a step above 3x the median of the 20 before it), nothing non-finite.
 
 Figures are measured, never assumed; ``--results`` writes the table to benchmarks/RESULTS.md.
 """
@@ -47,7 +47,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 
 from minialex import Tensor, recipe  # noqa: E402
 from minialex import functional as F  # noqa: E402
-from minialex.config import GPU_PRESET, IMAGES_PRESET  # noqa: E402
+from minialex.config import GPU_PRESET, IMAGES_PRESET, scaled_to_batch  # noqa: E402
 from minialex.train import evaluate  # noqa: E402
 
 import photo_folder  # noqa: E402
@@ -238,10 +238,10 @@ def target_gpu_preset(steps: int, torch) -> list:
 
 def target_photos(work: pathlib.Path, folder, steps: int, batch_size: int, torch) -> list:
     """The ``paper`` model with the image-folder recipe on real colour photographs, in lockstep
-    with PyTorch. Only the batch size is cut (a CPU budget); lr, warm-up, init and input
-    scaling are the preset's."""
+    with PyTorch. Only the batch size is cut (a CPU budget), and the learning rate with it as
+    ``--batch-size`` alone does; warm-up, init and input scaling are the preset's."""
     folder = pathlib.Path(folder) if folder else photo_folder.write_folder(work / "photos")
-    config = IMAGES_PRESET.replace(dataset=str(folder), batch_size=batch_size, print_freq=0)
+    config = scaled_to_batch(IMAGES_PRESET, batch_size).replace(dataset=str(folder), print_freq=0)
     start = time.perf_counter()
     log, seconds = lockstep(config, steps, held_out=100_000, torch=torch,
                             eval_every=max(steps // 4, 1))
@@ -257,7 +257,7 @@ def target_photos(work: pathlib.Path, folder, steps: int, batch_size: int, torch
         steady = falls(losses) and spikes == 0 and np.isfinite(losses).all()
         rows.append({
             "target": f"`paper` model, image-folder recipe, real photos ({steps} steps, "
-                      f"batch {batch_size})",
+                      f"batch {batch_size}, lr {config.lr:g})",
             "command": f"bench_learning.py --targets photos --steps {steps} "
                        f"--batch-size {batch_size}",
             "framework": name, "wall_s": wall, "exit": 0, "met": steady,

@@ -115,3 +115,12 @@ def test_a_folders_checkpoint_resumes_with_the_folder_preset_on_any_device():
     saved = IMAGES_PRESET.replace(dataset="/photos", model="small").to_dict()
     config = resolve({}, "gpu", saved)
     assert config.dataset == "/photos" and config.model == "small" and config.schedule == "plateau"
+
+
+def test_a_batch_size_given_alone_scales_the_presets_learning_rate():
+    folder = "/data/photos"
+    assert resolve({"dataset": folder, "batch_size": 16}, "cpu").lr == pytest.approx(0.00125)
+    assert resolve({"dataset": folder, "batch_size": 16, "lr": 0.01}, "cpu").lr == 0.01
+    assert resolve({"dataset": folder}, "cpu").lr == IMAGES_PRESET.lr
+    saved = IMAGES_PRESET.replace(dataset=folder, batch_size=16, lr=0.003).to_dict()
+    assert resolve({"batch_size": 16}, "cpu", saved).lr == 0.003   # a resumed run keeps its own
