@@ -7,7 +7,8 @@
 The report (:mod:`minialex.report`) opens from disk: curves, speed, confusion matrix, the most
 confidently misclassified test images, settings. ``--figures`` (:func:`minialex.predict.
 paper_figures`) writes filters.png and retrieval.png beside the same pictures of the untrained
-network (and of raw-pixel neighbours), and prints the share of same-class neighbours of each.
+network (and filters_change.png, what training changed; retrieval_pixels.png, raw-pixel
+neighbours), and prints the share of same-class neighbours of each.
 Exit status: 0 done, 1 failed (run folder or checkpoint unreadable), 2 bad usage.
 """
 import argparse
@@ -56,7 +57,8 @@ def main(argv=None) -> int:
                                  limit_test=args.limit_test, **options))
         if args.figures:
             found = predict.paper_figures(
-                args.checkpoint or os.path.join(args.run_dir, "best.npz"), args.run_dir,
+                args.checkpoint or predict.run_checkpoint(args.run_dir) or
+                os.path.join(args.run_dir, "best.npz"), args.run_dir,
                 queries=args.queries, k=args.neighbours, limit_train=args.limit_train, **options)
             print("\n".join(found["files"]))
             print(f"same-class share of the {found['neighbours']} nearest of "

@@ -182,15 +182,19 @@ def classify_files(checkpoint_path, paths, *, k: int = TOPK, ten_crop: bool = Fa
     return classifier.classify(files, k=k, ten_crop=ten_crop)
 
 
+def run_checkpoint(run_dir) -> str | None:
+    """A run folder's ``best.npz``, else its ``last.npz``, else None."""
+    found = [os.path.join(run_dir, name) for name in ("best.npz", "last.npz")
+             if os.path.exists(os.path.join(run_dir, name))]
+    return found[0] if found else None
+
+
 def report_run(run_dir, *, checkpoint_path=None, **options) -> str:
     """Write ``run_dir/report.html`` (:func:`minialex.report.write_report`) for a run folder,
     with the test predictions of ``checkpoint_path`` (default: its ``best.npz``, else
     ``last.npz``; with neither, the curves and tables alone); ``options`` go to
     :func:`load_run`."""
-    if checkpoint_path is None:
-        found = [os.path.join(run_dir, name) for name in ("best.npz", "last.npz")
-                 if os.path.exists(os.path.join(run_dir, name))]
-        checkpoint_path = found[0] if found else None
+    checkpoint_path = checkpoint_path or run_checkpoint(run_dir)
     if checkpoint_path is None:
         return write_report(run_dir)
     run, predictions = checkpoint_predictions(checkpoint_path, **options)
@@ -232,4 +236,5 @@ def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int =
 
 
 __all__ = ["Classifier", "Prediction", "checkpoint_predictions", "classify_files",
-           "image_files", "load_run", "paper_figures", "report_run", "top_classes"]
+           "image_files", "load_run", "paper_figures", "report_run", "run_checkpoint",
+           "top_classes"]

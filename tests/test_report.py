@@ -7,6 +7,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import types
 
 import numpy as np
@@ -18,7 +19,7 @@ from minialex.config import CPU_PRESET
 from minialex.data import ArrayDataset
 from minialex.models import alexnet
 
-from support import learnable_fashion_mnist
+from support import ROOT, learnable_fashion_mnist
 
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress <&>"]   # a name HTML must escape
 
@@ -149,3 +150,17 @@ def test_many_classes_list_their_largest_confusions_instead_of_the_whole_matrix(
     table = re.search(r"<table class='grid' id='confusion'>(.*?)</table>", page, re.S).group(1)
     assert table.count("<tr>") == 1 + 30 and "<th>class 1</th><th>class 2</th><td>2</td>" in table
     assert "<th>class 0</th><th>class 1</th>" not in table     # 1 image: outranked by 2s
+
+
+def test_the_command_reports_any_run_folder_and_names_a_missing_one(tmp_path):
+    fake_run(tmp_path / "run")                # no checkpoint: the curves and tables alone
+    script = [sys.executable, str(ROOT / "examples" / "report.py")]
+    done = subprocess.run(script + [str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"{tmp_path / 'run' / 'report.html'}\n"
+    assert "val top-1" in (tmp_path / "run" / "report.html").read_text()
+    missing = subprocess.run(script + [str(tmp_path / "nowhere")], capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+    assert missing.returncode == 1
+    assert missing.stderr == f"report.py: error: {tmp_path / 'nowhere'}: no such run folder\n"
