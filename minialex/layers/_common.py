@@ -147,6 +147,7 @@ def unpadded(a, PH: int, PW: int):
 # sets aside delays only its own piece, and nothing spins.
 PIECES_PER_THREAD = 4  # more pieces than threads, so a slowed thread leaves its share to others
 _pool = None  # worker threads, made at the first call that is large enough to use them
+_pool_size = 0  # how many workers _pool has
 _blas = None  # threadpoolctl's handle on NumPy's BLAS, made at the first GEMM
 _scratch = threading.local()  # each thread's reusable temporaries (see scratch)
 
@@ -154,16 +155,39 @@ _scratch = threading.local()  # each thread's reusable temporaries (see scratch)
 @functools.lru_cache(maxsize=None)
 def cpu_threads() -> int:
     """The cores this process may use: its CPU affinity (``os.sched_getaffinity``), or fewer
-    where a cgroup v2 CPU quota (a container's ``--cpus``) allows less. Read once."""
+    where a cgroup CPU quota (a container's ``--cpus``: ``cpu.max`` in cgroup v2,
+    ``cpu.cfs_quota_us`` / ``cpu.cfs_period_us`` in v1) allows less. Read once; a quota that
+    cannot be read or makes no sense leaves the affinity as it is."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        with open("/sys/fs/cgroup/cpu.max") as f:
-            quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores or 1, math.ceil(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass  # no cgroup v2 quota: the affinity stands
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        cores = min(cores or 1, quota)
     return max(1, cores or 1)
+
+
+def _cgroup_cpu_quota() -> int | None:
+    """The cores a cgroup v2 or v1 CPU quota allows (rounded up), or None without one."""
+    for read in (_read_cgroup_v2, _read_cgroup_v1):
+        try:
+            quota, period = read()
+        except (OSError, ValueError, IndexError):
+            continue  # not this cgroup version, or unreadable: try the next
+        if quota > 0 and period > 0:  # v2 "max" and v1 -1 mean no quota; 0 guards the division
+            return math.ceil(quota / period)
+    return None
+
+
+def _read_cgroup_v2() -> tuple[int, int]:
+    with open("/sys/fs/cgroup/cpu.max") as f:
+        quota, period = f.read().split()[:2]
+    return (-1 if quota == "max" else int(quota)), int(period)
+
+
+def _read_cgroup_v1() -> tuple[int, int]:
+    with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
+        quota = int(f.read())
+    with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
+        return quota, int(f.read())
 
 
 def cpu_parallel(fn, n: int, work: int) -> None:
@@ -174,13 +198,16 @@ def cpu_parallel(fn, n: int, work: int) -> None:
     (channels, images, output columns) let them run on all cores. ``work`` (elements touched)
     below ~1M runs inline, where starting threads would cost more than it saves.
     """
-    global _pool
+    global _pool, _pool_size
     threads = min(cpu_threads(), n)
     if threads <= 1 or work < (1 << 20):
         fn(0, n)
         return
-    if _pool is None or _pool._max_workers < threads - 1:
+    if _pool is None or _pool_size < threads - 1:
+        if _pool is not None:
+            _pool.shutdown(wait=False)  # its idle threads end; those still busy end after
         _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="minialex-cpu")
+        _pool_size = threads - 1
     pieces = min(n, threads * PIECES_PER_THREAD)
     bounds = [n * i // pieces for i in range(pieces + 1)]
     taken = itertools.count()  # next() on it is atomic under the GIL: each piece goes once
@@ -192,8 +219,12 @@ def cpu_parallel(fn, n: int, work: int) -> None:
     try:
         take_pieces()
     finally:
-        for future in futures:
-            future.result()  # waits for every worker; re-raises a worker's exception here
+        # Every worker must stop writing into this call's outputs before it returns or raises:
+        # wait for all of them, then re-raise the first error (this thread's comes first).
+        errors = [future.exception() for future in futures]
+    for error in errors:
+        if error is not None:
+            raise error
 
 
 def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
@@ -222,14 +253,35 @@ def piece_bounds(n: int) -> list:
     return [n * i // pieces for i in range(pieces + 1)]
 
 
+_blas_lock = threading.Lock()  # guards the two below
+_blas_users = 0  # threads now inside single_threaded_blas
+_blas_limiter = None  # threadpoolctl's saved limits, restored when the last user leaves
+
+
 @contextlib.contextmanager
 def single_threaded_blas():
-    """NumPy's BLAS on one thread inside the block (see above), as it was after it."""
-    global _blas
-    if _blas is None:
-        _blas = ThreadpoolController()
-    with _blas.limit(limits=1, user_api="blas"):
+    """NumPy's BLAS on one thread inside the block (see above), as it was after it.
+
+    The limit is process-wide (BLAS has one thread count), so threads that overlap share it:
+    the first one in sets it and the last one out restores what the first one found. Saving
+    and restoring per thread would let one thread's exit give BLAS its threads back while
+    another is still inside, and the last exit then leave BLAS on one thread for good.
+    """
+    global _blas, _blas_users, _blas_limiter
+    with _blas_lock:
+        if _blas_users == 0:
+            if _blas is None:
+                _blas = ThreadpoolController()
+            _blas_limiter = _blas.limit(limits=1, user_api="blas")
+        _blas_users += 1
+    try:
         yield
+    finally:
+        with _blas_lock:
+            _blas_users -= 1
+            if _blas_users == 0:
+                _blas_limiter.restore_original_limits()
+                _blas_limiter = None
 
 
 def cpu_matmul(a, b, out=None):

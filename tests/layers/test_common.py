@@ -2,6 +2,7 @@
 worker's error reaches the caller, and the blocked GEMM equals NumPy's."""
 import threading
 import time
+import types
 
 import numpy as np
 import pytest
@@ -57,3 +58,105 @@ def test_cpu_matmul_equals_numpy(four_threads, shape):
     assert cpu_matmul(a, b, out=out) is out
     np.testing.assert_allclose(out, a @ b, **TOL[np.float32])
     np.testing.assert_allclose(cpu_matmul(a, b), a @ b, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_cpu_parallel_waits_for_every_worker_before_reraising(monkeypatch, attempt):
+    """A worker's error must not reach the caller while another worker still writes into the
+    call's outputs. Of 7 workers, the first to start fails at once and the others are slow;
+    the caller must see the slow ones finished when the error arrives."""
+    monkeypatch.setattr(_common, "cpu_threads", lambda: 8)
+    lock, failing, finished = threading.Lock(), [], []
+
+    def piece(start, stop):
+        if threading.current_thread() is threading.main_thread():
+            time.sleep(0.005)  # leaves pieces for the workers
+            return
+        with lock:
+            failing[:] = failing or [threading.get_ident()]
+        if failing[0] == threading.get_ident():
+            raise ValueError("piece failed")
+        time.sleep(0.02)
+        finished.append(start)
+    with pytest.raises(ValueError, match="piece failed"):
+        cpu_parallel(piece, 32, BIG)
+    count = len(finished)
+    time.sleep(0.2)
+    assert len(finished) == count  # nothing still running after the call returned
+
+
+def test_cpu_parallel_shuts_down_a_pool_it_outgrows(monkeypatch):
+    monkeypatch.setattr(_common, "_pool", None)
+    monkeypatch.setattr(_common, "_pool_size", 0)
+    monkeypatch.setattr(_common, "cpu_threads", lambda: 2)
+    cpu_parallel(lambda start, stop: None, 8, BIG)
+    small = _common._pool
+    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
+    cpu_parallel(lambda start, stop: None, 8, BIG)
+    assert _common._pool is not small and _common._pool_size == 3
+    with pytest.raises(RuntimeError):  # shut down: takes no more work
+        small.submit(print)
+    _common._pool.shutdown()
+
+
+class FakeBlas:
+    """Stands in for threadpoolctl's controller: one process-wide BLAS thread count, and a limit
+    that saves the count it finds and puts it back on restore, as threadpoolctl's does. (Real
+    OpenBLAS 0.3.31 ignores a thread count set from a thread other than the main one after
+    the main one set it, so the real library cannot show the order of events here.)"""
+
+    def __init__(self, threads):
+        self.threads = threads
+
+    def limit(self, limits, user_api):
+        saved, self.threads = self.threads, limits
+        restore = lambda: setattr(self, "threads", saved)  # noqa: E731
+        return types.SimpleNamespace(restore_original_limits=restore)
+
+
+def test_single_threaded_blas_in_overlapping_threads_restores_blas_after_the_last(monkeypatch):
+    """A enters, B enters, A leaves, B leaves: BLAS stays on one thread until B leaves, and
+    has its threads back afterwards (the limit is process-wide, not per thread)."""
+    blas = FakeBlas(threads=2)
+    monkeypatch.setattr(_common, "_blas", blas)
+    a_inside, b_inside, a_left, b_done = (threading.Event() for _ in range(4))
+    seen = {}
+
+    def a():
+        with _common.single_threaded_blas():
+            a_inside.set()
+            b_inside.wait(10)
+        a_left.set()
+
+    def b():
+        a_inside.wait(10)
+        with _common.single_threaded_blas():
+            b_inside.set()
+            a_left.wait(10)
+            seen["B after A left"] = blas.threads
+        b_done.set()
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert b_done.is_set()
+    assert seen["B after A left"] == 1
+    assert blas.threads == 2
+
+
+def test_cpu_threads_reads_cgroup_v1_and_guards_a_zero_period(monkeypatch):
+    cores = _common.cpu_threads.__wrapped__
+
+    def missing():
+        raise OSError("no such file")
+    affinity = cores()
+    monkeypatch.setattr(_common, "_read_cgroup_v2", missing)
+    monkeypatch.setattr(_common, "_read_cgroup_v1", lambda: (100_000, 100_000))
+    assert cores() == 1  # a one-core v1 quota
+    monkeypatch.setattr(_common, "_read_cgroup_v1", lambda: (-1, 100_000))
+    assert cores() == affinity  # v1's "no quota"
+    monkeypatch.setattr(_common, "_read_cgroup_v2", lambda: (100_000, 0))
+    assert cores() == affinity  # a zero period is ignored, not divided by
+    monkeypatch.setattr(_common, "_read_cgroup_v1", missing)
+    assert cores() == affinity
