@@ -63,7 +63,7 @@ import time
 
 import numpy as np
 
-from . import recipe
+from . import backend, recipe
 from .config import CPU_PRESET, GPU_PRESET, RunConfig
 from .data import Loader
 from .models import VARIANTS
@@ -195,13 +195,40 @@ BUDGETS = {
 
 
 # -- one run -----------------------------------------------------------------------------------
-def train_arm(config: RunConfig, data, device: str = "cpu", *, train_eval: int = 1000) -> dict:
-    """Train ``config`` on ``data`` (:func:`minialex.recipe.load_data`'s) and return its record:
+def build_arm(config: RunConfig, reference: RunConfig | None, data,
+              device: str = "cpu") -> recipe.Run:
+    """:func:`minialex.recipe.build` for ``config``, started where ``reference`` (the study's
+    first arm, the paper's choice; None: ``config`` itself) starts: every parameter whose shape
+    agrees with the reference's at the same place (conv1's weight, ...) takes its initial
+    value, and minialex's generator continues from the reference's state after its build, so
+    the arms' dropout masks agree as well.
+
+    Without this the arms of a switch that changes a shape (the pools change fc6) would share
+    nothing: the layer constructors and :func:`minialex.models.initialize` draw every weight
+    from one stream in order, so one larger layer moves every later draw. Shuffling and
+    augmentation have their own generators seeded from ``config.seed`` alone."""
+    if reference is None or reference == config:
+        return recipe.build(config, data, device)
+    start = recipe.build(reference, data, "cpu").model.state_dict()
+    stream = backend.rng_for(np).bit_generator.state
+    run = recipe.build(config, data, device)
+    # paired in order, not by name: LRN's absence shifts the later layers' indices
+    for initial, value in zip(start.values(), run.model.parameters()):
+        if initial.shape == value.shape:
+            value.data = backend.to_device(np.array(initial), device)
+    backend.rng_for(np).bit_generator.state = stream
+    return run
+
+
+def train_arm(config: RunConfig, data, device: str = "cpu", *, train_eval: int = 1000,
+              reference: RunConfig | None = None) -> dict:
+    """Train ``config`` on ``data`` (:func:`minialex.recipe.load_data`'s), started as
+    ``reference`` is (:func:`build_arm`), and return its record:
     per step ``train_loss`` and ``train_error``; per epoch ``held_out``; at the end
     ``held_out_error``, ``train_error_eval`` (eval mode, first ``train_eval`` training images),
     ``parameters``, ``seconds`` and ``stopped`` (None, or why the run stopped early)."""
     started = time.perf_counter()
-    run = recipe.build(config, data, device)
+    run = build_arm(config, reference, data, device)
     if run.val_loader is None:
         raise ValueError("train_arm: the held-out error needs a validation split; use "
                          "val_size > 0")
@@ -434,7 +461,8 @@ def run_studies(names=None, budget="cpu", *, device: str = "cpu", out=None, data
             for arm, (label, _) in enumerate(study.arms):
                 config = study.config(budget, arm, seed)
                 if config not in done:
-                    done[config] = train_arm(config, data, device, train_eval=budget.train_eval)
+                    done[config] = train_arm(config, data, device, train_eval=budget.train_eval,
+                                             reference=study.config(budget, 0, seed))
                 record = done[config]
                 print(f"{name} | {label} | seed {seed}: {record['steps']} steps, training "
                       f"error (last {budget.window}) "
@@ -520,5 +548,5 @@ def _steps(values, total) -> str:
     return text + (f" ({missed} of {len(values)}: > {total})" if missed else "")
 
 
-__all__ = ["BUDGETS", "Budget", "STUDIES", "Study", "format_table", "headline", "plot",
+__all__ = ["BUDGETS", "Budget", "STUDIES", "Study", "build_arm", "format_table", "headline", "plot",
            "run_studies", "smoothed", "steps_to_target", "summarize", "train_arm"]

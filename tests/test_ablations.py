@@ -9,9 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from minialex import ablations
+from minialex import ablations, recipe
 from minialex.ablations import BUDGETS, STUDIES, Study, smoothed, steps_to_target
 from minialex.config import RunConfig, SettingError
+from minialex.layers.dropout import dropout
+from minialex.tensor import Tensor
 
 from support import ROOT, learnable_fashion_mnist
 
@@ -100,6 +102,31 @@ def test_the_command_line_rejects_an_unknown_study():
     with pytest.raises(SystemExit) as exc:
         ablate.main(["--study", "relu", "--budget", "tiny"])
     assert exc.value.code == 2
+
+
+# -- the arms' start ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    data_dir = learnable_fashion_mnist(tmp_path_factory.mktemp("data"), n_train=120, n_test=10)
+    return recipe.load_data(BUDGETS["tiny"].config, data_dir=data_dir)
+
+
+@pytest.mark.parametrize("name", list(STUDIES))
+def test_the_arms_start_from_the_same_weights_and_dropout_stream(name, tiny_data):
+    study, budget = STUDIES[name], BUDGETS["tiny"]
+    reference = study.config(budget, 0, 3)
+    start, masks = [], []
+    for arm in (0, 1):
+        run = ablations.build_arm(study.config(budget, arm, 3), reference, tiny_data)
+        start.append(run.model.parameters())
+        masks.append(dropout(Tensor(np.ones(256, dtype=np.float32)), 0.5).numpy())
+    assert len(start[0]) == len(start[1])
+    differ = [i for i, (a, b) in enumerate(zip(*start)) if a.shape != b.shape]
+    assert differ == ([10] if name == "pooling" else [])    # fc6's weight follows the pools
+    for i, (a, b) in enumerate(zip(*start)):
+        if i not in differ:
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=str(i))
+    np.testing.assert_array_equal(masks[0], masks[1])
 
 
 # -- the summary -------------------------------------------------------------------------------
