@@ -209,8 +209,8 @@ def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int =
     ``filters.png``, ``filters_untrained.png``, ``filters_change.png`` (trained minus
     untrained: what training learned), ``retrieval.png``, ``retrieval_untrained.png`` and
     ``retrieval_pixels.png``; returns the share of same-class neighbours of each (``k``
-    nearest among the first ``limit_train`` training images, for the first ``queries`` test
-    images) and the paths written."""
+    nearest among ``limit_train`` training images, for ``queries`` test images, both drawn
+    at random with a fixed seed) and the paths written."""
     run = load_run(path, **options)
     untrained = recipe.build(run.config, run.data, options.get("device", "cpu")).model.eval()
     transform = run.test_loader.transform
@@ -229,8 +229,8 @@ def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int =
                           limit_train=limit_train)
         out["share"][{"": "trained", "_untrained": "untrained", "_pixels": "pixels"}[name]] = \
             found["share"]
-        out["files"].append(save_png(retrieval_grid(train.head(limit_train), test,
-                                                    found["neighbours"], rows=rows),
+        out["files"].append(save_png(retrieval_grid(train, test, found["neighbours"],
+                                                    queries=found["queries"], rows=rows),
                                      os.path.join(out_dir, f"retrieval{name}.png")))
     return out
 

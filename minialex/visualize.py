@@ -211,27 +211,55 @@ def same_class_share(neighbours, base_labels, query_labels) -> float:
     return float((labels == np.asarray(query_labels)[:, None]).mean())
 
 
+class _Subset:
+    """The images ``indices`` of ``dataset``, as a dataset (``len``, ``get_batch``)."""
+
+    def __init__(self, dataset, indices):
+        self.dataset, self.indices = dataset, np.asarray(indices)
+
+    def __len__(self):
+        return len(self.indices)
+
+    def get_batch(self, indices):
+        return self.dataset.get_batch(self.indices[indices])
+
+
+def sample_indices(size: int, n: int | None, seed) -> np.ndarray:
+    """``n`` distinct indices of ``0..size-1`` drawn at random with ``seed``, in drawn order
+    (all of them, in order, when ``n`` is None or at least ``size``). Random, not the first
+    ``n``: image-folder splits are sorted by class, so their first images are of few classes."""
+    if n is None or n >= size:
+        return np.arange(size)
+    return np.random.default_rng(seed).choice(size, n, replace=False)
+
+
 def retrieval(train, test, *, features=None, queries: int = 1000, k: int = 6,
-              limit_train: int | None = None) -> dict:
-    """Neighbours among ``train`` of the first ``queries`` images of ``test`` (both datasets),
-    by ``features(dataset) -> (N, D)`` (e.g. ``lambda d: fc7_features(model, d, transform)``;
-    None: raw pixels). Returns ``{"neighbours", "query_labels", "train_labels", "share"}``."""
-    train, test = train.head(limit_train), test.head(queries)
+              limit_train: int | None = None, seed: int = 0) -> dict:
+    """Neighbours among ``limit_train`` training images of ``queries`` test images (both drawn
+    at random with ``seed``; None or more than there are: all) by ``features(dataset) -> (N,
+    D)`` (e.g. ``lambda d: fc7_features(model, d, transform)``; None: raw pixels). Returns
+    ``{"neighbours"`` (indices into ``train``), ``"queries"`` (indices into ``test``),
+    ``"query_labels", "train_labels"`` (of the searched images), ``"share"}``."""
+    base_index = np.sort(sample_indices(len(train), limit_train, [seed, 0]))
+    query_index = sample_indices(len(test), queries, [seed, 1])
+    base, asked = _Subset(train, base_index), _Subset(test, query_index)
     features = features or pixel_features
-    neighbours = nearest_neighbours(features(test), features(train), k)
-    _, query_labels = test.get_batch(np.arange(len(test)))
-    _, train_labels = train.get_batch(np.arange(len(train)))
-    return {"neighbours": neighbours, "query_labels": np.asarray(query_labels),
-            "train_labels": np.asarray(train_labels),
+    neighbours = nearest_neighbours(features(asked), features(base), k)
+    _, query_labels = asked.get_batch(np.arange(len(asked)))
+    _, train_labels = base.get_batch(np.arange(len(base)))
+    return {"neighbours": base_index[neighbours], "queries": query_index,
+            "query_labels": np.asarray(query_labels), "train_labels": np.asarray(train_labels),
             "share": same_class_share(neighbours, train_labels, query_labels)}
 
 
-def retrieval_grid(train, test, neighbours, *, rows: int = 5, scale: int | None = None,
-                   pad: int = 1) -> np.ndarray:
+def retrieval_grid(train, test, neighbours, *, queries=None, rows: int = 5,
+                   scale: int | None = None, pad: int = 1) -> np.ndarray:
     """Fig. 4's picture: per row, a test image, a gap, then its nearest training images, for
-    the first ``rows`` queries of ``neighbours`` (from :func:`retrieval`)."""
+    the first ``rows`` queries of :func:`retrieval`'s ``neighbours``; ``queries``: its
+    ``"queries"``, the test images' indices (None: the first images of ``test``)."""
     rows = min(rows, len(neighbours))
-    queries = to_display(test.get_batch(np.arange(rows))[0])
+    queries = np.arange(rows) if queries is None else np.asarray(queries)[:rows]
+    queries = to_display(test.get_batch(queries)[0])
     found = to_display(train.get_batch(neighbours[:rows].ravel())[0])
     scale = scale or max(1, round(64 / queries.shape[1]))
     left = tile(np.stack([upscale(q, scale) for q in queries]), 1, pad=pad)
@@ -242,4 +270,4 @@ def retrieval_grid(train, test, neighbours, *, rows: int = 5, scale: int | None 
 
 __all__ = ["conv1_filters", "fc7_features", "filter_grid", "filter_pictures",
            "nearest_neighbours", "pixel_features", "retrieval", "retrieval_grid",
-           "same_class_share", "save_png", "tile", "to_display"]
+           "same_class_share", "sample_indices", "save_png", "tile", "to_display"]

@@ -21,6 +21,7 @@ from minialex.visualize import (
     retrieval,
     retrieval_grid,
     same_class_share,
+    to_display,
 )
 
 
@@ -95,6 +96,28 @@ def test_retrieval_counts_the_share_of_the_query_class():
     assert (found["neighbours"][:, 0] == np.arange(10)).all()   # each finds itself first
     picture = retrieval_grid(data, data, found["neighbours"], rows=3, scale=2)
     assert picture.shape == (1 + 3 * 13, 1 + 13 + GAP + 1 + 4 * 13, 3)
+
+
+def test_retrieval_draws_base_and_queries_from_every_class_of_a_sorted_split():
+    labels = np.repeat(np.arange(6), 20)            # sorted by class, as an image folder's
+    images = np.random.default_rng(4).integers(0, 256, (120, 1, 5, 5)).astype(np.uint8)
+    data = ArrayDataset(images, labels)
+    found = retrieval(data, data, queries=12, k=3, limit_train=30)
+    assert len(set(found["query_labels"])) >= 4 and len(set(found["train_labels"])) >= 4
+    assert len(set(found["queries"])) == 12 and found["train_labels"].shape == (30,)
+    np.testing.assert_array_equal(found["query_labels"], labels[found["queries"]])
+    # neighbours index the whole training split: each query is its own nearest when searched
+    base = set(found["neighbours"].ravel())
+    for query, row in zip(found["queries"], found["neighbours"]):
+        assert query not in base or row[0] == query
+    assert found["share"] == same_class_share(found["neighbours"], labels,
+                                              labels[found["queries"]])
+    again = retrieval(data, data, queries=12, k=3, limit_train=30)
+    np.testing.assert_array_equal(again["neighbours"], found["neighbours"])   # seeded
+    picture = retrieval_grid(data, data, found["neighbours"], queries=found["queries"], rows=2,
+                             scale=1)
+    first = to_display(data.get_batch(found["queries"][:1])[0])[0]
+    np.testing.assert_array_equal(picture[1:6, 1:6, 0], first)
 
 
 def test_fc7_features_are_the_input_of_fc8():
