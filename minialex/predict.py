@@ -95,7 +95,10 @@ class Classifier:
         self.run, self.model, self.classes = run, run.model, list(run.data.classes)
         self.device = backend.device_of(next(iter(self.model.parameters())).data)
         folder = run.data.folder
-        self.size = folder.size if folder is not None else run.model.input_size
+        # the side the dataset stores (Fashion-MNIST: 28, whatever the model's input): a file
+        # is brought to it, and the evaluation transform takes it from there to the input size
+        self.size = (folder.size if folder is not None
+                     else run.data.test.get_batch(np.arange(1))[0].shape[-1])
         self.grey = folder is None
 
     @classmethod

@@ -7,11 +7,13 @@ import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from minialex import predict, recipe
-from minialex.config import IMAGES_PRESET
+from minialex.config import CPU_PRESET, IMAGES_PRESET
+from minialex.report import collect_predictions
 
-from support import CORRUPT, ROOT, synthetic_photos
+from support import CORRUPT, ROOT, learnable_fashion_mnist, synthetic_photos
 from support import PHOTO_CLASSES as CLASSES
 
 SCRIPT = ROOT / "examples" / "predict.py"
@@ -47,6 +49,25 @@ def test_classifying_files_gives_what_evaluating_the_prepared_images_gives(train
     ten, _ = classifier.classify(files[:4], k=2, ten_crop=True)
     assert [len(t.top) for t in ten] == [2] * 4
     assert all(0 < sum(p for _, p in t.top) <= 1 + 1e-6 for t in ten)
+
+
+def test_a_fashion_mnist_png_gets_the_probabilities_evaluation_gives(tmp_path):
+    """The `fmnist` model takes 224x224 inputs made from 28x28 images: a file must become the
+    28x28 image first, then go through the evaluation transform, as the test split does."""
+    data_dir = learnable_fashion_mnist(tmp_path / "data", n_train=20, n_test=6)
+    config = CPU_PRESET.replace(model="fmnist", limit_train=20, val_size=0, print_freq=0)
+    run = recipe.build(config, recipe.load_data(config, data_dir=data_dir), "cpu")
+    run.model.eval()
+    expected = collect_predictions(run.model, run.test_loader, run.data.classes).probs
+    images, _ = run.data.test.get_batch(np.arange(len(run.data.test)))
+    files = []
+    for i, image in enumerate(images):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image[0]).save(files[-1])
+    classifier = predict.Classifier(run)
+    assert classifier.size == 28 and run.model.input_size == 224
+    np.testing.assert_allclose(classifier.probabilities(np.stack(
+        [classifier.load(f) for f in files])), expected, rtol=1e-4, atol=1e-6)
 
 
 def test_the_command_prints_top_classes_per_file_and_counts_unreadable_ones(trained, tmp_path):
