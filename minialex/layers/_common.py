@@ -146,6 +146,10 @@ def unpadded(a, PH: int, PW: int):
 # pieces that this thread and a few sleeping workers take in turn: a worker that the scheduler
 # sets aside delays only its own piece, and nothing spins.
 PIECES_PER_THREAD = 4  # more pieces than threads, so a slowed thread leaves its share to others
+SUM_PIECES = 16  # partial sums of a reduction (conv's gw, gb): a constant, so its bits never
+# depend on the machine's core count (see piece_bounds)
+BLOCK_BYTES = 8 << 20  # a block's temporaries (its columns) at most: each thread keeps that much
+# scratch for the life of the process, and a smaller block fits more of the caches
 _pool = None  # worker threads, made at the first call that is large enough to use them
 _pool_size = 0  # how many workers _pool has
 _blas = None  # threadpoolctl's handle on NumPy's BLAS, made at the first GEMM
@@ -246,11 +250,37 @@ def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
 
 
 def piece_bounds(n: int) -> list:
-    """Where :func:`cpu_parallel` would cut ``range(n)``: ``bounds[i]:bounds[i + 1]`` is piece i.
-    For passes that keep one partial result per piece and sum them in a fixed order (so a
-    result never depends on which thread took which piece)."""
-    pieces = min(n, cpu_threads() * PIECES_PER_THREAD)
-    return [n * i // pieces for i in range(pieces + 1)]
+    """``range(n)`` cut into :data:`SUM_PIECES` pieces (fewer when ``n`` is smaller):
+    ``bounds[i]:bounds[i + 1]`` is piece i. For passes that keep one partial result per piece
+    and sum them in a fixed order: the cuts depend on ``n`` alone, never on the thread count,
+    so such a sum has the same bits on any machine and whichever thread took which piece."""
+    pieces = min(n, SUM_PIECES)
+    return [n * i // pieces for i in range(pieces + 1)] if pieces else [0]
+
+
+def block_bounds(n: int, item_bytes: int, per_thread: bool = False) -> list:
+    """``range(n)`` cut into even blocks, as few as keep each block's temporaries
+    (``item_bytes`` per item) within :data:`BLOCK_BYTES` (a block holds at least one item).
+    With ``per_thread``, at least :data:`PIECES_PER_THREAD` blocks per thread (fewer when ``n``
+    is smaller): only for passes whose results do not depend on how the items are grouped."""
+    blocks = math.ceil(n * item_bytes / BLOCK_BYTES)
+    if per_thread:
+        blocks = max(blocks, cpu_threads() * PIECES_PER_THREAD)
+    blocks = min(n, blocks)
+    return [n * i // blocks for i in range(blocks + 1)] if blocks else [0]
+
+
+def cpu_parallel_gemms(fn, n: int, work: int) -> None:
+    """:func:`cpu_parallel` for pieces that run GEMMs, with BLAS single-threaded inside.
+
+    With fewer pieces than threads (one image, a small batch) the pieces would leave cores
+    idle, so they run here one after another and each GEMM gets BLAS's own threads instead.
+    """
+    if n < cpu_threads():
+        fn(0, n)
+        return
+    with single_threaded_blas():
+        cpu_parallel(fn, n, work)
 
 
 _blas_lock = threading.Lock()  # guards the two below
@@ -300,6 +330,5 @@ def cpu_matmul(a, b, out=None):
     else:
         def block(i0, i1):
             np.matmul(a[i0:i1], b, out=out[i0:i1])
-    with single_threaded_blas():
-        cpu_parallel(block, max(M, P), M * P * a.shape[1] // 16)
+    cpu_parallel_gemms(block, max(M, P), M * P * a.shape[1] // 16)
     return out

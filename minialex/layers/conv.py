@@ -56,16 +56,17 @@ from ..backend import get_array_module, is_gpu_array
 from ..module import Module, Parameter
 from ..tensor import Function, Tensor
 from ._common import (
+    block_bounds,
     check_float,
     check_window_fits,
     cpu_parallel,
+    cpu_parallel_gemms,
     output_size,
     padded,
     pair,
     piece_bounds,
     positive_int,
     scratch,
-    single_threaded_blas,
     unpadded,
     window,
 )
@@ -315,12 +316,14 @@ def _add_fields(fields, gx, SH, SW, PH, PW):
 
 
 # -- the convolution on the CPU, a block of images at a time ---------------------------------
-# Why blocks: Conv2dFunction's products, computed for a few images at a time, keep a block's
-# columns (a few MB) in cache between im2col writing them and the GEMM reading them; each
+# Why blocks: Conv2dFunction's products, computed for a few images at a time, keep each thread's
+# temporaries to one block's (at most BLOCK_BYTES of columns, reused from call to call); each
 # thread runs im2col, GEMMs, bias and col2im for its own block with no wait in between; each
 # image's (OC, OH*OW) product goes straight into y (no transpose pass); and no col for the whole
 # batch (hundreds of MB at AlexNet's sizes, each page of it a fresh page fault) is allocated or
 # kept: backward rebuilds a block's columns from x, which the previous layer keeps anyway.
+# Each image's y and gx come from products of their own, so they do not depend on how images
+# are grouped; gw and gb sum over images, so backward groups them in a fixed way (piece_bounds).
 def _conv2d_forward_cpu(x, w, b, SH, SW, PH, PW, G):
     """``y = conv2d(x, w, b)`` for contiguous NumPy arrays, block by block."""
     N, C, H, W = x.shape
@@ -329,7 +332,7 @@ def _conv2d_forward_cpu(x, w, b, SH, SW, PH, PW, G):
     OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
     w_mat = w.reshape(OC, K)
     y = np.empty((N, OC, OH, OW), dtype=x.dtype)
-    bounds = piece_bounds(N)
+    bounds = block_bounds(N, G * K * OH * OW * x.itemsize, per_thread=True)
 
     def run_blocks(i0, i1):
         for n0, n1 in zip(bounds[i0:i1], bounds[i0 + 1:i1 + 1]):
@@ -340,48 +343,62 @@ def _conv2d_forward_cpu(x, w, b, SH, SW, PH, PW, G):
                           out=y_n[:, g * OCg:(g + 1) * OCg])
             if b is not None:
                 y_n += b[:, None]
-    with single_threaded_blas():
-        cpu_parallel(run_blocks, len(bounds) - 1, y.size * K)
+    cpu_parallel_gemms(run_blocks, len(bounds) - 1, y.size * K)
     return y
 
 
 def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, needs_b):
     """``(gx, gw, gb)`` of conv2d for contiguous NumPy arrays, block by block. ``x`` is given
     only when gw is wanted, ``w_mat`` (OC, Cg*KH*KW) only when gx is, and gb is computed only
-    when ``needs_b``; a result not wanted is None. Each block's gw and gb are kept apart and the
-    blocks' are summed in order, so a result never depends on which thread took which block."""
+    when ``needs_b``; a result not wanted is None.
+
+    gw and gb are sums over the images, so their bits depend on how the images are grouped:
+    here the batch is cut into :func:`piece_bounds` pieces (fixed by N alone), each piece into
+    blocks of at most BLOCK_BYTES of columns (fixed by its size and the shapes alone), a piece's
+    blocks add up in order into the piece's partial sum, and the partial sums add up in order.
+    Neither the core count nor which thread took which piece changes a bit of the result."""
     N, C = x_shape[:2]
     OC, Cg, KH, KW = w_shape
     OCg, K = OC // G, Cg * KH * KW
     OH, OW = gy.shape[2:]
-    bounds = piece_bounds(N)
+    pieces = piece_bounds(N)
     gx = None if w_mat is None else np.empty(x_shape, dtype=gy.dtype)
-    gw_blocks = None if x is None else np.empty((len(bounds) - 1, OC, K), dtype=gy.dtype)
-    gb_blocks = np.empty((len(bounds) - 1, OC), dtype=gy.dtype) if needs_b else None
+    gw_pieces = None if x is None else np.empty((len(pieces) - 1, OC, K), dtype=gy.dtype)
+    gb_pieces = np.empty((len(pieces) - 1, OC), dtype=gy.dtype) if needs_b else None
 
-    def run_blocks(i0, i1):
+    def run_block(i, n0, n1, first):
+        """Block n0:n1 of piece i: its gx, and its gw and gb into (first) or onto the piece's."""
+        gY = scratch("gY", (OC, n1 - n0, OH * OW), gy.dtype)
+        gY[...] = gy[n0:n1].reshape(n1 - n0, OC, OH * OW).transpose(1, 0, 2)
+        gY = gY.reshape(OC, -1)  # (OC, n*OH*OW): col's column order
+        if needs_b:
+            if first:
+                gY.sum(axis=1, out=gb_pieces[i])
+            else:
+                gb_pieces[i] += gY.sum(axis=1)
+        if x is not None:
+            col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW).reshape(G * K, -1)
+            gw = gw_pieces[i] if first else scratch("gw", (OC, K), gy.dtype)
+            for g in range(G):
+                np.matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
+                          out=gw[g * OCg:(g + 1) * OCg])
+            if not first:
+                gw_pieces[i] += gw
+        if w_mat is not None:
+            gcol = scratch("gcol", (G * K, gY.shape[1]), gy.dtype)
+            for g in range(G):
+                np.matmul(w_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
+                          out=gcol[g * K:(g + 1) * K])
+            _add_fields(gcol.reshape(C, KH, KW, n1 - n0, OH, OW), gx[n0:n1], SH, SW, PH, PW)
+
+    def run_pieces(i0, i1):
         for i in range(i0, i1):
-            n0, n1 = bounds[i], bounds[i + 1]
-            gY = scratch("gY", (OC, n1 - n0, OH * OW), gy.dtype)
-            gY[...] = gy[n0:n1].reshape(n1 - n0, OC, OH * OW).transpose(1, 0, 2)
-            gY = gY.reshape(OC, -1)  # (OC, n*OH*OW): col's column order
-            if needs_b:
-                gY.sum(axis=1, out=gb_blocks[i])
-            if x is not None:
-                col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW).reshape(G * K, -1)
-                for g in range(G):
-                    np.matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
-                              out=gw_blocks[i, g * OCg:(g + 1) * OCg])
-            if w_mat is not None:
-                gcol = scratch("gcol", (G * K, gY.shape[1]), gy.dtype)
-                for g in range(G):
-                    np.matmul(w_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
-                              out=gcol[g * K:(g + 1) * K])
-                _add_fields(gcol.reshape(C, KH, KW, n1 - n0, OH, OW), gx[n0:n1], SH, SW, PH, PW)
-    with single_threaded_blas():
-        cpu_parallel(run_blocks, len(bounds) - 1, gy.size * K)
-    gw = None if gw_blocks is None else gw_blocks.sum(axis=0).reshape(w_shape)
-    return gx, gw, None if gb_blocks is None else gb_blocks.sum(axis=0)
+            blocks = block_bounds(pieces[i + 1] - pieces[i], G * K * OH * OW * gy.itemsize)
+            for j in range(len(blocks) - 1):
+                run_block(i, pieces[i] + blocks[j], pieces[i] + blocks[j + 1], first=j == 0)
+    cpu_parallel_gemms(run_pieces, len(pieces) - 1, gy.size * K)
+    gw = None if gw_pieces is None else gw_pieces.sum(axis=0).reshape(w_shape)
+    return gx, gw, None if gb_pieces is None else gb_pieces.sum(axis=0)
 
 
 def _im2col_block(x, KH, KW, SH, SW, PH, PW):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from minialex.layers import _common
-from minialex.layers._common import cpu_matmul, cpu_parallel, piece_bounds
+from minialex.layers._common import block_bounds, cpu_matmul, cpu_parallel, piece_bounds
 
 from conftest import TOL
 
@@ -41,11 +41,24 @@ def test_cpu_parallel_reraises_a_workers_error(four_threads):
         cpu_parallel(fail_on_last, 37, BIG)
 
 
-def test_piece_bounds_cover_the_range_in_order(four_threads):
-    bounds = piece_bounds(37)
-    assert bounds[0] == 0 and bounds[-1] == 37 and len(bounds) == 17
-    assert all(lo < hi for lo, hi in zip(bounds, bounds[1:]))
-    assert piece_bounds(3) == [0, 1, 2, 3]  # never more pieces than items
+def test_piece_bounds_cover_the_range_in_order_whatever_the_threads(monkeypatch):
+    for threads in (1, 2, 4, 64):
+        monkeypatch.setattr(_common, "cpu_threads", lambda: threads)
+        bounds = piece_bounds(37)
+        assert bounds[0] == 0 and bounds[-1] == 37 and len(bounds) == _common.SUM_PIECES + 1
+        assert all(lo < hi for lo, hi in zip(bounds, bounds[1:]))
+        assert piece_bounds(3) == [0, 1, 2, 3]  # never more pieces than items
+        assert piece_bounds(0) == [0]
+
+
+def test_block_bounds_keep_blocks_within_block_bytes(four_threads):
+    item = _common.BLOCK_BYTES // 3
+    assert block_bounds(9, item) == [0, 3, 6, 9]
+    assert block_bounds(10, item) == [0, 2, 5, 7, 10]  # even blocks of at most 3 items
+    assert block_bounds(4, 2 * _common.BLOCK_BYTES) == [0, 1, 2, 3, 4]  # one item at least
+    assert block_bounds(0, item) == [0]
+    assert len(block_bounds(64, 1, per_thread=True)) == 4 * _common.PIECES_PER_THREAD + 1
+    assert block_bounds(64, 1) == [0, 64]
 
 
 @pytest.mark.parametrize("shape", [(300, 40, 7), (7, 40, 300)])  # split by rows, by columns

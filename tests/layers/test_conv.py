@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers import _common
+from minialex.layers import _common, conv
 from minialex.layers.conv import Conv2d, _col2im_cpu, col2im, conv2d, im2col
 
 from conftest import GRADCHECK, TOL
@@ -246,6 +246,68 @@ def test_conv2d_cpu_blocks_on_several_threads_match_the_whole_batch(monkeypatch)
         np.testing.assert_allclose(bt.grad, gy.sum(axis=(0, 2, 3)), **TOL["float64_exact"])
         grads.append(wt.grad)
     assert np.array_equal(grads[0], grads[1])  # blocks summed in order, whoever ran them
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_empty_batch_forward_and_backward(bias):
+    """N = 0: an empty output, an empty gx, and zero gw and gb (sums over no images)."""
+    rng = np.random.default_rng(5)
+    x = Tensor(np.zeros((0, 4, 9, 9)), requires_grad=True)
+    w = Tensor(rng.standard_normal((6, 2, 3, 3)), requires_grad=True)
+    b = Tensor(rng.standard_normal(6), requires_grad=True) if bias else None
+    y = conv2d(x, w, b, stride=2, padding=1, groups=2)
+    assert y.shape == (0, 6, 5, 5)
+    y.backward(np.zeros((0, 6, 5, 5)))
+    assert x.grad.shape == (0, 4, 9, 9)
+    np.testing.assert_array_equal(w.grad, np.zeros(w.shape))
+    if bias:
+        np.testing.assert_array_equal(b.grad, np.zeros(6))
+
+
+def test_conv2d_gradients_have_the_same_bits_on_any_core_count(monkeypatch):
+    """gw and gb sum over the images; the order of that sum must not follow the thread count,
+    or a run's weights would depend on the machine (or a container's CPU quota)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((7, 8, 45, 45)).astype(np.float32)
+    w = rng.standard_normal((12, 4, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(12).astype(np.float32)
+    gy = rng.standard_normal((7, 12, 23, 23)).astype(np.float32)
+    grads = []
+    for threads in (1, 2, 4, 16):
+        monkeypatch.setattr(_common, "cpu_threads", lambda: threads)
+        xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
+        conv2d(xt, wt, bt, stride=2, padding=1, groups=2).backward(gy)
+        grads.append((xt.grad, wt.grad, bt.grad))
+    for gx, gw, gb in grads[1:]:
+        assert np.array_equal(gw, grads[0][1]) and np.array_equal(gb, grads[0][2])
+        assert np.array_equal(gx, grads[0][0])
+
+
+def blas_threads():
+    return max(info["num_threads"] for info in _common.ThreadpoolController().info()
+               if info["user_api"] == "blas")
+
+
+def test_conv2d_small_batch_lets_blas_use_its_threads(monkeypatch):
+    """One image on 4 cores: conv must not force BLAS onto one thread (there is one block, so
+    the GEMMs are what can use the cores); a batch with a block per thread does."""
+    if blas_threads() < 2:
+        pytest.skip("NumPy's BLAS runs one thread here: nothing to keep")
+    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
+    seen, im2col_block = [], conv._im2col_block
+
+    def recording(*args):
+        seen.append(blas_threads())
+        return im2col_block(*args)
+    monkeypatch.setattr(conv, "_im2col_block", recording)
+    rng = np.random.default_rng(6)
+    w = Tensor(rng.standard_normal((8, 3, 3, 3)), requires_grad=True)
+    x = Tensor(rng.standard_normal((1, 3, 40, 40)), requires_grad=True)
+    conv2d(x, w, padding=1).sum().backward()
+    assert len(seen) == 2 and min(seen) == blas_threads()  # forward and backward
+    seen.clear()
+    conv2d(Tensor(rng.standard_normal((16, 3, 40, 40))), w, padding=1)
+    assert seen and max(seen) == 1
 
 
 # -- CPU and GPU against the loop references ------------------------------------------------
