@@ -274,8 +274,11 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
             trainer.stopped = f"{exc.reason}: {exc}"
             with contextlib.suppress(OSError):     # why it stopped matters more than a full disk
                 _write_summary(out, run_summary(trainer, run, device, None, started))
+            # the curves say how it got there; the last weights' predictions would say nothing
+            report.write_after_fit(out, run, stream, tested=False)
             raise
-        if stopped == "interrupted":
+        if stopped == "interrupted":      # curves and tables only: Ctrl-C asked to stop soon
+            report.write_after_fit(out, run, stream, tested=False)
             return run_summary(trainer, run, device, None, started)
         test = evaluate_best(trainer, run.test_loader)
         extra = {}
@@ -290,6 +293,7 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
                     f"guessing ({1 / len(data.classes):.2%})")
             summary["stopped"] = f"{TrainingStalled.reason}: {what}"
             _write_summary(out, summary)
+            report.write_after_fit(out, run, stream)
             raise TrainingStalled(what)
         _write_summary(out, summary)
         report.write_after_fit(out, run, stream)   # report.html; a failure only warns

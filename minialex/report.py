@@ -315,15 +315,20 @@ def write_report(out_dir, *, predictions: Predictions | None = None, test_images
     return path
 
 
-def write_after_fit(out_dir, run, stream=None) -> str | None:
-    """The report at the end of :func:`minialex.recipe.fit`, from its ``run`` (model with the
-    tested weights, test loader and data). A failure is one warning line on ``stream``, never
-    a failed run."""
+def write_after_fit(out_dir, run, stream=None, *, tested: bool = True) -> str | None:
+    """The report at the end of :func:`minialex.recipe.fit`, however the run ended, from its
+    ``run`` (model, test loader and data). ``tested``: the model holds the tested weights, so
+    the test predictions and filters are shown; False (a run stopped early or interrupted):
+    curves and tables only. A failure is one warning line on ``stream``, never a failed run
+    (nor one that hides why a run stopped)."""
     try:
-        predictions = collect_predictions(run.model, run.test_loader, run.data.classes)
-        path = write_report(out_dir, predictions=predictions, test_images=run.data.test,
-                            model=run.model)
-    except Exception as exc:  # noqa: BLE001 - the training succeeded; the report is extra
+        if tested:
+            predictions = collect_predictions(run.model, run.test_loader, run.data.classes)
+            path = write_report(out_dir, predictions=predictions, test_images=run.data.test,
+                                model=run.model)
+        else:
+            path = write_report(out_dir)
+    except Exception as exc:  # noqa: BLE001 - the report is extra to the run's own outcome
         print(f"warning: report not written: {type(exc).__name__}: {exc}", file=stream)
         return None
     print(f"report: {path}" + ("" if Figure else " (tables only: pip install matplotlib for "

@@ -2,12 +2,14 @@
 evaluate a checkpoint, and the refusals; then examples/train_alexnet.py as a user runs it."""
 import io
 import json
+import os
 import re
 import signal
 import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from minialex import backend, checkpoint, recipe
@@ -96,6 +98,52 @@ def test_a_run_that_ends_at_chance_fails_with_its_reason_in_the_summary(data_dir
         recipe.fit(config, out=str(tmp_path), data_dir=data_dir, stream=io.StringIO())
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["stopped"].startswith("stalled at chance: the run ended at chance")
+    page = (tmp_path / "report.html").read_text()     # the report says what the run did
+    assert "the run ended at chance" in page and "confusion" in page.lower()
+
+
+def test_a_run_stopped_in_training_or_interrupted_still_gets_its_report(data_dir, tmp_path,
+                                                                        monkeypatch):
+    def dying_alexnet(*args, **kwargs):  # class 0 ahead by 10 for 3 steps, then all logits 0
+        model, calls = alexnet(*args, **kwargs), []
+        forward = model.forward
+        shift = np.where(np.arange(10) == 0, 10.0, 0.0).astype(np.float32)
+
+        def forward_then_die(x):
+            calls.append(1)
+            y = forward(x)
+            return y + shift if len(calls) <= 3 else y * 0.0
+
+        model.forward = forward_then_die
+        return model
+
+    monkeypatch.setattr(recipe, "alexnet", dying_alexnet)
+    log = io.StringIO()
+    with pytest.raises(TrainingStalled, match="training stalled at chance"):
+        recipe.fit(quick(warmup=2, stall_steps=3), out=str(tmp_path / "stalled"),
+                   data_dir=data_dir, stream=log)
+    page = (tmp_path / "stalled" / "report.html").read_text()
+    assert "training stalled at chance" in page
+    assert f"report: {tmp_path / 'stalled' / 'report.html'}" in log.getvalue()
+
+    def interrupted_alexnet(*args, **kwargs):    # Ctrl-C during the 3rd training step
+        model, calls = alexnet(*args, **kwargs), []
+        forward = model.forward
+
+        def forward_then_ctrl_c(x):
+            calls.append(1)
+            if len(calls) == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return forward(x)
+
+        model.forward = forward_then_ctrl_c
+        return model
+
+    monkeypatch.setattr(recipe, "alexnet", interrupted_alexnet)
+    summary = recipe.fit(quick(epochs=2), out=str(tmp_path / "stopped"), data_dir=data_dir,
+                         stream=io.StringIO())
+    assert summary["stopped"] == "interrupted"
+    assert (tmp_path / "stopped" / "report.html").stat().st_size > 0
 
 
 def test_find_lr_suggests_a_rate_and_trains_nothing(data_dir):
