@@ -74,10 +74,11 @@ def load_metrics(out_dir) -> list:
 
 def curves(records) -> dict:
     """One list per field of :data:`CURVE_KEYS` (None where an epoch lacks it), and
-    ``lr_changes``: ``[epoch, old lr, new lr]`` for each epoch whose rate differs from the one
-    before."""
+    ``lr_changes``: ``[epoch, old lr, new lr]`` for each epoch whose *scheduled* rate differs
+    from the one before: the warm-up's ramp towards it is no change (records before
+    ``schedule_lr`` was logged compare their ``lr``)."""
     series = {key: [r.get(key) for r in records] for key in CURVE_KEYS}
-    lrs = series["lr"]
+    lrs = [r.get("schedule_lr", r.get("lr")) for r in records]
     series["lr_changes"] = [[series["epoch"][i], lrs[i - 1], lrs[i]]
                             for i in range(1, len(lrs)) if lrs[i] != lrs[i - 1]]
     return series

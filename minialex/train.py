@@ -396,8 +396,12 @@ class Trainer:
                 f"{self.epoch + 1} (lr {self.optimizer.lr:g}); stopped before saving that "
                 f"epoch, so any checkpoint on disk is from an earlier one")
         lr = self.optimizer.lr
-        record = {"epoch": self.epoch + 1, "lr": lr, "steps": self.global_step,
-                  **self.running.metrics("train")}
+        # schedule_lr: the rate the schedule set, which the warm-up ramps towards (lr while the
+        # ramp is over): the report marks changes of it, not the ramp's
+        warming_up = self.warmup is not None and self.warmup.active
+        record = {"epoch": self.epoch + 1, "lr": lr,
+                  "schedule_lr": self.warmup.target if warming_up else lr,
+                  "steps": self.global_step, **self.running.metrics("train")}
         if val is not None:
             record.update({f"val_{k}": v for k, v in val.items()})
             record["val_error"] = 1.0 - val["top1"]
@@ -410,7 +414,6 @@ class Trainer:
         self.epoch, self.step, self.running = self.epoch + 1, 0, Running()
         if improved:
             self.best_val_error, self.best_epoch = record["val_error"], self.epoch
-        warming_up = self.warmup is not None and self.warmup.active
         # a plateau while the rate is still rising is no plateau: let the warm-up end first
         if self.scheduler is not None and not (warming_up and
                                                isinstance(self.scheduler, ReduceLROnPlateau)):
