@@ -106,6 +106,46 @@ def test_report_in_chromium_loads_every_picture_and_plots_what_metrics_jsonl_hol
     assert "lr 0.02" in dom or "0.02 → 0.002" in dom or "0.02 &rarr; 0.002" in dom
 
 
+@pytest.mark.skipif(report.Figure is None, reason="the curves need matplotlib")
+def test_the_plotted_curves_are_metrics_jsonls_series_and_mark_the_lr_change(tmp_path,
+                                                                             monkeypatch):
+    made = []
+
+    class Recorded(report.Figure):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(report, "Figure", Recorded)
+    records, _, _ = fake_run(tmp_path)
+    report.plot_curves(report.curves(report.load_metrics(tmp_path)), tmp_path)
+    axes = {ax.get_title(): ax for fig in made for ax in fig.axes}
+    assert set(axes) == {"loss", "top-1 accuracy", "top-5 accuracy", "training speed",
+                         "waiting for data"}
+    logged = {key: [r[key] for r in records] for key in records[0]}
+    epochs = logged["epoch"]
+    for title, (train, val) in {"loss": ("train_loss", "val_loss"),
+                                "top-1 accuracy": ("train_top1", "val_top1"),
+                                "top-5 accuracy": ("train_top5", "val_top5"),
+                                "training speed": ("train_images_per_second", None)}.items():
+        drawn = {line.get_label(): line for line in axes[title].get_lines()
+                 if not line.get_label().startswith("_")}
+        assert set(drawn) == ({"train", "validation"} if val else {"training"}), title
+        name = "train" if val else "training"
+        assert list(drawn[name].get_xdata()) == epochs
+        np.testing.assert_allclose(drawn[name].get_ydata(), logged[train], err_msg=title)
+        if val:
+            np.testing.assert_allclose(drawn["validation"].get_ydata(), logged[val],
+                                       err_msg=title)
+    share = [d / (d + c) for d, c in zip(logged["train_data_seconds"],
+                                         logged["train_compute_seconds"])]
+    np.testing.assert_allclose(axes["waiting for data"].get_lines()[0].get_ydata(), share)
+    for title, ax in axes.items():      # the one lr change (after epoch 2), on every panel
+        marks = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert [list(line.get_xdata()) for line in marks] == [[2.5, 2.5]], title
+        assert [t.get_text() for t in ax.texts] == ["lr 0.002"], title
+
+
 def test_without_matplotlib_the_report_keeps_its_tables_and_says_how_to_get_pictures(
         tmp_path, monkeypatch):
     monkeypatch.setattr(report, "Figure", None)
@@ -127,7 +167,12 @@ def test_fit_writes_the_report_and_a_report_that_fails_only_warns(tmp_path, monk
     summary = recipe.fit(config, out=str(tmp_path / "run"), data_dir=data_dir, stream=log)
     text = (tmp_path / "run" / "report.html").read_text()
     assert f"report: {tmp_path / 'run' / 'report.html'}" in log.getvalue()
-    assert f"{summary['test_top1']:.2%}" in text                # summary and confusion agree
+    # the confusion matrix is of the tested weights: its diagonal is the summary's top-1
+    table = re.search(r"<table class='grid' id='confusion'>(.*?)</table>", text, re.S).group(1)
+    counts = np.array([int(c) for c in re.findall(r"<td[^>]*>(\d+)</td>", table)])
+    matrix = counts.reshape(10, 10)
+    assert matrix.sum() == summary["test_images"] == 64
+    assert np.trace(matrix) / matrix.sum() == pytest.approx(summary["test_top1"])
     assert "T-shirt/top" in text and (tmp_path / "run" / "filters.png").exists()
 
     def broken(*args, **kwargs):
