@@ -12,6 +12,7 @@ from PIL import Image
 from minialex import predict, recipe
 from minialex.config import CPU_PRESET, IMAGES_PRESET
 from minialex.report import collect_predictions
+from minialex.train import evaluate_ten_crop
 
 from support import CORRUPT, ROOT, learnable_fashion_mnist, synthetic_photos
 from support import PHOTO_CLASSES as CLASSES
@@ -49,6 +50,24 @@ def test_classifying_files_gives_what_evaluating_the_prepared_images_gives(train
     ten, _ = classifier.classify(files[:4], k=2, ten_crop=True)
     assert [len(t.top) for t in ten] == [2] * 4
     assert all(0 < sum(p for _, p in t.top) <= 1 + 1e-6 for t in ten)
+
+
+def test_ten_crops_of_files_give_what_the_ten_crop_evaluation_gives(trained):
+    checkpoint, photos, cache = trained
+    run = predict.load_run(checkpoint, cache=cache, workers=0, ten_crop=True)
+    expected = evaluate_ten_crop(run.model, run.ten_crop_loader)
+    files = [str(photos / rel) for rel in run.data.folder.files("val")]
+    _, labels = run.data.test.get_batch(np.arange(len(run.data.test)))
+    classifier = predict.Classifier(run)
+    found, _ = classifier.classify(files, k=3, ten_crop=True)
+    probs = np.array([[dict(item.top)[name] for name in CLASSES] for item in found])
+    assert len(probs) == expected["images"] == len(files)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    loss = -np.log(probs[np.arange(len(labels)), labels]).mean()      # -log p[label]
+    assert loss == pytest.approx(expected["loss"], rel=1e-4)
+    assert (probs.argmax(axis=1) == labels).mean() == pytest.approx(expected["top1"])
+    centre = classifier.probabilities(np.stack([classifier.load(f) for f in files]))
+    assert not np.allclose(centre, probs, atol=1e-4)     # the crops made a difference
 
 
 def test_a_fashion_mnist_png_gets_the_probabilities_evaluation_gives(tmp_path):
