@@ -4,7 +4,8 @@
 #   bash run.sh test  [pytest args] set up, then lint (ruff, codespell) and run the whole test suite
 # Set-up (idempotent, each step skipped when already done): a virtual environment in .venv with
 # minialex and its test extras, Debian's Fashion-MNIST package (dataset-fashion-mnist), and for
-# `test` Debian's chromium (the report test renders report.html headless).
+# `test` Debian's chromium (the report test renders report.html headless; it finds `chromium` or
+# `chromium-browser`, and skips without either unless CI is set, as .ci/run sets it: then it fails).
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -36,7 +37,8 @@ if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ -z "${MINIALEX_NO_APT:-}" ]
   as_root apt-get update -qq && as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 # the report test renders report.html in a headless browser (Debian's chromium)
-if [ "$job" = test ] && ! command -v chromium >/dev/null && [ -z "${MINIALEX_NO_APT:-}" ]; then
+if [ "$job" = test ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \
+    && [ -z "${MINIALEX_NO_APT:-}" ]; then
   echo "run.sh: installing chromium (Debian package), which the report test renders pages with"
   as_root apt-get update -qq && as_root apt-get install -y -qq chromium >/dev/null
 fi
