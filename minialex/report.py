@@ -32,7 +32,8 @@ import platform
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import __version__, backend
+from . import __version__, backend, checkpoint
+from . import functional as F
 from .tensor import Tensor, no_grad
 from .visualize import conv1_filters, save_png, tile, to_display, upscale
 
@@ -116,10 +117,7 @@ def collect_predictions(model, loader, classes) -> Predictions:
     try:
         with no_grad():
             for x, y in loader.epoch():
-                z = model(Tensor(x)).data
-                xp = backend.get_array_module(z)
-                z = xp.exp(z - z.max(axis=1, keepdims=True))
-                probs.append(backend.to_numpy(z / z.sum(axis=1, keepdims=True)))
+                probs.append(backend.to_numpy(F.average_softmax(model(Tensor(x)).data, 1)))
                 labels.append(backend.to_numpy(y))
     finally:
         model.train(was_training)
@@ -243,7 +241,8 @@ def _save(fig, out_dir, name, tight=False) -> str:
     else:
         fig.subplots_adjust(left=0.75 / fig.get_figwidth(), right=0.97, bottom=0.16, top=0.9,
                             wspace=0.3)
-    fig.savefig(os.path.join(out_dir, name), dpi=90)
+    checkpoint.atomic_write(os.path.join(out_dir, name),
+                            lambda f: fig.savefig(f, format="png", dpi=90))
     return name
 
 
@@ -311,8 +310,7 @@ def write_report(out_dir, *, predictions: Predictions | None = None, test_images
         body="\n".join(sections),
         curves=_json_in_script(series), metrics=_json_in_script(records))
     path = os.path.join(out_dir, REPORT_FILE)
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(page)
+    checkpoint.atomic_write(path, lambda f: f.write(page.encode("utf-8")))
     return path
 
 

@@ -43,7 +43,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from . import backend, nn
+from . import backend, checkpoint, nn
 from .data import Loader
 from .tensor import Tensor, no_grad
 
@@ -96,9 +96,11 @@ def to_rgb(image) -> np.ndarray:
 
 
 def save_png(image, path) -> str:
-    """Write a uint8 picture with Pillow; returns the path."""
+    """Write a uint8 picture with Pillow, atomically (a reader never sees half a file);
+    returns the path."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(image)).save(path)
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    checkpoint.atomic_write(path, lambda f: picture.save(f, format="PNG"))
     return str(path)
 
 
