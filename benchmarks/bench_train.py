@@ -39,7 +39,7 @@ import datetime
 import json
 import os
 import pathlib
-import resource
+import signal
 import subprocess
 import sys
 import time
@@ -51,13 +51,24 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 import minialex  # noqa: E402
 from minialex import Tensor, backend, nn  # noqa: E402
 from minialex import functional as F  # noqa: E402
+from minialex.layers._common import cpu_threads  # noqa: E402
 from minialex.models import alexnet  # noqa: E402
 from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY  # noqa: E402
 
-if not hasattr(np, "int"):   # DeZero 0.0.13 (2020, its latest) names np.int, gone in NumPy 1.24
-    np.int = int
+try:                # Unix only: peak memory falls back to ru_maxrss where /proc is missing
+    import resource  # noqa: E402
+except ImportError:  # Windows: no peak-memory columns (markdown says so)
+    resource = None
+
 try:                # optional, like PyTorch: DeZero (PyPI ``dezero``) is a second comparison
-    import dezero  # noqa: E402
+    try:
+        import dezero  # noqa: E402
+    except AttributeError:  # DeZero 0.0.13 (2020, its latest) names np.int, gone in NumPy 1.24
+        np.int = int  # lent for DeZero's import only: every other module sees NumPy as it is
+        try:
+            import dezero  # noqa: E402
+        finally:
+            del np.int
     import dezero.functions as DF  # noqa: E402
 except ImportError:
     dezero = DF = None
@@ -300,24 +311,32 @@ def peak_rss_child(framework, name, batch):
         del model
         bench_dezero(twin, x, y, args, inference=False)
     if base is None:   # no /proc: the lifetime peak (KiB on Linux, bytes on macOS)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, 0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak * (1 if sys.platform == "darwin" else 1024), 0
     return rss_bytes("VmHWM"), base
 
 
 def peak_rss(framework, name, batch):
     """``(peak, base)`` from :func:`peak_rss_child` run in a fresh Python process."""
-    out = subprocess.run([sys.executable, __file__, "--peak-rss-child", framework,
-                          "--models", name, "--batch", str(batch)],
-                         capture_output=True, text=True, check=True).stdout
-    return tuple(json.loads(out.strip().splitlines()[-1]))
+    done = subprocess.run([sys.executable, __file__, "--peak-rss-child", framework,
+                           "--models", name, "--batch", str(batch)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        sys.stderr.write(done.stderr)  # the child's traceback, which capture_output took
+        raise RuntimeError(f"bench_train: the peak-memory run of {framework} on {name} failed "
+                           f"with exit status {done.returncode} (its stderr is above)")
+    return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
 # -- a busy machine: other processes competing for the cores -----------------------------------
 # Each competitor is another job's CPU work: a NumPy GEMM loop on BLAS's default threads (one per
-# core), the kind of process that shares a workstation or a CI runner with a training run.
-COMPETITOR = ("import numpy as np\n"
+# core), the kind of process that shares a workstation or a CI runner with a training run. It
+# stops by itself when its parent goes (a benchmark killed with SIGKILL cannot stop it).
+COMPETITOR = ("import os, sys\n"
+              "import numpy as np\n"
+              "parent = int(sys.argv[1])  # not getppid() here: the parent may be gone already\n"
               "a = np.ones((1024, 1024), dtype=np.float32)\n"
-              "while True:\n"
+              "while os.getppid() == parent:\n"
               "    a @ a\n")
 
 
@@ -328,12 +347,20 @@ class Competitors:
         self.count, self.procs = count, []
 
     def __enter__(self):
-        self.procs = [subprocess.Popen([sys.executable, "-c", COMPETITOR]) for _ in
-                      range(self.count)]
-        time.sleep(1.0)   # past their start-up, so they compete from the first timed step
+        try:  # a Ctrl-C here (the sleep is where it lands) would skip __exit__
+            for _ in range(self.count):
+                self.procs.append(subprocess.Popen([sys.executable, "-c", COMPETITOR,
+                                                   str(os.getpid())]))
+            time.sleep(1.0)   # past their start-up, so they compete from the first timed step
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self):
         for proc in self.procs:
             proc.terminate()
         for proc in self.procs:
@@ -365,6 +392,8 @@ def bench(args):
              for name in args.models.split(",")] if args.models
             else [(name, args.batch or batch) for name, batch in DEFAULTS["gpu" if gpu else "cpu"]])
     torch = None if args.no_torch else import_torch(gpu)
+    if torch is not None and not gpu:
+        torch.set_num_threads(cpu_threads())  # the cores minialex uses, no more and no fewer
     if gpu:
         cupy = backend.require_cupy()
         pool = cupy.get_default_memory_pool()
@@ -429,7 +458,7 @@ def bench(args):
             row.update({"dezero_train": batch / d_train, "dezero_inference": batch / d_infer,
                         "train_vs_dezero": d_train / m_train,
                         "inference_vs_dezero": d_infer / m_infer})
-        if args.memory and not gpu:
+        if args.memory and not gpu and resource is not None:
             for framework, present in (("minialex", True), ("torch", twin is not None),
                                        ("dezero", dz is not None)):
                 if present:
@@ -464,6 +493,8 @@ def markdown(rows, gpu_name, torch, args, command, load_start=None) -> str:
     lines = [f"## Training steps and inference ({'GPU ' + gpu_name if gpu_name else 'CPU'})", "",
              f"`{command}`, {date}.", f"Device: {device}. "
              f"{versions(*extra, gpu=bool(gpu_name), torch=torch)}.",
+             f"CPU threads: minialex {cpu_threads()}" + (
+                 f", PyTorch {torch.get_num_threads()}" if torch is not None else "") + ".",
              f"Median of {args.steps} timed steps after {args.warmup} warm-up; random fp32 "
              f"input on the device; SGD lr {LR:g}, momentum {MOMENTUM}, weight decay "
              f"{WEIGHT_DECAY}; TF32 off. Ratio = minialex img/s / PyTorch img/s (above 1: "
@@ -507,6 +538,8 @@ def markdown(rows, gpu_name, torch, args, command, load_start=None) -> str:
     skipped = [f"{r['model']} ({r['dezero_skipped']})" for r in rows if "dezero_skipped" in r]
     if skipped:
         lines += ["", "DeZero skipped for " + ", ".join(skipped) + "."]
+    if resource is None and args.memory and not gpu_name:
+        lines += ["", "No peak-memory figures: Python's resource module (Unix only) is missing."]
     lines += memory_lines(rows) + busy_lines(rows)
     if not gpu_name:
         ref = "; ".join(f"{k} {t} train / {i} inference img/s" for k, (t, i)
@@ -613,6 +646,9 @@ def main(argv=None):
         batch = args.batch or dict(DEFAULTS["cpu"]).get(name, 32)
         print(json.dumps(peak_rss_child(args.peak_rss_child, name, batch)))
         return
+    # SIGTERM (a CI timeout, kill) as SystemExit, so that the with-blocks' exits run and stop
+    # the competitors, as Ctrl-C's KeyboardInterrupt does
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     gpu = args.gpu = use_gpu(parser, args.device, "bench_train.py")
     args.steps = args.steps or (20 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)

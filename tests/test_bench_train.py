@@ -2,7 +2,9 @@
 the busy-machine mode's competitors and slowdowns, and DeZero's twin of a variant it can run."""
 import json
 import pathlib
+import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -28,6 +30,43 @@ def test_competitors_run_inside_the_block_and_are_stopped_after_it():
     with bench_train.Competitors(2) as competitors:
         assert [proc.poll() for proc in competitors.procs] == [None, None]  # still running
     assert all(proc.returncode is not None for proc in competitors.procs)
+
+
+def test_competitors_are_stopped_when_their_start_up_is_interrupted(monkeypatch):
+    def interrupt(seconds):
+        raise KeyboardInterrupt  # Ctrl-C during the start-up wait, before __enter__ returns
+    monkeypatch.setattr(bench_train.time, "sleep", interrupt)
+    competitors = bench_train.Competitors(2)
+    with pytest.raises(KeyboardInterrupt):
+        with competitors:
+            pass
+    assert len(competitors.procs) == 2
+    assert all(proc.returncode is not None for proc in competitors.procs)
+
+
+def test_a_competitor_stops_by_itself_when_its_parent_goes(tmp_path):
+    """The benchmark killed outright (no handler runs): its competitors must not run on."""
+    parent = subprocess.run(
+        [sys.executable, "-c", "import os, subprocess, sys, time\n"
+         "proc = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid())])\n"
+         "print(proc.pid)\n"
+         "time.sleep(2)  # the competitor is in its loop when this parent goes\n",
+         bench_train.COMPETITOR], capture_output=True, text=True, check=True)
+    status = pathlib.Path(f"/proc/{int(parent.stdout)}/status")
+    if not pathlib.Path("/proc/self/status").exists():
+        pytest.skip("no /proc to watch the competitor with")
+    deadline = time.monotonic() + 30
+    while status.exists() and "\tZ" not in status.read_text().split("State:")[1][:4]:
+        assert time.monotonic() < deadline, "the competitor outlived its parent"
+        time.sleep(0.1)
+
+
+def test_importing_the_benchmark_leaves_numpy_as_it_is():
+    """DeZero's import needs np.int on NumPy >= 1.24; the benchmark lends it for that import
+    only, so no other module in the process (this test session included) sees it."""
+    if tuple(int(part) for part in np.__version__.split(".")[:2]) < (1, 24):
+        pytest.skip("NumPy < 1.24 still has np.int")
+    assert not hasattr(np, "int")
 
 
 def test_one_run_reports_memory_and_busy_slowdowns(tmp_path, capsys):
