@@ -41,6 +41,12 @@ Paper: Krizhevsky et al. (2012), Sec. 3.2 and 3.5. The "5x5x48" kernels of conv2
 conv5) see only half of the previous layer's channels because each GPU held half of the
 kernels: that is ``groups=2``.
 
+Computed as written on the GPU: im2col of the whole batch, one GEMM per group, bias; backward
+keeps ``col``. On the CPU the same products run a block of images at a time, in threads
+(:func:`_conv2d_forward_cpu`): per image, ``Y_g`` for that image's columns only, written
+straight into ``y``; backward keeps ``x`` and rebuilds each block's ``col`` from it, and sums
+``gw`` and ``gb`` over a fixed cut of the batch, so their bits do not depend on the core count.
+
 GPU: kernels/im2col.cu (im2col, col2im, bias_add_nchw); the GEMMs are cuBLAS through
 ``minialex.cuda.gemm`` (TF32 only after ``minialex.cuda.set_tf32(True)``).
 """
@@ -62,7 +68,6 @@ from ._common import (
     cpu_parallel,
     cpu_parallel_gemms,
     output_size,
-    padded,
     pair,
     piece_bounds,
     positive_int,
@@ -75,61 +80,66 @@ from ._common import (
 class Conv2dFunction(Function):
     """``y = conv2d(x, w, b)``: im2col, one GEMM per group, bias. No double backward.
 
-    Keeps ``col`` (only when ``w`` needs a gradient; on the CPU ``x`` instead, from which
-    backward rebuilds one block of columns at a time) and ``w_mat`` (only when ``x`` does).
+    Keeps, for ``gw``, ``col`` on the GPU and ``x`` on the CPU (whose backward rebuilds one
+    block of columns at a time from it), only when ``w`` needs a gradient; and ``w_mat`` only
+    when ``x`` does.
     """
 
     def __init__(self, stride=(1, 1), padding=(0, 0), groups=1):
         (self.SH, self.SW), (self.PH, self.PW), self.groups = stride, padding, groups
 
     def forward(self, x, w, b=None):
-        if not is_gpu_array(x):  # the same products, a block of images at a time (see there)
-            return self._forward_cpu(x, w, b)
-        xp = get_array_module(x)
-        matmul = cuda.gemm
+        impl = self._forward_gpu if is_gpu_array(x) else self._forward_cpu
+        return impl(x, w, b)
+
+    def backward(self, gy):
+        impl = self._backward_gpu if is_gpu_array(gy) else self._backward_cpu
+        return impl(gy)
+
+    def _forward_gpu(self, x, w, b):
+        """The whole batch at once: im2col, one cuBLAS GEMM per group, bias (kernels/)."""
+        cp = get_array_module(x)  # CuPy, reached through the backend
         N, C, H, W = x.shape
         OC, Cg, KH, KW = w.shape
         G, OCg, K = self.groups, OC // self.groups, Cg * KH * KW
         OH, OW = output_size(H, KH, self.SH, self.PH), output_size(W, KW, self.SW, self.PW)
-        col = im2col(xp.ascontiguousarray(x), KH, KW, self.SH, self.SW, self.PH, self.PW)
+        col = im2col(cp.ascontiguousarray(x), KH, KW, self.SH, self.SW, self.PH, self.PW)
         w_mat = w.reshape(OC, K)
-        Y = xp.empty((OC, N * OH * OW), dtype=x.dtype)
+        Y = cp.empty((OC, N * OH * OW), dtype=x.dtype)
         for g in range(G):
-            matmul(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K],
-                   out=Y[g * OCg:(g + 1) * OCg])
+            cuda.gemm(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K],
+                      out=Y[g * OCg:(g + 1) * OCg])
         needs_x, needs_w = self.needs_input_grad[:2]
         self.saved = (col if needs_w else None, w_mat if needs_x else None)
         self.shapes = x.shape, w.shape
-        return bias_add_nchw(Y, None if b is None else xp.ascontiguousarray(b), N, OH, OW)
+        return bias_add_nchw(Y, None if b is None else cp.ascontiguousarray(b), N, OH, OW)
 
-    def backward(self, gy):
-        if not is_gpu_array(gy):
-            return self._backward_cpu(gy)
-        xp = get_array_module(gy)
-        matmul = cuda.gemm
+    def _backward_gpu(self, gy):
+        cp = get_array_module(gy)
         col, w_mat = self.saved
         x_shape, w_shape = self.shapes
         OC, Cg, KH, KW = w_shape
         G, OCg, K = self.groups, OC // self.groups, Cg * KH * KW
-        gY = xp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(OC, -1)  # (OC, N*OH*OW)
+        gY = cp.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(OC, -1)  # (OC, N*OH*OW)
         gx = gw = gb = None
         if self.needs_input_grad[1]:
-            gw = xp.empty((OC, K), dtype=gy.dtype)
+            gw = cp.empty((OC, K), dtype=gy.dtype)
             for g in range(G):
-                matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
-                       out=gw[g * OCg:(g + 1) * OCg])
+                cuda.gemm(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
+                          out=gw[g * OCg:(g + 1) * OCg])
             gw = gw.reshape(w_shape)
         if self.needs_input_grad[0]:
-            gcol = xp.empty((G * K, gY.shape[1]), dtype=gy.dtype)
+            gcol = cp.empty((G * K, gY.shape[1]), dtype=gy.dtype)
             for g in range(G):
-                matmul(w_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
-                       out=gcol[g * K:(g + 1) * K])
+                cuda.gemm(w_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
+                          out=gcol[g * K:(g + 1) * K])
             gx = col2im(gcol, x_shape, KH, KW, self.SH, self.SW, self.PH, self.PW)
         if len(self.needs_input_grad) > 2 and self.needs_input_grad[2]:
             gb = gY.sum(axis=1)
         return gx, gw, gb
 
     def _forward_cpu(self, x, w, b):
+        """A block of images at a time (see _conv2d_forward_cpu); keeps x, not col."""
         x, w = np.ascontiguousarray(x), np.ascontiguousarray(w)
         needs_x, needs_w = self.needs_input_grad[:2]
         self.saved = (x if needs_w else None, w.reshape(w.shape[0], -1) if needs_x else None)
@@ -267,12 +277,12 @@ def bias_add_nchw(Y, b, N, OH, OW):
 
 def _im2col_cpu(x, KH, KW, SH, SW, PH, PW):
     N, C, H, W = x.shape
-    fields = _receptive_fields(padded(x, PH, PW), KH, KW, SH, SW, PH, PW)
-    col = np.empty(fields.shape, dtype=x.dtype)
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
+    col = np.empty((C, KH, KW, N, OH, OW), dtype=x.dtype)
 
-    def copy_channels(c0, c1):
-        col[c0:c1] = fields[c0:c1]
-    cpu_parallel(copy_channels, C, col.size)
+    def copy_images(n0, n1):  # images are independent: each thread copies its own
+        _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW, out=col[:, :, :, n0:n1])
+    cpu_parallel(copy_images, N, col.size)
     return col.reshape(C * KH * KW, -1)
 
 
@@ -401,9 +411,10 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, need
     return gx, gw, None if gb_pieces is None else gb_pieces.sum(axis=0)
 
 
-def _im2col_block(x, KH, KW, SH, SW, PH, PW):
-    """col (C*KH*KW, N, OH*OW) of x (N, C, H, W), in one thread (one block's share), in this
-    thread's scratch: valid until its next call in the same thread."""
+def _im2col_block(x, KH, KW, SH, SW, PH, PW, out=None):
+    """col (C*KH*KW, N, OH*OW) of x (N, C, H, W), in one thread (one block's share): into
+    ``out`` (C, KH, KW, N, OH, OW) when given, else into this thread's scratch, valid until its
+    next call in the same thread."""
     N, C, H, W = x.shape
     x_pad = x
     if PH or PW:
@@ -413,6 +424,9 @@ def _im2col_block(x, KH, KW, SH, SW, PH, PW):
             border.fill(0)  # only the zero border; the copy below writes the rest
         x_pad[:, :, PH:PH + H, PW:PW + W] = x
     fields = _receptive_fields(x_pad, KH, KW, SH, SW, PH, PW)
+    if out is not None:
+        out[...] = fields
+        return out
     col = scratch("col", fields.shape, x.dtype)
     col[...] = fields
     return col.reshape(C * KH * KW, N, -1)
