@@ -460,6 +460,8 @@ def run_studies(names=None, budget="cpu", *, device: str = "cpu", out=None, data
             pair = []
             for arm, (label, _) in enumerate(study.arms):
                 config = study.config(budget, arm, seed)
+                # a run shared by studies is trained once: every study's paper arm builds the
+                # same shapes as the budget's run, so it starts alike whichever the reference
                 if config not in done:
                     done[config] = train_arm(config, data, device, train_eval=budget.train_eval,
                                              reference=study.config(budget, 0, seed))
