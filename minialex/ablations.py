@@ -42,8 +42,8 @@ with their mean, standard deviation over seeds and how many seeds point each way
 
 Both arms of a study start from the same weights wherever the shapes agree and draw the same
 dropout masks (:func:`build_arm`), and get the same settings but the switch: no arm is tuned
-on its own (the
-paper chose each Fig. 1 network's learning rate separately; here both take the budget's).
+on its own (the paper chose each Fig. 1 network's learning rate separately; here both take the
+budget's).
 The ``relu-tanh`` study runs without dropout and weight decay, as Fig. 1's networks ("no
 regularization of any kind"); the other studies use the budget's settings. An arm whose
 settings equal another study's arm (the paper's choices in ``lrn``, ``pooling``, ``dropout``
