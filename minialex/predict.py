@@ -31,9 +31,8 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from . import backend, checkpoint, recipe
+from . import backend, recipe
 from . import functional as F
-from .config import resolve
 from .data.folder import image_extensions, load_rgb, resize_center_crop
 from .report import collect_predictions, write_report
 from .tensor import Tensor, no_grad
@@ -45,34 +44,16 @@ BATCH = 32              # files decoded and scored together (10x as many crops w
 
 def load_run(path, *, device: str = "cpu", data_dir=None, cache=None, workers=None,
              limit_test=None, ten_crop: bool = False, trained: bool = True) -> recipe.Run:
-    """The run of checkpoint ``path``: its model (with the checkpoint's weights unless
-    ``trained=False``, which keeps the run's seeded initial ones), its data and transforms.
-    ``ten_crop`` builds the 10-crop transform too (image folders only); ``limit_test`` cuts the
-    test split (default: as the run did)."""
+    """The run of checkpoint ``path`` (:func:`minialex.recipe.load_checkpoint`): its model
+    (with the checkpoint's weights unless ``trained=False``, which keeps the run's seeded
+    initial ones), its data and transforms. ``ten_crop`` builds the 10-crop transform too
+    (image folders only); ``limit_test`` cuts the test split (default: as the run did)."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
-    tree = checkpoint.load(path)
-    saved = dict(tree.get("config", {}))
-    saved.setdefault("model", tree.get("architecture"))
-    config = resolve({}, device, saved)
-    config = dataclasses.replace(config, ten_crop=bool(ten_crop), limit_test=(
-        config.limit_test if limit_test is None else limit_test))    # default: the run's own
-    if ten_crop and not config.is_folder:
-        raise ValueError(f"ten_crop: {path} was trained on Fashion-MNIST; the paper's 10 crops "
-                         f"need a checkpoint trained on an image folder")
-    data = recipe.load_data(config.check(), data_dir=data_dir, cache=cache, workers=workers,
-                            classes=recipe.saved_classes(tree))
-    run = recipe.build(config, data, device, normalization=recipe.saved_normalization(tree))
-    if tree.get("architecture") != run.model.variant:
-        raise ValueError(f"{path}: checkpoint of architecture {tree.get('architecture')!r} "
-                         f"cannot be loaded into a {run.model.variant!r} model")
-    if trained:
-        try:
-            run.model.load_state_dict(tree["model"])
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
-    run.model.eval()
-    return run
+    own = {} if limit_test is None else {"limit_test": limit_test}   # default: the run's own
+    return recipe.load_checkpoint(path, device=device, data_dir=data_dir, cache=cache,
+                                  workers=workers, trained=trained, ten_crop=bool(ten_crop),
+                                  **own)[0]
 
 
 def checkpoint_predictions(path, **options) -> tuple:

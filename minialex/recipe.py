@@ -396,30 +396,49 @@ def _write_summary(out, summary) -> str:
     return path
 
 
-def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data_dir=None,
-                        cache=None, workers=None, limit_test=None, ten_crop=False,
-                        out=None) -> dict:
-    """Test the checkpoint at ``path`` on its dataset's test split (an image folder's
-    ``test/``, else ``val/``), with the model and input normalisation it was trained with.
-    ``dataset`` and ``model`` override the checkpoint's. Returns the metrics, also written to
-    ``out/evaluate.json`` when ``out`` is given."""
+def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data_dir=None,
+                    cache=None, workers=None, trained: bool = True, **changes) -> tuple:
+    """``(run, tree)``: checkpoint ``path`` (its tree) and its run as :func:`build` makes it,
+    with the model and input normalisation it was trained with, the checkpoint's weights
+    loaded (``trained=False``: the run's seeded initial ones) and the model in eval mode.
+    ``dataset`` and ``model`` override the checkpoint's; ``changes`` are settings of this
+    call's own (``limit_test``, ``ten_crop``). The 10 crops need an image-folder checkpoint."""
     tree = checkpoint.load(path)
     saved = dict(tree.get("config", {}))
     saved.update({k: v for k, v in (("dataset", dataset), ("model", model)) if v is not None})
     saved.setdefault("model", tree.get("architecture"))
-    config = resolve({}, device, saved)     # limit_test and ten_crop are this call's own
-    config = dataclasses.replace(config, limit_test=limit_test, ten_crop=bool(ten_crop)).check()
-    data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
+    config = dataclasses.replace(resolve({}, device, saved), **changes)
+    if config.ten_crop and not config.is_folder:
+        raise ValueError(f"ten_crop: {path} was trained on Fashion-MNIST; the paper's 10 crops "
+                         f"need a checkpoint trained on an image folder")
+    data = load_data(config.check(), data_dir=data_dir, cache=cache, workers=workers,
                      classes=saved_classes(tree))
     run = build(config, data, device, normalization=saved_normalization(tree))
     arch = tree.get("architecture")
     if arch != run.model.variant:
         raise ValueError(f"{path}: checkpoint of architecture {arch!r} cannot be loaded into a "
                          f"{run.model.variant!r} model")
-    try:
-        run.model.load_state_dict(tree["model"])
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    if trained:
+        try:
+            run.model.load_state_dict(tree["model"])
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
+    run.model.eval()
+    return run, tree
+
+
+def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data_dir=None,
+                        cache=None, workers=None, limit_test=None, ten_crop=False,
+                        out=None) -> dict:
+    """Test the checkpoint at ``path`` on its dataset's test split (an image folder's
+    ``test/``, else ``val/``), with the model and input normalisation it was trained with
+    (:func:`load_checkpoint`). ``dataset`` and ``model`` override the checkpoint's;
+    ``limit_test`` None tests every image. Returns the metrics, also written to
+    ``out/evaluate.json`` when ``out`` is given."""
+    run, tree = load_checkpoint(path, device=device, dataset=dataset, model=model,
+                                data_dir=data_dir, cache=cache, workers=workers,
+                                limit_test=limit_test, ten_crop=bool(ten_crop))
+    data = run.data
     metrics = evaluate(run.model, run.test_loader)
     result = {"checkpoint": str(path), "epoch": tree.get("trainer", {}).get("epoch"),
               "test_top1": metrics["top1"], "test_top5": metrics["top5"],
@@ -453,4 +472,5 @@ def find_lr(config: RunConfig, *, device: str = "cpu", data_dir=None, cache=None
 
 
 __all__ = ["FASHION_MNIST", "Run", "RunData", "build", "describe_device", "evaluate_best",
-           "evaluate_checkpoint", "find_lr", "fit", "load_data", "resolve_device", "run_summary"]
+           "evaluate_checkpoint", "find_lr", "fit", "load_checkpoint", "load_data",
+           "resolve_device", "run_summary"]
