@@ -5,8 +5,8 @@
     python examples/report.py runs/X --figures        # also conv1's filters and fc7 retrieval
 
 The report (:mod:`minialex.report`) opens from disk: curves, speed, confusion matrix, the most
-confidently misclassified test images, settings. ``--figures`` (:func:`minialex.predict.
-paper_figures`) writes filters.png and retrieval.png beside the same pictures of the untrained
+confidently misclassified test images, settings. ``--figures`` (:func:`paper_figures`
+below) writes filters.png and retrieval.png beside the same pictures of the untrained
 network (and filters_change.png, what training changed; retrieval_pixels.png, raw-pixel
 neighbours), and prints the share of same-class neighbours of each.
 Exit status: 0 done, 1 failed (run folder or checkpoint unreadable), 2 bad usage.
@@ -17,7 +17,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from minialex import predict, recipe  # noqa: E402
+from minialex import predict, recipe, visualize  # noqa: E402
+from minialex.report import write_report  # noqa: E402
 
 PROG = "report.py"
 
@@ -40,6 +41,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run_checkpoint(run_dir) -> str | None:
+    """A run folder's ``best.npz``, else its ``last.npz``, else None."""
+    found = [os.path.join(run_dir, name) for name in ("best.npz", "last.npz")
+             if os.path.exists(os.path.join(run_dir, name))]
+    return found[0] if found else None
+
+
+def report_run(run_dir, *, checkpoint_path=None, **options) -> str:
+    """Write ``run_dir/report.html`` (:func:`minialex.report.write_report`) for a run folder,
+    with the test predictions of ``checkpoint_path`` (default: its ``best.npz``, else
+    ``last.npz``; with neither, the curves and tables alone); ``options`` go to
+    :func:`minialex.predict.load_run`."""
+    checkpoint_path = checkpoint_path or run_checkpoint(run_dir)
+    if checkpoint_path is None:
+        return write_report(run_dir)
+    run, predictions = predict.checkpoint_predictions(checkpoint_path, **options)
+    return write_report(run_dir, predictions=predictions, test_images=run.data.test,
+                        model=run.model)
+
+
+def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int = 5,
+                  limit_train: int | None = 10000, **options) -> dict:
+    """The paper's Fig. 3 and Fig. 4 for checkpoint ``path``, beside the same network untrained
+    (its run's seeded initial weights) and, for retrieval, raw pixels. Writes to ``out_dir``
+    ``filters.png``, ``filters_untrained.png``, ``filters_change.png`` (trained minus
+    untrained: what training learned), ``retrieval.png``, ``retrieval_untrained.png`` and
+    ``retrieval_pixels.png``; returns the share of same-class neighbours of each (``k``
+    nearest among ``limit_train`` training images, for ``queries`` test images, both drawn
+    at random with a fixed seed) and the paths written."""
+    run = predict.load_run(path, **options)
+    untrained = recipe.build(run.config, run.data, options.get("device", "cpu")).model.eval()
+    transform = run.test_loader.transform
+    train, test = run.data.train, run.data.test
+    out = {"queries": min(queries, len(test)), "neighbours": k,
+           "train_images": len(train.head(limit_train)), "share": {}, "files": []}
+    for name, picture in (("", visualize.conv1_filters(run.model)),
+                          ("_untrained", visualize.conv1_filters(untrained)),
+                          ("_change", visualize.conv1_filters(run.model, relative_to=untrained))):
+        out["files"].append(visualize.save_png(picture,
+                                               os.path.join(out_dir, f"filters{name}.png")))
+    for name, features in (
+            ("", lambda d: visualize.fc7_features(run.model, d, transform)),
+            ("_untrained", lambda d: visualize.fc7_features(untrained, d, transform)),
+            ("_pixels", None)):
+        found = visualize.retrieval(train, test, features=features, queries=queries, k=k,
+                                    limit_train=limit_train)
+        out["share"][{"": "trained", "_untrained": "untrained", "_pixels": "pixels"}[name]] = \
+            found["share"]
+        grid = visualize.retrieval_grid(train, test, found["neighbours"],
+                                        queries=found["queries"], rows=rows)
+        out["files"].append(visualize.save_png(grid,
+                                               os.path.join(out_dir, f"retrieval{name}.png")))
+    return out
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -53,11 +109,11 @@ def main(argv=None) -> int:
     try:
         options = dict(device=recipe.resolve_device(args.device), data_dir=args.data_dir,
                        cache=args.cache)
-        print(predict.report_run(args.run_dir, checkpoint_path=args.checkpoint,
+        print(report_run(args.run_dir, checkpoint_path=args.checkpoint,
                                  limit_test=args.limit_test, **options))
         if args.figures:
-            found = predict.paper_figures(
-                args.checkpoint or predict.run_checkpoint(args.run_dir) or
+            found = paper_figures(
+                args.checkpoint or run_checkpoint(args.run_dir) or
                 os.path.join(args.run_dir, "best.npz"), args.run_dir,
                 queries=args.queries, k=args.neighbours, limit_train=args.limit_train, **options)
             print("\n".join(found["files"]))

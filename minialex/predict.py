@@ -34,9 +34,8 @@ from PIL import Image
 from . import backend, recipe
 from . import functional as F
 from .data.folder import image_extensions, load_rgb, resize_center_crop
-from .report import collect_predictions, write_report
+from .report import collect_predictions
 from .tensor import Tensor, no_grad
-from .visualize import conv1_filters, fc7_features, retrieval, retrieval_grid, save_png
 
 TOPK = 5
 BATCH = 32              # files decoded and scored together (10x as many crops with ten_crop)
@@ -166,59 +165,5 @@ def classify_files(checkpoint_path, paths, *, k: int = TOPK, ten_crop: bool = Fa
     return classifier.classify(files, k=k, ten_crop=ten_crop)
 
 
-def run_checkpoint(run_dir) -> str | None:
-    """A run folder's ``best.npz``, else its ``last.npz``, else None."""
-    found = [os.path.join(run_dir, name) for name in ("best.npz", "last.npz")
-             if os.path.exists(os.path.join(run_dir, name))]
-    return found[0] if found else None
-
-
-def report_run(run_dir, *, checkpoint_path=None, **options) -> str:
-    """Write ``run_dir/report.html`` (:func:`minialex.report.write_report`) for a run folder,
-    with the test predictions of ``checkpoint_path`` (default: its ``best.npz``, else
-    ``last.npz``; with neither, the curves and tables alone); ``options`` go to
-    :func:`load_run`."""
-    checkpoint_path = checkpoint_path or run_checkpoint(run_dir)
-    if checkpoint_path is None:
-        return write_report(run_dir)
-    run, predictions = checkpoint_predictions(checkpoint_path, **options)
-    return write_report(run_dir, predictions=predictions, test_images=run.data.test,
-                        model=run.model)
-
-
-def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int = 5,
-                  limit_train: int | None = 10000, **options) -> dict:
-    """The paper's Fig. 3 and Fig. 4 for checkpoint ``path``, beside the same network untrained
-    (its run's seeded initial weights) and, for retrieval, raw pixels. Writes to ``out_dir``
-    ``filters.png``, ``filters_untrained.png``, ``filters_change.png`` (trained minus
-    untrained: what training learned), ``retrieval.png``, ``retrieval_untrained.png`` and
-    ``retrieval_pixels.png``; returns the share of same-class neighbours of each (``k``
-    nearest among ``limit_train`` training images, for ``queries`` test images, both drawn
-    at random with a fixed seed) and the paths written."""
-    run = load_run(path, **options)
-    untrained = recipe.build(run.config, run.data, options.get("device", "cpu")).model.eval()
-    transform = run.test_loader.transform
-    train, test = run.data.train, run.data.test
-    out = {"queries": min(queries, len(test)), "neighbours": k,
-           "train_images": len(train.head(limit_train)), "share": {}, "files": []}
-    for name, picture in (("", conv1_filters(run.model)),
-                          ("_untrained", conv1_filters(untrained)),
-                          ("_change", conv1_filters(run.model, relative_to=untrained))):
-        out["files"].append(save_png(picture, os.path.join(out_dir, f"filters{name}.png")))
-    for name, features in (
-            ("", lambda d: fc7_features(run.model, d, transform)),
-            ("_untrained", lambda d: fc7_features(untrained, d, transform)),
-            ("_pixels", None)):
-        found = retrieval(train, test, features=features, queries=queries, k=k,
-                          limit_train=limit_train)
-        out["share"][{"": "trained", "_untrained": "untrained", "_pixels": "pixels"}[name]] = \
-            found["share"]
-        out["files"].append(save_png(retrieval_grid(train, test, found["neighbours"],
-                                                    queries=found["queries"], rows=rows),
-                                     os.path.join(out_dir, f"retrieval{name}.png")))
-    return out
-
-
 __all__ = ["Classifier", "Prediction", "checkpoint_predictions", "classify_files",
-           "image_files", "load_run", "paper_figures", "report_run", "run_checkpoint",
-           "top_classes"]
+           "image_files", "load_run", "top_classes"]

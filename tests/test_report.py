@@ -174,6 +174,15 @@ def test_fit_writes_the_report_and_a_report_that_fails_only_warns(tmp_path, monk
     assert matrix.sum() == summary["test_images"] == 64
     assert np.trace(matrix) / matrix.sum() == pytest.approx(summary["test_top1"])
     assert "T-shirt/top" in text and (tmp_path / "run" / "filters.png").exists()
+    # the paper's Fig. 3 and Fig. 4 from the run's checkpoint, through the command
+    done = subprocess.run([sys.executable, str(ROOT / "examples" / "report.py"),
+                           str(tmp_path / "run"), "--figures", "--data-dir", data_dir,
+                           "--queries", "20", "--limit-train", "100"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    for name in ("filters_change.png", "retrieval.png", "retrieval_pixels.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    assert "nearest of 100 training images, over 20 test images: trained" in done.stdout
 
     def broken(*args, **kwargs):
         raise RuntimeError("no room left")
