@@ -11,9 +11,10 @@ image files from it, with their probabilities:
   mean image and pixel statistics come from the prepared cache of the training folder (reused,
   not rebuilt, when the folder is unchanged), so that folder must be at hand;
 - **Fashion-MNIST** (grey 28x28): each file becomes a grey 28x28 image, normalised with the
-  training pixel mean and std stored in the checkpoint. Fashion-MNIST shows light clothes on a
-  black ground; photos of dark things on a light ground look nothing like it. The 10 crops need
-  an image-folder checkpoint.
+  training pixel mean and std stored in the checkpoint (so the dataset files need not be at
+  hand), then scaled to the model's input as evaluation scales the test images.
+  Fashion-MNIST shows light clothes on a black ground; photos of dark things on a light
+  ground look nothing like it. The 10 crops need an image-folder checkpoint.
 
 The class names are the checkpoint's (a folder's sub-folder names, in label order).
 
@@ -42,17 +43,19 @@ BATCH = 32              # files decoded and scored together (10x as many crops w
 
 
 def load_run(path, *, device: str = "cpu", data_dir=None, cache=None, workers=None,
-             limit_test=None, ten_crop: bool = False, trained: bool = True) -> recipe.Run:
+             limit_test=None, ten_crop: bool = False, trained: bool = True,
+             splits: bool = True) -> recipe.Run:
     """The run of checkpoint ``path`` (:func:`minialex.recipe.load_checkpoint`): its model
     (with the checkpoint's weights unless ``trained=False``, which keeps the run's seeded
     initial ones), its data and transforms. ``ten_crop`` builds the 10-crop transform too
-    (image folders only); ``limit_test`` cuts the test split (default: as the run did)."""
+    (image folders only); ``limit_test`` cuts the test split (default: as the run did);
+    ``splits=False``: no Fashion-MNIST files needed, only the transforms."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     own = {} if limit_test is None else {"limit_test": limit_test}   # default: the run's own
     return recipe.load_checkpoint(path, device=device, data_dir=data_dir, cache=cache,
-                                  workers=workers, trained=trained, ten_crop=bool(ten_crop),
-                                  **own)[0]
+                                  workers=workers, trained=trained, splits=splits,
+                                  ten_crop=bool(ten_crop), **own)[0]
 
 
 def checkpoint_predictions(path, **options) -> tuple:
@@ -77,14 +80,14 @@ class Classifier:
         folder = run.data.folder
         # the side the dataset stores (Fashion-MNIST: 28, whatever the model's input): a file
         # is brought to it, and the evaluation transform takes it from there to the input size
-        self.size = (folder.size if folder is not None
-                     else run.data.test.get_batch(np.arange(1))[0].shape[-1])
+        self.size = folder.size if folder is not None else run.data.test.images.shape[-1]
         self.grey = folder is None
 
     @classmethod
     def from_checkpoint(cls, path, *, device: str = "cpu", ten_crop: bool = False,
                         **options) -> "Classifier":
-        return cls(load_run(path, device=device, ten_crop=ten_crop, limit_test=1, **options))
+        return cls(load_run(path, device=device, ten_crop=ten_crop, limit_test=1, splits=False,
+                            **options))
 
     def load(self, path) -> np.ndarray:
         """An image file as the dataset stores its images: uint8 ``(1, S, S)`` grey or

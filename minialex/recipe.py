@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__, backend, checkpoint, report, rundir
 from .config import FASHION_MNIST, RunConfig, resolve
-from .data import Loader, load_fashion_mnist
+from .data import ArrayDataset, Loader, load_fashion_mnist
 from .data.augment import PCA_STD, Augmenter
 from .data.prepare import prepare
 from .data.transforms import image_transforms
@@ -397,12 +397,18 @@ def _write_summary(out, summary) -> str:
 
 
 def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data_dir=None,
-                    cache=None, workers=None, trained: bool = True, **changes) -> tuple:
+                    cache=None, workers=None, trained: bool = True, splits: bool = True,
+                    **changes) -> tuple:
     """``(run, tree)``: checkpoint ``path`` (its tree) and its run as :func:`build` makes it,
     with the model and input normalisation it was trained with, the checkpoint's weights
     loaded (``trained=False``: the run's seeded initial ones) and the model in eval mode.
     ``dataset`` and ``model`` override the checkpoint's; ``changes`` are settings of this
-    call's own (``limit_test``, ``ten_crop``). The 10 crops need an image-folder checkpoint."""
+    call's own (``limit_test``, ``ten_crop``). The 10 crops need an image-folder checkpoint.
+
+    ``splits=False``: the caller needs the model and the evaluation transform, not the
+    images; a Fashion-MNIST checkpoint that stores its classes and normalisation then gets
+    empty splits instead of the dataset files (an image folder's transform needs its
+    prepared cache all the same)."""
     tree = checkpoint.load(path)
     saved = dict(tree.get("config", {}))
     saved.update({k: v for k, v in (("dataset", dataset), ("model", model)) if v is not None})
@@ -411,8 +417,15 @@ def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data
     if config.ten_crop and not config.is_folder:
         raise ValueError(f"ten_crop: {path} was trained on Fashion-MNIST; the paper's 10 crops "
                          f"need a checkpoint trained on an image folder")
-    data = load_data(config.check(), data_dir=data_dir, cache=cache, workers=workers,
-                     classes=saved_classes(tree))
+    config.check()
+    if not splits and not config.is_folder and saved_classes(tree) and \
+            saved_normalization(tree):
+        none = ArrayDataset(np.zeros((0, 1, 28, 28), np.uint8), np.zeros(0, np.int64))
+        data = RunData(none, none, none, list(saved_classes(tree)), 1, "test")
+        config = config.replace(schedule="none")    # a plateau schedule would want val images
+    else:
+        data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
+                         classes=saved_classes(tree))
     run = build(config, data, device, normalization=saved_normalization(tree))
     arch = tree.get("architecture")
     if arch != run.model.variant:

@@ -89,6 +89,32 @@ def test_a_fashion_mnist_png_gets_the_probabilities_evaluation_gives(tmp_path):
         [classifier.load(f) for f in files])), expected, rtol=1e-4, atol=1e-6)
 
 
+def test_a_fashion_mnist_checkpoint_classifies_files_without_the_dataset(tmp_path, monkeypatch):
+    data_dir = learnable_fashion_mnist(tmp_path / "data", n_train=300, n_test=20)
+    config = CPU_PRESET.replace(val_size=60, batch_size=32, print_freq=0, epochs=1, warmup=4,
+                                schedule="plateau")
+    recipe.fit(config, out=str(tmp_path / "run"), data_dir=data_dir, stream=io.StringIO())
+    run = predict.load_run(tmp_path / "run" / "last.npz", data_dir=data_dir)
+    expected = collect_predictions(run.model, run.test_loader, run.data.classes).probs
+    images, _ = run.data.test.get_batch(np.arange(len(run.data.test)))
+    files = []
+    for i, image in enumerate(images):
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(image[0]).save(files[-1])
+
+    def no_files(*args, **kwargs):
+        raise FileNotFoundError("Fashion-MNIST is not installed")
+    monkeypatch.setattr(recipe, "load_fashion_mnist", no_files)
+    found, skipped = predict.classify_files(tmp_path / "run" / "last.npz", files, k=10)
+    assert skipped == [] and len(found) == len(files)
+    for item, probs in zip(found, expected):
+        top = dict(item.top)
+        np.testing.assert_allclose([top[c] for c in run.data.classes], probs, rtol=1e-4,
+                                   atol=1e-6)
+    with pytest.raises(FileNotFoundError, match="not installed"):   # the splits still need it
+        predict.load_run(tmp_path / "run" / "last.npz")
+
+
 def test_the_command_prints_top_classes_per_file_and_counts_unreadable_ones(trained, tmp_path):
     checkpoint, photos, cache = trained
     done = subprocess.run([sys.executable, str(SCRIPT), str(checkpoint), str(photos / "train"
