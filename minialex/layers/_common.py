@@ -146,8 +146,11 @@ def unpadded(a, PH: int, PW: int):
 # pieces that this thread and a few sleeping workers take in turn: a worker that the scheduler
 # sets aside delays only its own piece, and nothing spins.
 PIECES_PER_THREAD = 4  # more pieces than threads, so a slowed thread leaves its share to others
-SUM_PIECES = 16  # partial sums of a reduction (conv's gw, gb): a constant, so its bits never
-# depend on the machine's core count (see piece_bounds)
+SUM_PIECES = 8  # partial sums of a reduction (conv's gw, gb): a constant, so its bits never
+# depend on the machine's core count (see piece_bounds). Not more: a piece of one image makes
+# thin gw GEMMs and one more (OC, K) partial to add, and at 16 pieces a batch-16 fmnist training
+# step ran 0.83x as fast as at 8 on 2 cores; where 8 pieces are fewer than the threads, they run
+# one after another with BLAS's own threads (cpu_parallel_gemms)
 BLOCK_BYTES = 8 << 20  # a block's temporaries (its columns) at most: each thread keeps that much
 # scratch for the life of the process, and a smaller block fits more of the caches
 _pool = None  # worker threads, made at the first call that is large enough to use them
