@@ -267,6 +267,17 @@ def bench_dezero(twin, x, y, args, inference=True):
 
 
 # -- peak memory: one training step in a fresh process per framework ---------------------------
+def seeded_problem(name, batch):
+    """The model ``name`` at seed 0 and one batch of random fp32 images and labels: the same in
+    the timing run and in each peak-memory child."""
+    minialex.manual_seed(0)
+    model = alexnet(name)
+    C, S = model.in_channels, model.input_size
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, C, S, S), dtype=np.float32)
+    return model, x, rng.integers(0, model.num_classes, batch)
+
+
 def rss_bytes(field: str) -> int | None:
     """``VmRSS`` (now) or ``VmHWM`` (the peak) of this process from /proc, None off Linux."""
     try:
@@ -291,12 +302,7 @@ def peak_rss_child(framework, name, batch):
             f.write("5")
     except OSError:
         base = None
-    minialex.manual_seed(0)
-    model = alexnet(name)
-    C, S = model.in_channels, model.input_size
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((batch, C, S, S), dtype=np.float32)
-    y = rng.integers(0, model.num_classes, batch)
+    model, x, y = seeded_problem(name, batch)
     args = argparse.Namespace(steps=1, warmup=1)
     if framework == "minialex":
         bench_minialex(model, x, y, args, lambda: None, inference=False)
@@ -403,12 +409,8 @@ def bench(args):
     torch_sync = (torch.cuda.synchronize if gpu else (lambda: None)) if torch else None
     rows = []
     for name, batch in plan:
-        minialex.manual_seed(0)
-        model = alexnet(name)
+        model, x_host, y_host = seeded_problem(name, batch)
         C, S = model.in_channels, model.input_size
-        rng = np.random.default_rng(0)
-        x_host = rng.standard_normal((batch, C, S, S), dtype=np.float32)
-        y_host = rng.integers(0, model.num_classes, batch)
         twin = torch_twin(model, torch) if torch else None
         dz, dz_reason = (dezero_twin(model) if dezero is not None and args.dezero and not gpu
                          else (None, None))

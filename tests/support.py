@@ -12,6 +12,7 @@ from minialex import nn
 from minialex.data import ArrayDataset, Loader, fashion_mnist
 from minialex.data import transforms as T
 from minialex.data.idx import write_idx
+from minialex.models import alexnet
 from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY, StepLR
 from minialex.train import Trainer
 
@@ -93,3 +94,20 @@ def run_example(*argv, timeout=300, env=None):
     return subprocess.run([sys.executable, str(SCRIPT), *map(str, argv)], capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT,
                           env={**os.environ, **(env or {})})
+
+
+def dying_alexnet(*args, **kwargs):
+    """``alexnet(...)`` far from chance for 3 steps (class 0 scores 10 above the rest), then
+    dead: all logits 0, the loss exactly ln(classes). Patched over ``recipe.alexnet`` to plant a
+    run that stalls at chance after its warm-up."""
+    model, calls = alexnet(*args, **kwargs), []
+    forward = model.forward
+    shift = np.where(np.arange(model.num_classes) == 0, 10.0, 0.0).astype(np.float32)
+
+    def forward_then_die(x):
+        calls.append(1)
+        y = forward(x)
+        return y + shift if len(calls) <= 3 else y * 0.0
+
+    model.forward = forward_then_die
+    return model

@@ -70,6 +70,15 @@ def test_ten_crops_of_files_give_what_the_ten_crop_evaluation_gives(trained):
     assert not np.allclose(centre, probs, atol=1e-4)     # the crops made a difference
 
 
+def write_test_split_as_pngs(run, folder) -> list:
+    """The test split's 28x28 grey images written as PNG files; their paths, in split order."""
+    images, _ = run.data.test.get_batch(np.arange(len(run.data.test)))
+    files = [str(folder / f"{i}.png") for i in range(len(images))]
+    for path, image in zip(files, images):
+        Image.fromarray(image[0]).save(path)
+    return files
+
+
 def test_a_fashion_mnist_png_gets_the_probabilities_evaluation_gives(tmp_path):
     """The `fmnist` model takes 224x224 inputs made from 28x28 images: a file must become the
     28x28 image first, then go through the evaluation transform, as the test split does."""
@@ -78,11 +87,7 @@ def test_a_fashion_mnist_png_gets_the_probabilities_evaluation_gives(tmp_path):
     run = recipe.build(config, recipe.load_data(config, data_dir=data_dir), "cpu")
     run.model.eval()
     expected = collect_predictions(run.model, run.test_loader, run.data.classes).probs
-    images, _ = run.data.test.get_batch(np.arange(len(run.data.test)))
-    files = []
-    for i, image in enumerate(images):
-        files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(image[0]).save(files[-1])
+    files = write_test_split_as_pngs(run, tmp_path)
     classifier = predict.Classifier(run)
     assert classifier.size == 28 and run.model.input_size == 224
     np.testing.assert_allclose(classifier.probabilities(np.stack(
@@ -96,11 +101,7 @@ def test_a_fashion_mnist_checkpoint_classifies_files_without_the_dataset(tmp_pat
     recipe.fit(config, out=str(tmp_path / "run"), data_dir=data_dir, stream=io.StringIO())
     run = predict.load_run(tmp_path / "run" / "last.npz", data_dir=data_dir)
     expected = collect_predictions(run.model, run.test_loader, run.data.classes).probs
-    images, _ = run.data.test.get_batch(np.arange(len(run.data.test)))
-    files = []
-    for i, image in enumerate(images):
-        files.append(str(tmp_path / f"{i}.png"))
-        Image.fromarray(image[0]).save(files[-1])
+    files = write_test_split_as_pngs(run, tmp_path)
 
     def no_files(*args, **kwargs):
         raise FileNotFoundError("Fashion-MNIST is not installed")

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import pytest
 
 from minialex import backend, checkpoint, recipe
@@ -18,7 +17,7 @@ from minialex.data import fashion_mnist
 from minialex.models import alexnet
 from minialex.watch import TrainingStalled
 
-from support import ROOT, SCRIPT, learnable_fashion_mnist, run_example
+from support import ROOT, SCRIPT, dying_alexnet, learnable_fashion_mnist, run_example
 
 SUMMARY_KEYS = ("test_top1", "test_top5", "epochs", "images_per_second", "device",
                 "wall_time_s", "model", "args", "stopped", "steps", "classes")
@@ -104,19 +103,6 @@ def test_a_run_that_ends_at_chance_fails_with_its_reason_in_the_summary(data_dir
 
 def test_a_run_stopped_in_training_or_interrupted_still_gets_its_report(data_dir, tmp_path,
                                                                         monkeypatch):
-    def dying_alexnet(*args, **kwargs):  # class 0 ahead by 10 for 3 steps, then all logits 0
-        model, calls = alexnet(*args, **kwargs), []
-        forward = model.forward
-        shift = np.where(np.arange(10) == 0, 10.0, 0.0).astype(np.float32)
-
-        def forward_then_die(x):
-            calls.append(1)
-            y = forward(x)
-            return y + shift if len(calls) <= 3 else y * 0.0
-
-        model.forward = forward_then_die
-        return model
-
     monkeypatch.setattr(recipe, "alexnet", dying_alexnet)
     log = io.StringIO()
     with pytest.raises(TrainingStalled, match="training stalled at chance"):

@@ -9,10 +9,9 @@ import pytest
 
 from minialex import checkpoint, recipe
 from minialex.config import CPU_PRESET
-from minialex.models import alexnet
 from minialex.watch import LossWatch, TrainingDiverged, TrainingStalled, above_chance, chance_loss
 
-from support import learnable_fashion_mnist, make_trainer
+from support import dying_alexnet, learnable_fashion_mnist, make_trainer
 
 
 # -- LossWatch on its own ----------------------------------------------------------------------
@@ -129,21 +128,6 @@ def test_a_nan_loss_stops_before_the_update_naming_where(tmp_path):
 # -- through recipe.fit: the summary says why ---------------------------------------------------
 def test_fit_records_why_a_run_stopped_in_the_summary(tmp_path, monkeypatch):
     data_dir = learnable_fashion_mnist(tmp_path / "data", n_train=200, n_test=40)
-
-    def dying_alexnet(*args, **kwargs):
-        """Far from chance for 3 steps (class 0 scores 10 above the rest), then dead: all
-        logits 0, the loss exactly ln 10."""
-        model = alexnet(*args, **kwargs)
-        forward, calls = model.forward, []
-        shift = np.where(np.arange(10) == 0, 10.0, 0.0).astype(np.float32)
-
-        def forward_then_die(x):
-            calls.append(1)
-            y = forward(x)
-            return y + shift if len(calls) <= 3 else y * 0.0
-
-        model.forward = forward_then_die
-        return model
 
     monkeypatch.setattr(recipe, "alexnet", dying_alexnet)
     config = CPU_PRESET.replace(val_size=40, batch_size=16, limit_test=40, print_freq=0,
