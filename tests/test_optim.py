@@ -239,3 +239,41 @@ def test_step_lr_and_its_state():
         StepLR(opt, step_size=0)
     with pytest.raises(ValueError, match="gamma"):
         StepLR(opt, step_size=1, gamma=0.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_parameters_update_chunk_by_chunk_with_the_bits_of_the_whole_array_update(dtype):
+    # The CPU update runs over chunks of the flattened arrays in threads; each element must
+    # meet the same operations in the same order as in the plain whole-array formula.
+    from minialex import optim
+    rng = np.random.default_rng(0)
+    shape = (3, optim.STEP_CHUNK + 7)  # chunk edges inside rows, a short last chunk
+    w0 = rng.standard_normal(shape).astype(dtype)
+    grads = [rng.standard_normal(shape).astype(dtype) for _ in range(3)]
+    w = Parameter(w0.copy())
+    opt = SGD([w], lr=0.01, momentum=M, weight_decay=WEIGHT_DECAY)
+    expected, v = w0.copy(), np.zeros_like(w0)
+    for step, g in enumerate(grads):
+        opt.lr = 0.01 / (1 + step)
+        w.grad = g
+        opt.step()
+        optim._momentum_step(expected, g, v, opt.lr, M, WEIGHT_DECAY)
+        np.testing.assert_array_equal(w.data, expected)
+        np.testing.assert_array_equal(opt.velocity[0], v)
+    assert not np.array_equal(w.data, w0)
+
+
+def test_a_non_contiguous_gradient_or_weight_still_updates_every_element():
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((300, 500)).astype(np.float32)
+    g = rng.standard_normal((500, 300)).astype(np.float32).T    # a transposed view
+    w = Parameter(w0.copy())
+    opt = SGD([w], lr=0.1, momentum=M, weight_decay=WD)
+    w.grad = g
+    opt.step()
+    np.testing.assert_allclose(w.data, w0 - 0.1 * (WD * w0 + g), rtol=1e-6, atol=1e-7)
+    strided = Parameter(np.zeros((4, 6), dtype=np.float32)[:, ::2])   # non-contiguous data
+    opt = SGD([strided], lr=0.5, momentum=M, weight_decay=0.0)
+    strided.grad = np.ones((4, 3), dtype=np.float32)
+    opt.step()
+    np.testing.assert_array_equal(strided.data, np.full((4, 3), -0.5, dtype=np.float32))

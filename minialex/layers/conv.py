@@ -346,13 +346,12 @@ def _conv2d_forward_cpu(x, w, b, SH, SW, PH, PW, G):
 
     def run_blocks(i0, i1):
         for n0, n1 in zip(bounds[i0:i1], bounds[i0 + 1:i1 + 1]):
-            col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW)  # (C*KH*KW, n, OH*OW)
-            y_n = y[n0:n1].reshape(n1 - n0, OC, OH * OW)
-            for g in range(G):  # (OCg, K) @ (n, K, OH*OW): one GEMM per image, into y
-                np.matmul(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].transpose(1, 0, 2),
-                          out=y_n[:, g * OCg:(g + 1) * OCg])
-            if b is not None:
-                y_n += b[:, None]
+            col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW).reshape(G * K, -1)
+            Y = scratch("Y", (OC, col.shape[1]), x.dtype)  # (OC, n*OH*OW)
+            for g in range(G):
+                np.matmul(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K],
+                          out=Y[g * OCg:(g + 1) * OCg])
+            _bias_add_into(y[n0:n1], Y, b)
     cpu_parallel_gemms(run_blocks, len(bounds) - 1, y.size * K)
     return y
 
@@ -373,7 +372,10 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, need
     OH, OW = gy.shape[2:]
     pieces = piece_bounds(N)
     gx = None if w_mat is None else np.empty(x_shape, dtype=gy.dtype)
-    gw_pieces = None if x is None else np.empty((len(pieces) - 1, OC, K), dtype=gy.dtype)
+    # the partial sums live in this thread's scratch: at fmnist's conv4 they are 42 MB, and as
+    # a fresh array each of their pages faults in at every step
+    gw_t_pieces = None if x is None else scratch("gw_t_pieces", (len(pieces) - 1, K, OC),
+                                                 gy.dtype)
     gb_pieces = np.empty((len(pieces) - 1, OC), dtype=gy.dtype) if needs_b else None
 
     def run_block(i, n0, n1, first):
@@ -386,14 +388,14 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, need
                 gY.sum(axis=1, out=gb_pieces[i])
             else:
                 gb_pieces[i] += gY.sum(axis=1)
-        if x is not None:
+        if x is not None:  # gw^T = col gY^T: this order of the product runs 10-20% faster
             col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW).reshape(G * K, -1)
-            gw = gw_pieces[i] if first else scratch("gw", (OC, K), gy.dtype)
+            gw_t = gw_t_pieces[i] if first else scratch("gw_t", (K, OC), gy.dtype)
             for g in range(G):
-                np.matmul(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T,
-                          out=gw[g * OCg:(g + 1) * OCg])
+                np.matmul(col[g * K:(g + 1) * K], gY[g * OCg:(g + 1) * OCg].T,
+                          out=gw_t[:, g * OCg:(g + 1) * OCg])
             if not first:
-                gw_pieces[i] += gw
+                gw_t_pieces[i] += gw_t
         if w_mat is not None:
             gcol = scratch("gcol", (G * K, gY.shape[1]), gy.dtype)
             for g in range(G):
@@ -407,7 +409,8 @@ def _conv2d_backward_cpu(gy, x, w_mat, x_shape, w_shape, SH, SW, PH, PW, G, need
             for j in range(len(blocks) - 1):
                 run_block(i, pieces[i] + blocks[j], pieces[i] + blocks[j + 1], first=j == 0)
     cpu_parallel_gemms(run_pieces, len(pieces) - 1, gy.size * K)
-    gw = None if gw_pieces is None else gw_pieces.sum(axis=0).reshape(w_shape)
+    gw = None if gw_t_pieces is None else np.ascontiguousarray(gw_t_pieces.sum(axis=0).T)
+    gw = None if gw is None else gw.reshape(w_shape)
     return gx, gw, None if gb_pieces is None else gb_pieces.sum(axis=0)
 
 
@@ -433,11 +436,16 @@ def _im2col_block(x, KH, KW, SH, SW, PH, PW, out=None):
 
 
 def _bias_add_nchw_cpu(Y, b, N, OH, OW):
-    OC = Y.shape[0]
+    return _bias_add_into(np.empty((N, Y.shape[0], OH, OW), dtype=Y.dtype), Y, b)
+
+
+def _bias_add_into(y, Y, b):
+    """``y`` (N, OC, OH, OW) = Y (OC, N*OH*OW) + b (or None), the transpose and the bias in one
+    pass."""
+    N, OC, OH, OW = y.shape
     y_t = Y.reshape(OC, N, OH, OW).transpose(1, 0, 2, 3)
-    y = np.empty((N, OC, OH, OW), dtype=Y.dtype)
     if b is None:
         y[...] = y_t
     else:
-        np.add(y_t, b.reshape(1, OC, 1, 1), out=y)  # the transpose and the bias in one pass
+        np.add(y_t, b.reshape(1, OC, 1, 1), out=y)
     return y
