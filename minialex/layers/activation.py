@@ -40,7 +40,7 @@ from .. import cuda
 from ..backend import get_array_module, is_gpu_array
 from ..module import Module
 from ..tensor import Function, Tensor
-from ._common import check_float, is_int, positive_int
+from ._common import check_float, cpu_parallel, is_int, positive_int
 
 
 # -- ReLU -----------------------------------------------------------------------------------
@@ -50,7 +50,8 @@ class ReLUFunction(Function):
     def forward(self, x):
         xp = get_array_module(x)
         # C order, as relu_backward's kernel expects (a ufunc keeps a transposed input's order).
-        self.y = xp.maximum(xp.ascontiguousarray(x), 0)
+        x = xp.ascontiguousarray(x)
+        self.y = xp.maximum(x, 0) if is_gpu_array(x) else _relu_forward_cpu(x)
         return self.y
 
     def backward(self, gy):
@@ -229,7 +230,28 @@ class LogSoftmax(Softmax):
         return log_softmax(x, self.dim)
 
 
-# -- ReLU backward on the CPU: the NumPy sibling of kernels/relu.cu -------------------------
+# -- ReLU on the CPU: forward, and the NumPy sibling of kernels/relu.cu ---------------------
+# Why threads: one pass over a conv's output is memory-bound work for one core, and its output
+# is fresh memory whose first write faults every page in; slices of the flattened arrays, one
+# per thread, share both between the cores.
+def _relu_forward_cpu(x):
+    """``y = max(0, x)`` for a C-contiguous x, slice by slice in threads."""
+    y = np.empty_like(x)
+    x_flat, y_flat = x.reshape(-1), y.reshape(-1)
+
+    def rectify(i0, i1):
+        np.maximum(x_flat[i0:i1], 0, out=y_flat[i0:i1])
+    cpu_parallel(rectify, x.size, 2 * x.size)
+    return y
+
+
 def _relu_backward_cpu(y, gy):
-    """``gx = gy where y > 0 else 0`` (subgradient 0 at 0), as a product like the kernel's."""
-    return gy * (y > 0)
+    """``gx = gy where y > 0 else 0`` (subgradient 0 at 0), as a product like the kernel's, slice
+    by slice in threads."""
+    gx = np.empty(gy.shape, dtype=np.result_type(gy, y))
+    y_flat, gy_flat, gx_flat = y.reshape(-1), gy.reshape(-1), gx.reshape(-1)
+
+    def route(i0, i1):
+        np.multiply(gy_flat[i0:i1], y_flat[i0:i1] > 0, out=gx_flat[i0:i1])
+    cpu_parallel(route, gy.size, 3 * gy.size)
+    return gx
