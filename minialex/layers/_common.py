@@ -264,11 +264,13 @@ def piece_bounds(n: int) -> list:
 def block_bounds(n: int, item_bytes: int, per_thread: bool = False) -> list:
     """``range(n)`` cut into even blocks, as few as keep each block's temporaries
     (``item_bytes`` per item) within :data:`BLOCK_BYTES` (a block holds at least one item).
-    With ``per_thread``, at least :data:`PIECES_PER_THREAD` blocks per thread (fewer when ``n``
-    is smaller): only for passes whose results do not depend on how the items are grouped."""
+    With ``per_thread``, a multiple of :data:`PIECES_PER_THREAD` blocks per thread (fewer when
+    ``n`` is smaller), so that :func:`cpu_parallel`'s pieces of blocks hold as many items each:
+    only for passes whose results do not depend on how the items are grouped."""
     blocks = math.ceil(n * item_bytes / BLOCK_BYTES)
-    if per_thread:
-        blocks = max(blocks, cpu_threads() * PIECES_PER_THREAD)
+    if per_thread:  # a multiple of cpu_parallel's pieces, so that each piece gets as many items
+        unit = cpu_threads() * PIECES_PER_THREAD
+        blocks = max(unit, math.ceil(blocks / unit) * unit)
     blocks = min(n, blocks)
     return [n * i // blocks for i in range(blocks + 1)] if blocks else [0]
 

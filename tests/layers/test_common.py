@@ -61,6 +61,18 @@ def test_block_bounds_keep_blocks_within_block_bytes(four_threads):
     assert block_bounds(64, 1) == [0, 64]
 
 
+def test_per_thread_blocks_give_every_piece_of_cpu_parallel_as_many_items(four_threads):
+    # 32 items needing 18 blocks: rounded up to 32 blocks (a multiple of the 16 pieces), so each
+    # of cpu_parallel's pieces of blocks covers 2 items; 18 blocks would give pieces of 1 to 3
+    pieces = 4 * _common.PIECES_PER_THREAD
+    bounds = block_bounds(32, _common.BLOCK_BYTES * 9 // 16, per_thread=True)
+    assert (len(bounds) - 1) % pieces == 0
+    blocks = len(bounds) - 1
+    per_piece = [bounds[blocks * (i + 1) // pieces] - bounds[blocks * i // pieces]
+                 for i in range(pieces)]
+    assert per_piece == [2] * pieces
+
+
 @pytest.mark.parametrize("shape", [(300, 40, 7), (7, 40, 300)])  # split by rows, by columns
 def test_cpu_matmul_equals_numpy(four_threads, shape):
     M, K, P = shape
