@@ -1,6 +1,7 @@
 """What every benchmark shares: the machine's description, timing, the optional PyTorch import,
 the --device choice, and benchmarks/RESULTS.md, where each benchmark owns one marked section per
 device and rewrites only it."""
+import os
 import pathlib
 import platform
 import re
@@ -31,10 +32,32 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def numpy_blas() -> str:
+    """NumPy's BLAS library, its version and the kernels it runs (threadpoolctl), and any
+    OPENBLAS_CORETYPE setting: every CPU GEMM of minialex (and of DeZero) runs at that kernel's
+    speed, so a figure means little without it. OpenBLAS picks its kernels for the CPU it
+    finds, unless OPENBLAS_CORETYPE names others (some machines set it, e.g. AVX2 kernels on
+    an AVX-512 CPU, which makes a training step about a third slower)."""
+    from threadpoolctl import threadpool_info
+    found = [info for info in threadpool_info() if info.get("user_api") == "blas"
+             and "numpy" in info.get("filepath", "")] or [
+             info for info in threadpool_info() if info.get("user_api") == "blas"]
+    if not found:
+        return "NumPy's BLAS unknown"
+    info = found[0]
+    text = f"NumPy's BLAS {info.get('internal_api', '?')} {info.get('version', '?')}"
+    if info.get("architecture"):
+        text += f" ({info['architecture']} kernels"
+        pinned = os.environ.get("OPENBLAS_CORETYPE")
+        text += f", chosen by OPENBLAS_CORETYPE={pinned})" if pinned else ", chosen for this CPU)"
+    return text
+
+
 def versions(*extra: str, gpu=False, torch=None) -> str:
-    """minialex, Python, NumPy, then ``extra``, CuPy on a GPU, and PyTorch when it was used."""
+    """minialex, Python, NumPy and its BLAS, then ``extra``, CuPy on a GPU, and PyTorch when it
+    was used."""
     parts = [f"minialex {minialex.__version__}", f"Python {platform.python_version()}",
-             f"NumPy {np.__version__}", *extra]
+             f"NumPy {np.__version__}", numpy_blas(), *extra]
     if gpu:
         parts.append(f"CuPy {backend.require_cupy().__version__}")
     if torch is not False:  # False: this benchmark never compares with PyTorch

@@ -1,6 +1,7 @@
 """The training benchmark's extra CPU measurements on a tiny net: peak memory in a fresh process,
 the busy-machine mode's competitors and slowdowns, and DeZero's twin of a variant it can run."""
 import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -95,3 +96,21 @@ def test_dezero_twin_computes_minialex_function():
         mine = model(Tensor(x)).numpy()
     np.testing.assert_allclose(theirs, mine, **TOL[np.float32])
     assert bench_train.dezero_twin(alexnet("mini"))[0] is None  # LRN and groups: no twin
+
+
+@pytest.mark.parametrize("coretype", [None, "Haswell"])
+def test_every_benchmark_names_the_blas_kernels_numpy_ran_and_who_chose_them(coretype):
+    # OpenBLAS reads OPENBLAS_CORETYPE when NumPy loads it, so each setting needs a fresh process
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENBLAS_")}
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    bench = pathlib.Path(bench_train.__file__).parent
+    text = subprocess.run([sys.executable, "-c", "import common; print(common.versions())"],
+                          cwd=bench, env=env, capture_output=True, text=True, check=True).stdout
+    from threadpoolctl import threadpool_info
+    if not any(info.get("architecture") for info in threadpool_info()):
+        assert "NumPy's BLAS" in text  # a BLAS that does not report its kernels: named only
+    elif coretype:
+        assert f"({coretype} kernels, chosen by OPENBLAS_CORETYPE={coretype})" in text
+    else:
+        assert "kernels, chosen for this CPU)" in text
