@@ -9,6 +9,7 @@ import statistics
 import time
 
 import numpy as np
+from threadpoolctl import threadpool_info
 
 import minialex
 from minialex import backend
@@ -38,7 +39,6 @@ def numpy_blas() -> str:
     speed, so a figure means little without it. OpenBLAS picks its kernels for the CPU it
     finds, unless OPENBLAS_CORETYPE names others (some machines set it, e.g. AVX2 kernels on
     an AVX-512 CPU, which makes a training step about a third slower)."""
-    from threadpoolctl import threadpool_info
     found = [info for info in threadpool_info() if info.get("user_api") == "blas"
              and "numpy" in info.get("filepath", "")] or [
              info for info in threadpool_info() if info.get("user_api") == "blas"]
@@ -47,9 +47,10 @@ def numpy_blas() -> str:
     info = found[0]
     text = f"NumPy's BLAS {info.get('internal_api', '?')} {info.get('version', '?')}"
     if info.get("architecture"):
-        text += f" ({info['architecture']} kernels"
         pinned = os.environ.get("OPENBLAS_CORETYPE")
-        text += f", chosen by OPENBLAS_CORETYPE={pinned})" if pinned else ", chosen for this CPU)"
+        why = (f"OPENBLAS_CORETYPE={pinned}" if pinned
+               else "OPENBLAS_CORETYPE not set: chosen for this CPU")
+        text += f" ({info['architecture']} kernels; {why})"
     return text
 
 

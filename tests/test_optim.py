@@ -4,7 +4,8 @@ import io
 import numpy as np
 import pytest
 
-from minialex import Module, Parameter
+from minialex import Module, Parameter, optim
+from minialex.layers import _common
 from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY, ReduceLROnPlateau, StepLR
 
 from conftest import TOL
@@ -242,10 +243,12 @@ def test_step_lr_and_its_state():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_large_parameters_update_chunk_by_chunk_with_the_bits_of_the_whole_array_update(dtype):
-    # The CPU update runs over chunks of the flattened arrays in threads; each element must
-    # meet the same operations in the same order as in the plain whole-array formula.
-    from minialex import optim
+def test_large_parameters_update_chunk_by_chunk_with_the_bits_of_the_whole_array_update(
+        monkeypatch, dtype):
+    # The CPU update runs over chunks of the flattened arrays in threads (four here, whatever
+    # the machine has); each element must meet the operations of the formula in the docstring's
+    # order: v <- m v - lr (wd w + g), w <- w + v, as whole arrays in the same dtype.
+    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
     rng = np.random.default_rng(0)
     shape = (3, optim.STEP_CHUNK + 7)  # chunk edges inside rows, a short last chunk
     w0 = rng.standard_normal(shape).astype(dtype)
@@ -257,7 +260,9 @@ def test_large_parameters_update_chunk_by_chunk_with_the_bits_of_the_whole_array
         opt.lr = 0.01 / (1 + step)
         w.grad = g
         opt.step()
-        optim._momentum_step(expected, g, v, opt.lr, M, WEIGHT_DECAY)
+        d = (WEIGHT_DECAY * expected + g) * opt.lr
+        v = v * M - d
+        expected = expected + v
         np.testing.assert_array_equal(w.data, expected)
         np.testing.assert_array_equal(opt.velocity[0], v)
     assert not np.array_equal(w.data, w0)

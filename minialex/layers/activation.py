@@ -248,7 +248,7 @@ def _relu_forward_cpu(x):
 def _relu_backward_cpu(y, gy):
     """``gx = gy where y > 0 else 0`` (subgradient 0 at 0), as a product like the kernel's, slice
     by slice in threads."""
-    gx = np.empty(gy.shape, dtype=np.result_type(gy, y))
+    gx = np.empty(gy.shape, dtype=gy.dtype)
     y_flat, gy_flat, gx_flat = y.reshape(-1), gy.reshape(-1), gx.reshape(-1)
 
     def route(i0, i1):

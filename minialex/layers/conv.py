@@ -346,12 +346,13 @@ def _conv2d_forward_cpu(x, w, b, SH, SW, PH, PW, G):
 
     def run_blocks(i0, i1):
         for n0, n1 in zip(bounds[i0:i1], bounds[i0 + 1:i1 + 1]):
-            col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW).reshape(G * K, -1)
-            Y = scratch("Y", (OC, col.shape[1]), x.dtype)  # (OC, n*OH*OW)
-            for g in range(G):
-                np.matmul(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K],
-                          out=Y[g * OCg:(g + 1) * OCg])
-            _bias_add_into(y[n0:n1], Y, b)
+            col = _im2col_block(x[n0:n1], KH, KW, SH, SW, PH, PW)  # (C*KH*KW, n, OH*OW)
+            y_n = y[n0:n1].reshape(n1 - n0, OC, OH * OW)
+            for g in range(G):  # (OCg, K) @ (n, K, OH*OW): one GEMM per image, into y
+                np.matmul(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].transpose(1, 0, 2),
+                          out=y_n[:, g * OCg:(g + 1) * OCg])
+            if b is not None:
+                y_n += b[:, None]
     cpu_parallel_gemms(run_blocks, len(bounds) - 1, y.size * K)
     return y
 
@@ -436,16 +437,11 @@ def _im2col_block(x, KH, KW, SH, SW, PH, PW, out=None):
 
 
 def _bias_add_nchw_cpu(Y, b, N, OH, OW):
-    return _bias_add_into(np.empty((N, Y.shape[0], OH, OW), dtype=Y.dtype), Y, b)
-
-
-def _bias_add_into(y, Y, b):
-    """``y`` (N, OC, OH, OW) = Y (OC, N*OH*OW) + b (or None), the transpose and the bias in one
-    pass."""
-    N, OC, OH, OW = y.shape
+    OC = Y.shape[0]
     y_t = Y.reshape(OC, N, OH, OW).transpose(1, 0, 2, 3)
+    y = np.empty((N, OC, OH, OW), dtype=Y.dtype)
     if b is None:
         y[...] = y_t
     else:
-        np.add(y_t, b.reshape(1, OC, 1, 1), out=y)
+        np.add(y_t, b.reshape(1, OC, 1, 1), out=y)  # the transpose and the bias in one pass
     return y

@@ -328,7 +328,7 @@ def _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW, with_argmax=True):
                     # argmax <- k where better: k exceeds every offset stored so far, so a max
                     # does it without branches (a masked copy mispredicts on random data and
                     # took half of the pool's time)
-                    np.multiply(better, kh * KW + kw, out=offset_k)
+                    np.multiply(better, np.int32(kh * KW + kw), out=offset_k)
                     np.maximum(argmax_n, offset_k, out=argmax_n)
                 np.maximum(y_n, candidate, out=y_n)  # NaN propagates to y, as in PyTorch
     cpu_parallel(scan_images, N, y.size * KH * KW)
@@ -348,8 +348,8 @@ def _max_pool_backward_cpu(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
     OH, OW = gy.shape[2:]
     Hp, Wp = H + 2 * PH, W + 2 * PW
     # flat index in a padded plane of window (i, j)'s first element, and of offset k within it
-    window_start = (np.arange(OH) * (SH * Wp))[:, None] + np.arange(OW) * SW
-    within = (np.arange(KH * KW) // KW) * Wp + np.arange(KH * KW) % KW
+    window_start = (np.arange(OH, dtype=np.intp) * (SH * Wp))[:, None] + np.arange(OW) * SW
+    within = (np.arange(KH * KW, dtype=np.intp) // KW) * Wp + np.arange(KH * KW) % KW
     gx = np.empty(x_shape, dtype=gy.dtype)
 
     def route_images(n0, n1):  # each thread sums its own images, then writes them to gx
@@ -357,7 +357,7 @@ def _max_pool_backward_cpu(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
         index = scratch("index", (n, C, OH, OW), np.intp)
         np.take(within, argmax[n0:n1], out=index)
         index += window_start
-        index += (np.arange(n * C) * (Hp * Wp)).reshape(n, C, 1, 1)  # the plane's start
+        index += (np.arange(n * C, dtype=np.intp) * (Hp * Wp)).reshape(n, C, 1, 1)  # planes
         gx_pad = gx[n0:n1] if PH == PW == 0 else scratch("gx_pad", (n, C, Hp, Wp), gy.dtype)
         gx_pad.fill(0)
         np.add.at(gx_pad.reshape(-1), index.reshape(-1), gy[n0:n1].reshape(-1))

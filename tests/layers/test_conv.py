@@ -264,23 +264,32 @@ def test_conv2d_empty_batch_forward_and_backward(bias):
         np.testing.assert_array_equal(b.grad, np.zeros(6))
 
 
-def test_conv2d_gradients_have_the_same_bits_on_any_core_count(monkeypatch):
+def test_conv2d_output_and_gradients_have_the_same_bits_on_any_core_count(monkeypatch):
     """gw and gb sum over the images; the order of that sum must not follow the thread count,
-    or a run's weights would depend on the machine (or a container's CPU quota)."""
+    or a run's weights would depend on the machine (or a container's CPU quota). y and gx must
+    not follow it either: how the threads group images into blocks changes a GEMM's width, and
+    BLAS results change with it, so each image's output comes from a product of its own; the
+    same image in a batch of one gives the same bits."""
     rng = np.random.default_rng(4)
     x = rng.standard_normal((7, 8, 45, 45)).astype(np.float32)
     w = rng.standard_normal((12, 4, 3, 3)).astype(np.float32)
     b = rng.standard_normal(12).astype(np.float32)
     gy = rng.standard_normal((7, 12, 23, 23)).astype(np.float32)
-    grads = []
+    grads, outputs = [], []
     for threads in (1, 2, 4, 16):
         monkeypatch.setattr(_common, "cpu_threads", lambda: threads)
         xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
-        conv2d(xt, wt, bt, stride=2, padding=1, groups=2).backward(gy)
+        y = conv2d(xt, wt, bt, stride=2, padding=1, groups=2)
+        y.backward(gy)
         grads.append((xt.grad, wt.grad, bt.grad))
+        outputs.append(y.numpy())
     for gx, gw, gb in grads[1:]:
         assert np.array_equal(gw, grads[0][1]) and np.array_equal(gb, grads[0][2])
         assert np.array_equal(gx, grads[0][0])
+    for y in outputs[1:]:
+        assert np.array_equal(y, outputs[0])
+    alone = conv2d(Tensor(x[3:4]), Tensor(w), Tensor(b), stride=2, padding=1, groups=2)
+    assert np.array_equal(alone.numpy()[0], outputs[0][3])
 
 
 def blas_threads():
