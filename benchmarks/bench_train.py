@@ -36,10 +36,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import pathlib
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -450,17 +452,26 @@ def bench(args):
             row["dezero_skipped"] = dz_reason
         if pool is not None:
             pool.free_all_blocks()
-        print(f"{name}: minialex, batch {batch}, {S}x{S} ...", flush=True)
-        m_train, m_infer = bench_minialex(model, x, y, args, sync)
+        # The frameworks take turns, round by round: a machine that slows for a while (another
+        # process, the clock) then slows both, not whichever happened to be timed then.
+        if twin is not None and gpu:
+            torch.cuda.reset_peak_memory_stats()
+        print(f"{name}: minialex" + (f" and PyTorch {torch.__version__}" if twin else "")
+              + f", batch {batch}, {S}x{S}, {args.rounds} round(s) ...", flush=True)
+        timers = [functools.partial(bench_minialex, model, x, y, args, sync)]
+        if twin is not None:
+            timers.append(functools.partial(bench_torch, twin, tx, ty, args, torch, torch_sync))
+        mine, *others = take_turns(args.rounds, *timers)
+        theirs = others[0] if others else []
+        m_train, m_infer = (statistics.median(times) for times in zip(*mine))
         row.update({"minialex_train": batch / m_train, "minialex_inference": batch / m_infer,
                     "minialex_peak_bytes": pool.total_bytes() if pool is not None else None})
         if twin is not None:
-            if gpu:
-                torch.cuda.reset_peak_memory_stats()
-            print(f"{name}: PyTorch {torch.__version__} ...", flush=True)
-            t_train, t_infer = bench_torch(twin, tx, ty, args, torch, torch_sync)
+            t_train, t_infer = (statistics.median(times) for times in zip(*theirs))
             row.update({"torch_train": batch / t_train, "torch_inference": batch / t_infer,
                         "train_ratio": t_train / m_train, "inference_ratio": t_infer / m_infer,
+                        "train_ratio_rounds": [t[0] / m[0] for m, t in zip(mine, theirs)],
+                        "inference_ratio_rounds": [t[1] / m[1] for m, t in zip(mine, theirs)],
                         "torch_peak_bytes": torch.cuda.max_memory_reserved() if gpu else None})
         if dz is not None:
             print(f"{name}: DeZero {dezero.__version__} ...", flush=True)
@@ -493,6 +504,22 @@ def bench(args):
 
 
 
+def take_turns(rounds, *timers):
+    """Call each timer once per round, in turn; each timer's results, round by round."""
+    results = [[] for _ in timers]
+    for _ in range(rounds):
+        for timer, out in zip(timers, results):
+            out.append(timer())
+    return results
+
+
+def ratio_cell(row, mode) -> str:
+    """The ratio, and the range of the rounds' ratios when there were several rounds."""
+    rounds = row.get(f"{mode}_ratio_rounds") or []
+    text = f"{row[f'{mode}_ratio']:.2f}"
+    return text + (f" ({min(rounds):.2f}-{max(rounds):.2f})" if len(rounds) > 1 else "")
+
+
 def markdown(rows, gpu_name, torch, args, command, load_start=None) -> str:
     device = f"{cpu_name()}, {os.cpu_count()} CPUs" + (f"; GPU {gpu_name}" if gpu_name
                                                        else "; no GPU")
@@ -507,11 +534,14 @@ def markdown(rows, gpu_name, torch, args, command, load_start=None) -> str:
              f"{versions(*extra, gpu=bool(gpu_name), torch=torch)}.",
              f"CPU threads: minialex {cpu_threads()}" + (
                  f", PyTorch {torch.get_num_threads()}" if torch is not None else "") + ".",
-             f"Median of {args.steps} timed steps after {args.warmup} warm-up; random fp32 "
+             f"Median of {args.steps} timed steps after {args.warmup} warm-up, in each of "
+             f"{args.rounds} round{'s' * (args.rounds != 1)} in which minialex and PyTorch take "
+             f"turns; a framework's figure is the median of its rounds' medians. Random fp32 "
              f"input on the device; SGD lr {LR:g}, momentum {MOMENTUM}, weight decay "
              f"{WEIGHT_DECAY}; TF32 off. Ratio = minialex img/s / PyTorch img/s (above 1: "
-             f"minialex is faster); vs DeZero likewise, DeZero's float32 step on the same net "
-             f"and weights (one timed pass after one warm-up: its steps are slow).", ""]
+             f"minialex is faster), and in brackets the lowest and highest of the rounds' "
+             f"ratios; vs DeZero likewise, DeZero's float32 step on the same net and weights "
+             f"(one timed pass after one warm-up: its steps are slow).", ""]
     with_dezero = bool(extra)
     header = "| model | input | batch | pass | minialex img/s | PyTorch img/s | ratio |"
     rule = "|---|---|---:|---|---:|---:|---:|"
@@ -528,7 +558,7 @@ def markdown(rows, gpu_name, torch, args, command, load_start=None) -> str:
             cells = [r["model"], r["input"], str(r["batch"]), mode,
                      f"{r[f'minialex_{mode}']:,.1f}",
                      "-" if torch_rate is None else f"{torch_rate:,.1f}",
-                     "-" if torch_rate is None else f"{r[f'{mode}_ratio']:.2f}"]
+                     "-" if torch_rate is None else ratio_cell(r, mode)]
             if with_dezero:
                 dz_rate = r.get(f"dezero_{mode}")
                 cells += (["-", "-"] if dz_rate is None else
@@ -639,6 +669,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, help="timed repetitions (default: 20 GPU, 3 CPU)")
     parser.add_argument("--warmup", type=int, help="untimed repetitions first (default: 3 GPU, "
                                                    "1 CPU)")
+    parser.add_argument("--rounds", type=int, help="rounds in which minialex and PyTorch take "
+                        "turns (default: 3 CPU, 1 GPU)")
     parser.add_argument("--no-torch", action="store_true", help="skip PyTorch")
     parser.add_argument("--no-dezero", dest="dezero", action="store_false",
                         help="skip DeZero (CPU only; skipped anyway when not installed)")
@@ -664,6 +696,9 @@ def main(argv=None):
     gpu = args.gpu = use_gpu(parser, args.device, "bench_train.py")
     args.steps = args.steps or (20 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    args.rounds = args.rounds or (1 if gpu else 3)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     command = "python benchmarks/bench_train.py " + " ".join(sys.argv[1:] if argv is None
                                                              else argv)
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None

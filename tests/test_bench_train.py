@@ -114,3 +114,14 @@ def test_every_benchmark_names_the_blas_kernels_numpy_ran_and_who_chose_them(cor
         assert f" kernels; OPENBLAS_CORETYPE={coretype})" in text
     else:
         assert " kernels; OPENBLAS_CORETYPE not set: chosen for this CPU)" in text
+
+
+def test_minialex_and_pytorch_take_turns_and_the_ratio_shows_the_rounds_range():
+    turns = []
+    mine = lambda: turns.append("minialex") or len(turns)   # noqa: E731
+    theirs = lambda: turns.append("torch") or 0              # noqa: E731
+    assert bench_train.take_turns(3, mine, theirs) == [[1, 3, 5], [0, 0, 0]]
+    assert turns == ["minialex", "torch"] * 3
+    row = {"train_ratio": 0.5, "train_ratio_rounds": [1.0, 0.5, 1 / 3]}
+    assert bench_train.ratio_cell(row, "train") == "0.50 (0.33-1.00)"
+    assert bench_train.ratio_cell({"train_ratio": 0.5}, "train") == "0.50"
