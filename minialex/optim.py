@@ -116,7 +116,6 @@ class SGD:
         else:
             _momentum_step_cpu(w, g, v, lr, m, wd)
 
-
     def zero_grad(self):
         for p in self.params:
             p.grad = None
