@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Everything that needs a real NVIDIA GPU, in one command of a few minutes: the GPU tests on real
+# CuPy (CI runs them on tests/cupy_standin.py), then the GPU benchmarks against PyTorch. For a
+# machine lent for a short time: run it once, read $OUT, give the machine back.
+#
+#   bash benchmarks/gpu_check.sh --prepare   here, before: puts threadpoolctl (pure Python, a
+#                                            minialex dependency) into .gpu_deps/ for a machine
+#                                            whose python3 lacks it and cannot reach PyPI
+#   OUT=DIR bash benchmarks/gpu_check.sh     there, from the repository root, with the system
+#                                            python3 (numpy, cupy, pytest, hypothesis, pillow;
+#                                            torch optional); .gpu_deps is git-ignored, so copy
+#                                            or carry it along with the working tree
+#
+# Writes into $OUT (default gpu_check/): one log per step, summary.txt (each step's exit status
+# and time), the benchmarks' JSON rows, and RESULTS.md with the GPU sections the benchmarks
+# wrote, to be copied back into benchmarks/RESULTS.md. A step that fails or runs out of its time
+# is recorded and the next one runs; the exit status is 1 if any step failed.
+set -u
+cd "$(dirname "$0")/.."
+
+if [ "${1:-}" = "--prepare" ]; then
+  mkdir -p .gpu_deps
+  python3 -m pip download --no-deps --only-binary=:all: -d .gpu_deps/wheels threadpoolctl >/dev/null
+  python3 -m zipfile -e .gpu_deps/wheels/threadpoolctl-*.whl .gpu_deps/
+  echo "ready: carry .gpu_deps to the GPU machine"
+  exit 0
+fi
+
+OUT=${OUT:-gpu_check}
+PY=${PYTHON:-python3}
+mkdir -p "$OUT"
+export PYTHONPATH=".:.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
+failed=0
+
+step() {  # step NAME SECONDS COMMAND...: run, log, record exit status and time
+  local name=$1 limit=$2 start rc
+  shift 2
+  echo "== $name"
+  start=$(date +%s)
+  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc after $(($(date +%s) - start)) s (limit $limit s)" | tee -a "$OUT/summary.txt"
+  tail -n 4 "$OUT/$name.log"
+  [ "$rc" -eq 0 ] || failed=1
+}
+
+date -u +"%Y-%m-%d %H:%M UTC" >"$OUT/summary.txt"
+step environment 60 "$PY" -c "
+import cupy, numpy, minialex
+from minialex import backend
+name = cupy.cuda.runtime.getDeviceProperties(0)['name']
+print('GPU', name.decode() if isinstance(name, bytes) else name, '| devices', cupy.cuda.runtime.getDeviceCount(),
+      '| CuPy', cupy.__version__, '| CUDA runtime', cupy.cuda.runtime.runtimeGetVersion(),
+      '| NumPy', numpy.__version__, '| minialex', minialex.__version__)
+assert backend.gpu_available(), 'minialex does not see the GPU'"
+# the gpu-marked tests on real CuPy, kernels compiled by NVRTC; the summary says where they ran
+step gpu_tests 300 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
+cp benchmarks/RESULTS.md "$OUT/RESULTS.before.md"
+step bench_layers 150 "$PY" benchmarks/bench_layers.py --device gpu --results --json "$OUT/bench_layers.json"
+step bench_train 200 "$PY" benchmarks/bench_train.py --device gpu --results --json "$OUT/bench_train.json"
+cp benchmarks/RESULTS.md "$OUT/RESULTS.md"
+cat "$OUT/summary.txt"
+exit "$failed"
