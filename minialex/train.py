@@ -134,9 +134,10 @@ def topk_accuracy(logits, labels, k=1) -> float:
 class Running:
     """Sums over the batches of one pass (training epoch or evaluation).
 
-    Top-1/top-5 counts given as a GPU array are summed on the GPU; :meth:`settle` reads that sum
-    back (one blocking transfer) into ``correct1``/``correct5``. :meth:`metrics`, the trainer's
-    progress line and its checkpoint state settle first; any other reader calls it.
+    Top-1/top-5 counts and loss sums given as GPU arrays are summed on the GPU; :meth:`settle`
+    reads those sums back (a blocking transfer each) into ``correct1``/``correct5`` and
+    ``loss_sum``. :meth:`metrics`, the trainer's progress line and its checkpoint state settle
+    first; any other reader calls it.
     """
     images: int = 0
     steps: int = 0
@@ -148,12 +149,20 @@ class Running:
 
     def __post_init__(self):
         self._pending = None    # GPU sum of the counts not yet added to correct1/correct5
+        self._pending_loss = None    # GPU sum of the loss sums not yet added to loss_sum
 
     def add(self, n, loss_sum, correct):
-        """One batch: ``n`` images, their summed loss, their (top-1, top-5) counts."""
+        """One batch: ``n`` images, their summed loss (a number, or a GPU scalar), their (top-1,
+        top-5) counts."""
         self.images += n
         self.steps += 1
-        self.loss_sum += loss_sum
+        if backend.is_gpu_array(loss_sum):
+            with backend.device_scope(loss_sum):  # in float64, as the host sums them
+                loss_sum = loss_sum.astype(np.float64)
+                self._pending_loss = (loss_sum if self._pending_loss is None
+                                      else self._pending_loss + loss_sum)
+        else:
+            self.loss_sum += float(loss_sum)
         if backend.is_gpu_array(correct):
             with backend.device_scope(correct):
                 self._pending = correct if self._pending is None else self._pending + correct
@@ -162,7 +171,11 @@ class Running:
             self.correct5 += int(correct[1])
 
     def settle(self) -> Running:
-        """Add the counts still summed on the GPU to ``correct1``/``correct5``; returns self."""
+        """Add the counts and loss still summed on the GPU to ``correct1``/``correct5`` and
+        ``loss_sum``; returns self."""
+        if self._pending_loss is not None:
+            pending_loss, self._pending_loss = backend.to_numpy(self._pending_loss), None
+            self.loss_sum += float(pending_loss)
         if self._pending is not None:
             pending, self._pending = backend.to_numpy(self._pending), None
             self.correct1 += int(pending[0])
@@ -183,12 +196,16 @@ class Running:
                 f"{prefix}_compute_seconds": self.compute_seconds}
 
 
-def _single_crop_scores(model, x, y):
+# The scores below return their loss as an array on the model's device: evaluation sums it there
+# and reads it once at the end, not once per batch. ``checked`` is the number of classes whose
+# label range the loader checked on the host (None: unchecked), as in train_one_epoch.
+def _single_crop_scores(model, x, y, checked=None):
     logits = model(Tensor(x))
-    return float(F.cross_entropy(logits, y, reduction="sum").item()), logits.data
+    loss = F.cross_entropy(logits, y, reduction="sum", check_labels=checked != logits.shape[1])
+    return loss.data, logits.data
 
 
-def _averaged_crop_scores(model, x, y):
+def _averaged_crop_scores(model, x, y, checked=None):
     if x.ndim != 5:
         raise ValueError(f"evaluate_ten_crop: expected batches of crops (n_crops, N, C, H, W), "
                          f"got shape {x.shape}")
@@ -196,22 +213,29 @@ def _averaged_crop_scores(model, x, y):
     logits = model(Tensor(x.reshape((n_crops * n,) + x.shape[2:])))   # crop-major rows
     probs = F.average_softmax(logits.data, n_crops)
     xp = backend.get_array_module(probs)
+    if checked != probs.shape[1] and len(y):
+        with backend.device_scope(probs):
+            low, high = int(xp.asarray(y).min()), int(xp.asarray(y).max())
+        if low < 0 or high >= probs.shape[1]:
+            raise ValueError(f"evaluate_ten_crop: label {low if low < 0 else high} is out of "
+                             f"range [0, {probs.shape[1]}) for {probs.shape[1]} classes")
     p_true = xp.take_along_axis(probs, xp.asarray(y)[:, None].astype(np.int64), axis=1)
     # an averaged probability can underflow to 0 only if every crop gave it 0: cap the loss
     loss_sum = -xp.log(xp.maximum(p_true, np.finfo(probs.dtype).tiny)).sum()
-    return float(loss_sum), probs
+    return loss_sum, probs
 
 
 def _evaluate(model, loader, scores) -> dict:
     """Sum ``scores(model, x, y) -> (loss summed over the batch, (N, classes) scores)`` over
     ``loader`` in eval mode without gradients; top-k is ranked on the scores."""
     running = Running()
+    checked = getattr(loader, "num_classes", None)
     was_training = model.training
     model.eval()
     try:
         with no_grad():
             for x, y in _timed(loader.epoch(), running):
-                loss_sum, batch_scores = scores(model, x, y)
+                loss_sum, batch_scores = scores(model, x, y, checked)
                 running.add(len(y), loss_sum, topk_counts(batch_scores, y))
     finally:
         model.train(was_training)

@@ -5,6 +5,7 @@ BUILD_DIR examples/train_alexnet.py ...``), so the whole GPU path runs in CI: th
 the device transforms, every kernel of kernels/*.cu, cuBLAS GEMM, SGD, the checkpoint's round
 trip through the host, and evaluation. On a machine with a GPU it runs on real CuPy.
 """
+import functools
 import json
 import os
 import re
@@ -20,7 +21,15 @@ from minialex.data import ArrayDataset, Loader, crops
 from minialex.data import augment as aug
 from minialex.data import transforms as T
 from minialex.optim import SGD
-from minialex.train import Running, Trainer, topk_correct, topk_counts, train_one_epoch
+from minialex.train import (
+    Running,
+    Trainer,
+    evaluate,
+    evaluate_ten_crop,
+    topk_correct,
+    topk_counts,
+    train_one_epoch,
+)
 
 import conftest
 from support import ROOT, SCRIPT, learnable_fashion_mnist, make_trainer, tiny_data
@@ -126,6 +135,29 @@ def test_a_training_step_waits_for_the_device_once_and_copies_only_its_batch(sta
         assert h2d <= MAX_H2D_PER_STEP, f"step {step}: {h2d} host-to-device copies"
     running.settle()                                      # the counts, read at last
     assert standin.TRANSFERS.d2h == 1 and running.images == 32
+
+
+@pytest.mark.parametrize("ten_crop", [False, True])
+def test_evaluation_reads_its_sums_from_the_device_once_whatever_the_batch_count(standin,
+                                                                                ten_crop):
+    minialex.manual_seed(0)
+    side = 6 if ten_crop else 8   # ten 6x6 crops of 8x8 images, or the images themselves
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2),
+                          nn.Flatten(), nn.Linear(4 * (side // 2) ** 2, 10))
+    data = tiny_data(40)   # five batches of 8
+    if ten_crop:  # the ten crops take images (N, H, W, C)
+        data = ArrayDataset(np.ascontiguousarray(data.images.transpose(0, 2, 3, 1)), data.labels)
+    transform = functools.partial(aug.ten_crop, crop=6) if ten_crop else T.ToFloat()
+    run = evaluate_ten_crop if ten_crop else evaluate
+    expected = run(model, Loader(data, 8, transform=transform, num_classes=10))  # on the host
+    model.to("gpu")
+    loader = Loader(data, 8, transform=transform, device="gpu", prefetch=0, num_classes=10)
+    standin.TRANSFERS.reset()
+    result = run(model, loader)
+    assert standin.TRANSFERS.d2h <= 2   # the loss sum and the top-k counts, at the end
+    assert result["images"] == expected["images"] == 40
+    assert result["top1"] == expected["top1"] and result["top5"] == expected["top5"]
+    assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5)
 
 
 def test_top_k_counts_summed_on_the_device_equal_the_host_counts(standin):

@@ -129,6 +129,19 @@ def test_evaluate_ten_crop_wants_batches_of_crops():
         evaluate_ten_crop(model, single)
 
 
+@pytest.mark.parametrize("label", [-1, 4])
+def test_evaluation_refuses_labels_outside_the_classes_unless_the_loader_checked_them(label):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    labels = np.array([0, label, 1])
+    crops = np.zeros((10, 3, 3, 2, 2), np.float32)
+    with pytest.raises(ValueError, match=rf"label {label} is out of range \[0, 4\)"):
+        evaluate_ten_crop(model, Loader(Crops(crops, labels), 3))
+    with pytest.raises(ValueError, match=rf"label {label} is out of range \[0, 4\)"):
+        evaluate(model, Loader(ArrayDataset(crops[0], labels), 3))
+    with pytest.raises(ValueError, match=rf"Loader: label {label} is out of range"):
+        evaluate(model, Loader(ArrayDataset(crops[0], labels), 3, num_classes=4))
+
+
 # -- logs, summary, stopping -------------------------------------------------------------------
 def test_fit_writes_one_metrics_line_per_epoch_and_a_summary(tmp_path):
     trainer = make_trainer(tmp_path, epochs=2, stream=io.StringIO(), print_freq=2)
