@@ -265,7 +265,8 @@ def train_arm(config: RunConfig, data, device: str = "cpu", *, train_eval: int =
             with run.warmup.scheduling():
                 run.scheduler.step(1.0 - val["top1"])
     seen = Loader(data.train.head(train_eval), run.test_loader.batch_size,
-                  transform=run.test_loader.transform, device=device)
+                  transform=run.test_loader.transform, device=device,
+                  num_classes=run.test_loader.num_classes)
     return {"seed": config.seed, "settings": config.to_dict(), "steps": len(errors),
             "train_loss": losses, "train_error": errors, "held_out": held_out,
             "held_out_error": held_out[-1]["error"], "held_out_loss": held_out[-1]["loss"],
