@@ -110,7 +110,8 @@ def model_summary(model: Module, input_shape, batch_size: int = 1,
 
     params = list({id(p): p for p in model.parameters()}.values())  # shared ones once
     first = params[0].data if params else np.zeros(0)
-    x = backend.get_array_module(first).zeros((batch_size, *shape), dtype=dtype)
+    with backend.device_scope(first):  # on the parameters' GPU, not the current one
+        x = backend.get_array_module(first).zeros((batch_size, *shape), dtype=dtype)
     variant = getattr(model, "variant", None)
     title = type(model).__name__ + (f"({variant!r})" if variant is not None else "")
     result = Summary(title, x.shape, np.dtype(dtype),

@@ -14,8 +14,9 @@ from minialex.data import Loader
 from minialex.data import transforms as T
 from minialex.data.augment import Augmenter
 from minialex.optim import SGD
+from minialex.summary import model_summary
 from minialex.tensor import Tensor
-from minialex.train import train_one_epoch
+from minialex.train import evaluate, train_one_epoch
 
 from support import tiny_data, tiny_net
 
@@ -134,6 +135,17 @@ def test_a_training_step_on_gpu1_allocates_only_there(two_gpus):
     assert running.steps == 2 and np.isfinite(running.loss_sum)
     assert devices(p.data for p in model.parameters()) == {"gpu:1"}
     assert devices(optimizer.velocity) == {"gpu:1"}
+    only_gpu1_allocates(two_gpus, before)
+
+
+def test_a_model_summary_and_an_evaluation_on_gpu1_allocate_only_there(two_gpus):
+    minialex.manual_seed(0)
+    model = tiny_net().to("gpu:1")
+    before = list(two_gpus)
+    table = model_summary(model, (1, 8, 8))
+    assert table.total_params == model.num_parameters()
+    loader = Loader(tiny_data(16), 8, device="gpu:1", transform=T.ToFloat(), num_classes=10)
+    assert evaluate(model, loader)["images"] == 16
     only_gpu1_allocates(two_gpus, before)
 
 
