@@ -18,16 +18,19 @@
 set -u
 cd "$(dirname "$0")/.."
 
+PY=${PYTHON:-python3}
 if [ "${1:-}" = "--prepare" ]; then
-  mkdir -p .gpu_deps
-  python3 -m pip download --no-deps --only-binary=:all: -d .gpu_deps/wheels threadpoolctl >/dev/null
-  python3 -m zipfile -e .gpu_deps/wheels/threadpoolctl-*.whl .gpu_deps/
+  set -e
+  rm -rf .gpu_deps
+  mkdir -p .gpu_deps/wheels
+  "$PY" -m pip download --no-deps --only-binary=:all: -d .gpu_deps/wheels threadpoolctl >/dev/null
+  "$PY" -m zipfile -e .gpu_deps/wheels/threadpoolctl-*.whl .gpu_deps/
+  "$PY" -c "import sys; sys.path.insert(0, '.gpu_deps'); import threadpoolctl"
   echo "ready: carry .gpu_deps to the GPU machine"
   exit 0
 fi
 
 OUT=${OUT:-gpu_check}
-PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH=".:.gpu_deps${PYTHONPATH:+:$PYTHONPATH}"
 failed=0
@@ -37,7 +40,7 @@ step() {  # step NAME SECONDS COMMAND...: run, log, record exit status and time
   shift 2
   echo "== $name"
   start=$(date +%s)
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+  timeout -k 30 "$limit" "$@" >"$OUT/$name.log" 2>&1
   rc=$?
   echo "$name: exit $rc after $(($(date +%s) - start)) s (limit $limit s)" | tee -a "$OUT/summary.txt"
   tail -n 4 "$OUT/$name.log"
@@ -53,6 +56,10 @@ print('GPU', name.decode() if isinstance(name, bytes) else name, '| devices', cu
       '| CuPy', cupy.__version__, '| CUDA runtime', cupy.cuda.runtime.runtimeGetVersion(),
       '| NumPy', numpy.__version__, '| minialex', minialex.__version__)
 assert backend.gpu_available(), 'minialex does not see the GPU'"
+if [ "$failed" -ne 0 ]; then  # without a usable GPU the tests would run on the stand-in
+  echo "no usable GPU: stopping" | tee -a "$OUT/summary.txt"
+  exit 1
+fi
 # the gpu-marked tests on real CuPy, kernels compiled by NVRTC; the summary says where they ran
 step gpu_tests 300 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
 cp benchmarks/RESULTS.md "$OUT/RESULTS.before.md"

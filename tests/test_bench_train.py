@@ -21,6 +21,13 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks
 import bench_train  # noqa: E402  (a script folder, not a package)
 
 
+@pytest.mark.parametrize("rounds", ["0", "-1"])
+def test_rounds_below_one_are_refused(rounds, capsys):
+    with pytest.raises(SystemExit):
+        bench_train.main(["--device", "cpu", "--models", "mini", "--rounds", rounds])
+    assert f"--rounds must be >= 1, got {rounds}" in capsys.readouterr().err
+
+
 def test_busy_counts_parse_and_refuse_bad_input():
     assert bench_train.count_list("1,2") == [1, 2]
     assert bench_train.count_list("none") == bench_train.count_list("0") == []
@@ -120,8 +127,8 @@ def test_minialex_and_pytorch_take_turns_and_the_ratio_shows_the_rounds_range():
     turns = []
     mine = lambda: turns.append("minialex") or len(turns)   # noqa: E731
     theirs = lambda: turns.append("torch") or 0              # noqa: E731
-    assert bench_train.take_turns(3, mine, theirs) == [[1, 3, 5], [0, 0, 0]]
-    assert turns == ["minialex", "torch"] * 3
+    assert bench_train.take_turns(3, mine, theirs) == [[1, 4, 5], [0, 0, 0]]
+    assert turns == ["minialex", "torch", "torch", "minialex", "minialex", "torch"]
     row = {"train_ratio": 0.5, "train_ratio_rounds": [1.0, 0.5, 1 / 3]}
     assert bench_train.ratio_cell(row, "train") == "0.50 (0.33-1.00)"
     assert bench_train.ratio_cell({"train_ratio": 0.5}, "train") == "0.50"

@@ -142,6 +142,13 @@ def test_evaluation_refuses_labels_outside_the_classes_unless_the_loader_checked
         evaluate(model, Loader(ArrayDataset(crops[0], labels), 3, num_classes=4))
 
 
+def test_ten_crop_evaluation_refuses_labels_that_are_not_integers():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 4))
+    crops = np.zeros((10, 3, 3, 2, 2), np.float32)
+    with pytest.raises(TypeError, match="labels must be integers"):
+        evaluate_ten_crop(model, Loader(Crops(crops, np.array([0.0, 3.7, 1.0])), 3))
+
+
 # -- logs, summary, stopping -------------------------------------------------------------------
 def test_fit_writes_one_metrics_line_per_epoch_and_a_summary(tmp_path):
     trainer = make_trainer(tmp_path, epochs=2, stream=io.StringIO(), print_freq=2)
