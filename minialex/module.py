@@ -102,11 +102,7 @@ class Module:
     def to(self, device=None, dtype=None):
         """Move (and/or cast) every parameter in place; returns the module itself."""
         for p in self.parameters():
-            if device is None:
-                with backend.device_scope(p.data):
-                    p.data = p.data if dtype is None else p.data.astype(dtype, copy=False)
-            else:
-                p.data = backend.to_device(p.data, device, dtype)
+            p.data = backend.to_device(p.data, device or backend.device_of(p.data), dtype)
             if p.grad is not None:
                 p.grad = None  # a gradient from the old device/dtype no longer matches
         return self

@@ -48,8 +48,7 @@ def _as_array(value, dtype=None):
         value = value.data
     if backend.is_gpu_array(value):
         # not cupy.asarray: it copies an array of another GPU to the current one
-        with backend.device_scope(value):
-            return value if dtype is None else value.astype(dtype, copy=False)
+        return backend.to_device(value, backend.device_of(value), dtype)
     if isinstance(value, (np.ndarray, np.generic)):
         array = np.asarray(value)
         return array if dtype is None else array.astype(dtype, copy=False)
@@ -71,17 +70,16 @@ class Function:
         tensors = [x if isinstance(x, Tensor) else None for x in inputs]
         like = next((t.data for t in tensors if t is not None), _as_array(inputs[0]))
         xp = backend.get_array_module(like)
-        arrays = []
-        for x, t in zip(inputs, tensors):
-            if t is None:  # a Python number takes the tensor operand's dtype, unrounded
-                scalar_dtype = like.dtype if _is_scalar(x) and like.dtype.kind == "f" else None
-                with backend.device_scope(like):
+        with backend.device_scope(like):  # operands made here and the result live with `like`
+            arrays = []
+            for x, t in zip(inputs, tensors):
+                if t is None:  # a Python number takes the tensor operand's dtype, unrounded
+                    scalar_dtype = like.dtype if _is_scalar(x) and like.dtype.kind == "f" else None
                     t = Tensor(xp.asarray(x if scalar_dtype else _as_array(x),
                                           dtype=scalar_dtype))
-            arrays.append(t.data)
-        backend.check_same_device(type(self).__name__, arrays)
-        self.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
-        with backend.device_scope(like):
+                arrays.append(t.data)
+            backend.check_same_device(type(self).__name__, arrays)
+            self.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
             y = self.forward(*arrays)
         out = Tensor(y)
         if _grad_enabled and any(self.needs_input_grad):

@@ -50,6 +50,7 @@ import numpy as np
 
 from . import backend, checkpoint
 from . import functional as F
+from .layers.loss import class_indices
 from .optim import ReduceLROnPlateau
 from .progress import StatusLine
 from .tensor import Tensor, no_grad
@@ -213,19 +214,12 @@ def _averaged_crop_scores(model, x, y, checked=None):
     logits = model(Tensor(x.reshape((n_crops * n,) + x.shape[2:])))   # crop-major rows
     probs = F.average_softmax(logits.data, n_crops)
     xp = backend.get_array_module(probs)
+    classes = probs.shape[1]
+    labels = class_indices("evaluate_ten_crop", y, classes, check_range=checked != classes,
+                           context=f" for {classes} classes")
     with backend.device_scope(probs):
-        labels = xp.asarray(y)
-    if labels.size and labels.dtype.kind not in "iu":
-        raise TypeError(f"evaluate_ten_crop: labels must be integers (class indices), got dtype "
-                        f"{labels.dtype}")
-    if checked != probs.shape[1] and labels.size:
-        with backend.device_scope(probs):
-            low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= probs.shape[1]:
-            raise ValueError(f"evaluate_ten_crop: label {low if low < 0 else high} is out of "
-                             f"range [0, {probs.shape[1]}) for {probs.shape[1]} classes")
-    with backend.device_scope(probs):
-        p_true = xp.take_along_axis(probs, labels[:, None].astype(np.int64), axis=1)
+        labels = xp.asarray(labels)[:, None].astype(np.int64)
+        p_true = xp.take_along_axis(probs, labels, axis=1)
     # an averaged probability can underflow to 0 only if every crop gave it 0: cap the loss
     loss_sum = -xp.log(xp.maximum(p_true, np.finfo(probs.dtype).tiny)).sum()
     return loss_sum, probs

@@ -118,22 +118,32 @@ def _check_args(op, name, x, labels, reduction, check_labels=True):
     if reduction not in REDUCTIONS:
         raise ValueError(f"{op}: reduction must be one of {REDUCTIONS}, got {reduction!r}")
     data = x.data if isinstance(x, Tensor) else x
+    t = class_indices(op, labels, C, check_range=False)
+    if tuple(t.shape) != (N,):
+        raise ValueError(f"{op}: labels must have shape ({N},) for {name} {tuple(x.shape)}, "
+                         f"got {tuple(t.shape)}")
+    if check_labels:
+        class_indices(op, t, C, context=f" for {name} with C={C} classes")
+    return backend.to_device(t, backend.device_of(data), np.intp)
+
+
+def class_indices(op, labels, C, *, check_range=True, context=""):
+    """``labels`` (a Tensor, an array on its device, or a list) as an array, after checking
+    that they are integers and, with ``check_range``, that each lies in [0, C). Reading the
+    range of GPU labels waits for the device: callers whose loader checked them on the host
+    pass ``check_range=False``."""
     t = labels.data if isinstance(labels, Tensor) else labels
     if not backend.is_gpu_array(t):
         t = np.asarray(t)
     if t.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers (class indices), got dtype {t.dtype}")
-    if tuple(t.shape) != (N,):
-        raise ValueError(f"{op}: labels must have shape ({N},) for {name} {tuple(x.shape)}, "
-                         f"got {tuple(t.shape)}")
-    if N and check_labels:
+    if check_range and t.size:
         with backend.device_scope(t):
             low, high = int(t.min()), int(t.max())
         if low < 0 or high >= C:
-            bad = low if low < 0 else high
-            raise ValueError(f"{op}: label {bad} is out of range [0, {C}) for {name} with "
-                             f"C={C} classes")
-    return backend.to_device(t, backend.device_of(data), np.intp)
+            raise ValueError(f"{op}: label {low if low < 0 else high} is out of range "
+                             f"[0, {C}){context}")
+    return t
 
 
 def cross_entropy(logits, labels, reduction="mean", *, check_labels=True) -> Tensor:

@@ -76,12 +76,13 @@ class MaxPool2dFunction(Function):
         (self.KH, self.KW), (self.SH, self.SW), (self.PH, self.PW) = kernel_size, stride, padding
 
     def forward(self, x):
-        impl = cuda.max_pool_forward if is_gpu_array(x) else _max_pool_forward_cpu
-        if not self.needs_input_grad[0] and impl is _max_pool_forward_cpu:
-            # no gradient to route (inference): the CPU skips the arg-max, a third of the passes
-            impl = functools.partial(_max_pool_forward_cpu, with_argmax=False)
         x = get_array_module(x).ascontiguousarray(x)
-        y, self.argmax = impl(x, self.KH, self.KW, self.SH, self.SW, self.PH, self.PW)
+        geometry = (self.KH, self.KW, self.SH, self.SW, self.PH, self.PW)
+        if is_gpu_array(x):
+            y, self.argmax = cuda.max_pool_forward(x, *geometry)
+        else:  # with no gradient to route (inference) the CPU skips the arg-max's passes
+            y, self.argmax = _max_pool_forward_cpu(x, *geometry,
+                                                   with_argmax=self.needs_input_grad[0])
         self.x_shape = x.shape
         return y
 
