@@ -4,8 +4,9 @@
 #   bash run.sh test  [pytest args] set up, then lint (ruff, codespell) and run the whole test suite
 # Set-up (idempotent, each step skipped when already done): a virtual environment in .venv with
 # minialex and its test extras, Debian's Fashion-MNIST package (dataset-fashion-mnist), and for
-# `test` Debian's chromium (the report test renders report.html headless; it finds `chromium` or
-# `chromium-browser`, and skips without either unless CI is set, as .ci/run sets it: then it fails).
+# `test` Debian's g++ (builds kernels/*.cu for the gpu tests) and chromium (the report test renders
+# report.html headless). Without either, those tests skip unless CI is set, as .ci/run sets it:
+# then they fail.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -35,6 +36,12 @@ FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ -z "${MINIALEX_NO_APT:-}" ]; then
   echo "run.sh: installing Fashion-MNIST (Debian package dataset-fashion-mnist) into $FMNIST"
   as_root apt-get update -qq && as_root apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+# the gpu tests run kernels/*.cu built for the host by a C++ compiler (Debian's g++)
+if [ "$job" = test ] && ! command -v g++ >/dev/null && ! command -v c++ >/dev/null \
+    && ! command -v clang++ >/dev/null && [ -z "${CXX:-}" ] && [ -z "${MINIALEX_NO_APT:-}" ]; then
+  echo "run.sh: installing g++ (Debian package), which builds kernels/*.cu for the gpu tests"
+  as_root apt-get update -qq && as_root apt-get install -y -qq g++ >/dev/null
 fi
 # the report test renders report.html in a headless browser (Debian's chromium)
 if [ "$job" = test ] && ! command -v chromium >/dev/null && ! command -v chromium-browser >/dev/null \

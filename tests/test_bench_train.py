@@ -55,6 +55,8 @@ def test_competitors_are_stopped_when_their_start_up_is_interrupted(monkeypatch)
 
 def test_a_competitor_stops_by_itself_when_its_parent_goes(tmp_path):
     """The benchmark killed outright (no handler runs): its competitors must not run on."""
+    if not pathlib.Path("/proc/self/status").exists():
+        pytest.skip("no /proc to watch the competitor with")
     parent = subprocess.run(
         [sys.executable, "-c", "import os, subprocess, sys, time\n"
          "proc = subprocess.Popen([sys.executable, '-c', sys.argv[1], str(os.getpid())])\n"
@@ -62,8 +64,6 @@ def test_a_competitor_stops_by_itself_when_its_parent_goes(tmp_path):
          "time.sleep(2)  # the competitor is in its loop when this parent goes\n",
          bench_train.COMPETITOR], capture_output=True, text=True, check=True)
     status = pathlib.Path(f"/proc/{int(parent.stdout)}/status")
-    if not pathlib.Path("/proc/self/status").exists():
-        pytest.skip("no /proc to watch the competitor with")
     deadline = time.monotonic() + 30
     while status.exists() and "\tZ" not in status.read_text().split("State:")[1][:4]:
         assert time.monotonic() < deadline, "the competitor outlived its parent"
@@ -73,6 +73,7 @@ def test_a_competitor_stops_by_itself_when_its_parent_goes(tmp_path):
 def test_importing_the_benchmark_leaves_numpy_as_it_is():
     """DeZero's import needs np.int on NumPy >= 1.24; the benchmark lends it for that import
     only, so no other module in the process (this test session included) sees it."""
+    pytest.importorskip("dezero", reason="DeZero is an optional comparison")  # nothing lent
     if tuple(int(part) for part in np.__version__.split(".")[:2]) < (1, 24):
         pytest.skip("NumPy < 1.24 still has np.int")
     assert not hasattr(np, "int")

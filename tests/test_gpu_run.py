@@ -51,11 +51,13 @@ def on_standin() -> bool:
     return getattr(backend.require_cupy(), "is_standin", False)
 
 
-def run_on_gpu(host_kernels, *argv):
-    """The example on real CuPy where a GPU is usable, else under the stand-in."""
+def run_on_gpu(request, *argv):
+    """The example on real CuPy where a GPU is usable, else under the stand-in (with kernels/*.cu
+    built for the host, which a real GPU does not need)."""
     if not on_standin():
         command = [sys.executable, str(SCRIPT), *map(str, argv)]
     else:
+        host_kernels = request.getfixturevalue("host_kernels")
         command = [sys.executable, str(STANDIN), str(host_kernels.build_dir), str(SCRIPT),
                    *map(str, argv)]
     run = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -68,10 +70,9 @@ def launches(run) -> int:
     return int(found.group(1)) if found else 0
 
 
-def test_the_example_trains_resumes_and_evaluates_on_the_gpu(gpu, host_kernels, data_dir,
-                                                             tmp_path):
+def test_the_example_trains_resumes_and_evaluates_on_the_gpu(gpu, request, data_dir, tmp_path):
     last = tmp_path / "run" / "last.npz"
-    run = run_on_gpu(host_kernels, *TINY, "--data-dir", data_dir, "--epochs", "1", "--out",
+    run = run_on_gpu(request, *TINY, "--data-dir", data_dir, "--epochs", "1", "--out",
                      tmp_path / "run")
     assert re.search(r"\| device gpu:0 ", run.stdout), run.stdout
     assert re.search(r"epoch 1/1 \[12/12\] loss \d", run.stdout)
@@ -79,12 +80,12 @@ def test_the_example_trains_resumes_and_evaluates_on_the_gpu(gpu, host_kernels, 
                      r"epoch", run.stdout)
     trained = launches(run)
 
-    run = run_on_gpu(host_kernels, "--device", "gpu", "--data-dir", data_dir, "--resume", last,
+    run = run_on_gpu(request, "--device", "gpu", "--data-dir", data_dir, "--resume", last,
                      "--epochs", "2")
     assert "at epoch 2, step 0" in run.stdout and "epoch 2/2" in run.stdout
     resumed = launches(run)
 
-    run = run_on_gpu(host_kernels, "--device", "gpu", "--data-dir", data_dir, "--evaluate", last)
+    run = run_on_gpu(request, "--device", "gpu", "--data-dir", data_dir, "--evaluate", last)
     result = json.loads(run.stdout)
     assert result["test_images"] == 64 and result["device"].startswith("gpu:0")
     if on_standin():

@@ -53,7 +53,6 @@ def test_tensor_to_lands_on_the_device_asked_for(two_gpus, standin):
 def test_module_to_and_load_state_dict_keep_the_parameters_on_their_device(two_gpus):
     net = tiny_net().to("gpu:1")
     saved = {k: backend.to_numpy(v) * 2 for k, v in net.state_dict().items()}
-    before = list(two_gpus)
     net.load_state_dict(saved)                                            # from the host
     assert devices(net.state_dict().values()) == {"gpu:1"}
     net.load_state_dict({k: backend.to_device(v, "gpu:0") for k, v in saved.items()})

@@ -43,8 +43,9 @@ CONTRACT = ["im2col", "col2im", "bias_add_nchw", "max_pool_forward", "max_pool_b
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    return host_build.load(tmp_path_factory)
+def kernels(host_kernels):
+    """The session's host build of kernels/*.cu (conftest.py)."""
+    return host_kernels
 
 
 # -- importing, finding the kernel files --------------------------------------------------------

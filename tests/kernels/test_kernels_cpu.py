@@ -24,7 +24,6 @@ from minialex.layers.lrn import (
 )
 from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
 
-import host_build
 from conftest import GRADCHECK, TOL, shuffled_linspace
 
 DTYPES = [np.float32, np.float64]
@@ -34,8 +33,9 @@ i32, i64 = np.int32, np.int64
 
 
 @pytest.fixture(scope="module")
-def kernels(tmp_path_factory):
-    return host_build.load(tmp_path_factory)
+def kernels(host_kernels):
+    """The session's host build of kernels/*.cu (conftest.py)."""
+    return host_kernels
 
 
 def suffix(dtype):
