@@ -280,7 +280,10 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
         if stopped == "interrupted":      # curves and tables only: Ctrl-C asked to stop soon
             report.write_after_fit(out, run, stream, tested=False)
             return run_summary(trainer, run, device, None, started)
-        test = evaluate_best(trainer, run.test_loader)
+        test = evaluate_best(trainer, run.test_loader, keep_probabilities=True)
+        # the report's confusion matrix and mistakes come from this pass, not a second one
+        predictions = report.Predictions(test.pop("probabilities"), test.pop("labels"),
+                                         list(data.classes))
         extra = {}
         if run.ten_crop_loader is not None:    # evaluate_best left its weights in the model
             ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
@@ -293,10 +296,10 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
                     f"guessing ({1 / len(data.classes):.2%})")
             summary["stopped"] = f"{TrainingStalled.reason}: {what}"
             _write_summary(out, summary)
-            report.write_after_fit(out, run, stream)
+            report.write_after_fit(out, run, stream, predictions=predictions)
             raise TrainingStalled(what)
         _write_summary(out, summary)
-        report.write_after_fit(out, run, stream)   # report.html; a failure only warns
+        report.write_after_fit(out, run, stream, predictions=predictions)  # a failure only warns
     return summary
 
 
@@ -331,15 +334,16 @@ def _print_header(run, trainer, device, out, resume, stream):
     print(f"output: {out}{where}", file=stream, flush=True)
 
 
-def evaluate_best(trainer: Trainer, loader) -> dict:
+def evaluate_best(trainer: Trainer, loader, **options) -> dict:
     """Evaluate on ``loader`` with the weights of ``best.npz`` (loaded into the model) when
-    the run wrote one, else the current ones; ``"weights"`` says which."""
+    the run wrote one, else the current ones; ``"weights"`` says which. ``options`` go to
+    :func:`~minialex.train.evaluate`."""
     best = trainer.path("best.npz")
     used = "last"
     if best is not None and os.path.exists(best):
         trainer.model.load_state_dict(checkpoint.load(best)["model"])
         used = f"best (epoch {trainer.best_epoch})"
-    metrics = evaluate(trainer.model, loader)
+    metrics = evaluate(trainer.model, loader, **options)
     metrics["weights"] = used
     return metrics
 

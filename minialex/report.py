@@ -314,15 +314,17 @@ def write_report(out_dir, *, predictions: Predictions | None = None, test_images
     return path
 
 
-def write_after_fit(out_dir, run, stream=None, *, tested: bool = True) -> str | None:
+def write_after_fit(out_dir, run, stream=None, *, tested: bool = True,
+                    predictions=None) -> str | None:
     """The report at the end of :func:`minialex.recipe.fit`, however the run ended, from its
     ``run`` (model, test loader and data). ``tested``: the model holds the tested weights, so
-    the test predictions and filters are shown; False (a run stopped early or interrupted):
-    curves and tables only. A failure is one warning line on ``stream``, never a failed run
-    (nor one that hides why a run stopped)."""
+    the test predictions and filters are shown (``predictions`` from that test, or collected
+    here); False (a run stopped early or interrupted): curves and tables only. A failure is one
+    warning line on ``stream``, never a failed run (nor one that hides why a run stopped)."""
     try:
         if tested:
-            predictions = collect_predictions(run.model, run.test_loader, run.data.classes)
+            if predictions is None:
+                predictions = collect_predictions(run.model, run.test_loader, run.data.classes)
             path = write_report(out_dir, predictions=predictions, test_images=run.data.test,
                                 model=run.model)
         else:

@@ -91,10 +91,14 @@ def train_one_epoch(model, loader, optimizer, *, start=0, running=None, before_u
     return running
 
 
-def evaluate(model, loader) -> dict:
+def evaluate(model, loader, *, keep_probabilities=False) -> dict:
     """Loss and top-1/top-5 accuracy of ``model`` over ``loader``, in eval mode and without
-    gradients: ``{"loss", "top1", "top5", "images", "images_per_second", ...}``."""
-    return _evaluate(model, loader, _single_crop_scores)
+    gradients: ``{"loss", "top1", "top5", "images", "images_per_second", ...}``. With
+    ``keep_probabilities`` also ``"probabilities"`` (N, classes), each image's softmax, and
+    ``"labels"`` (N,), NumPy arrays read back once at the end (a report's confusion matrix
+    then needs no second pass)."""
+    keep = (lambda logits: F.average_softmax(logits, 1)) if keep_probabilities else None
+    return _evaluate(model, loader, _single_crop_scores, keep)
 
 
 def evaluate_ten_crop(model, loader) -> dict:
@@ -225,11 +229,13 @@ def _averaged_crop_scores(model, x, y, checked=None):
     return loss_sum, probs
 
 
-def _evaluate(model, loader, scores) -> dict:
+def _evaluate(model, loader, scores, keep=None) -> dict:
     """Sum ``scores(model, x, y) -> (loss summed over the batch, (N, classes) scores)`` over
-    ``loader`` in eval mode without gradients; top-k is ranked on the scores."""
+    ``loader`` in eval mode without gradients; top-k is ranked on the scores. ``keep(scores)``,
+    when given, is kept for every image (``"probabilities"``, with ``"labels"``)."""
     running = Running()
     checked = getattr(loader, "num_classes", None)
+    kept, labels = [], []
     was_training = model.training
     model.eval()
     try:
@@ -237,9 +243,26 @@ def _evaluate(model, loader, scores) -> dict:
             for x, y in _timed(loader.epoch(), running):
                 loss_sum, batch_scores = scores(model, x, y, checked)
                 running.add(len(y), loss_sum, topk_counts(batch_scores, y))
+                if keep is not None:  # on the device: read back once, below
+                    kept.append(keep(batch_scores))
+                    labels.append(y)
     finally:
         model.train(was_training)
-    return {k.split("_", 1)[1]: v for k, v in running.metrics("x").items()}
+    metrics = {k.split("_", 1)[1]: v for k, v in running.metrics("x").items()}
+    if keep is not None:
+        metrics["probabilities"] = _gathered(kept, np.float32)
+        metrics["labels"] = _gathered(labels, np.int64)
+    return metrics
+
+
+def _gathered(batches, dtype) -> np.ndarray:
+    """The batches' arrays (on one device) joined, as one NumPy array of ``dtype``."""
+    if not batches:
+        return np.zeros(0, dtype)
+    xp = backend.get_array_module(batches[0])
+    with backend.device_scope(batches[0]):
+        joined = xp.concatenate([xp.asarray(b) for b in batches])
+    return backend.to_numpy(joined).astype(dtype, copy=False)
 
 
 def _timed(iterator, running):

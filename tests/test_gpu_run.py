@@ -159,6 +159,17 @@ def test_evaluation_reads_its_sums_from_the_device_once_whatever_the_batch_count
     assert result["images"] == expected["images"] == 40
     assert result["top1"] == expected["top1"] and result["top5"] == expected["top5"]
     assert result["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+    if not ten_crop:  # each image's softmax kept too: read back with the sums, not per batch
+        standin.TRANSFERS.reset()
+        kept = evaluate(model, loader, keep_probabilities=True)
+        assert standin.TRANSFERS.d2h <= 4
+        on_host = evaluate(model.to("cpu"), Loader(data, 8, transform=transform),
+                           keep_probabilities=True)
+        np.testing.assert_array_equal(kept["labels"], data.labels)
+        np.testing.assert_allclose(kept["probabilities"], on_host["probabilities"], rtol=1e-5,
+                                   atol=1e-7)
+        assert kept["probabilities"].shape == (40, 10)
+        assert (kept["probabilities"].argmax(axis=1) == kept["labels"]).mean() == kept["top1"]
 
 
 def test_top_k_counts_summed_on_the_device_equal_the_host_counts(standin):

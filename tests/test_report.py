@@ -164,7 +164,11 @@ def test_fit_writes_the_report_and_a_report_that_fails_only_warns(tmp_path, monk
     config = CPU_PRESET.replace(val_size=60, batch_size=32, limit_test=64, print_freq=0,
                                 warmup=4, epochs=1)
     log = io.StringIO()
+    passes = []  # the test set is scored once: the report reuses the test's probabilities
+    monkeypatch.setattr(report, "collect_predictions", lambda *a: passes.append(a))
     summary = recipe.fit(config, out=str(tmp_path / "run"), data_dir=data_dir, stream=log)
+    assert passes == []
+    monkeypatch.undo()
     text = (tmp_path / "run" / "report.html").read_text()
     assert f"report: {tmp_path / 'run' / 'report.html'}" in log.getvalue()
     # the confusion matrix is of the tested weights: its diagonal is the summary's top-1
