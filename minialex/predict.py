@@ -43,18 +43,16 @@ BATCH = 32              # files decoded and scored together (10x as many crops w
 
 
 def load_run(path, *, device: str = "cpu", data_dir=None, cache=None, workers=None,
-             limit_test=None, ten_crop: bool = False, trained: bool = True,
-             splits: bool = True) -> recipe.Run:
+             limit_test=None, ten_crop: bool = False, splits: bool = True) -> recipe.Run:
     """The run of checkpoint ``path`` (:func:`minialex.recipe.load_checkpoint`): its model
-    (with the checkpoint's weights unless ``trained=False``, which keeps the run's seeded
-    initial ones), its data and transforms. ``ten_crop`` builds the 10-crop transform too
-    (image folders only); ``limit_test`` cuts the test split (default: as the run did);
-    ``splits=False``: no Fashion-MNIST files needed, only the transforms."""
+    with the checkpoint's weights, its data and transforms. ``ten_crop`` builds the 10-crop
+    transform too (image folders only); ``limit_test`` cuts the test split (default: as the
+    run did); ``splits=False``: no Fashion-MNIST files needed, only the transforms."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} not found")
     own = {} if limit_test is None else {"limit_test": limit_test}   # default: the run's own
     return recipe.load_checkpoint(path, device=device, data_dir=data_dir, cache=cache,
-                                  workers=workers, trained=trained, splits=splits,
+                                  workers=workers, splits=splits,
                                   ten_crop=bool(ten_crop), **own)[0]
 
 

@@ -38,8 +38,6 @@ from .optim import SGD, LinearWarmup, ReduceLROnPlateau, StepLR
 from .train import Trainer, evaluate, evaluate_ten_crop
 from .watch import LossWatch, TrainingStalled, TrainingStopped, above_chance
 
-SUMMARY_FILE = "summary.json"
-
 
 @dataclasses.dataclass
 class RunData:
@@ -376,7 +374,7 @@ def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **e
         out["wall_time_s"] = time.time() - started
         out["started"] = datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds")
     out["out"] = trainer.out_dir
-    out["summary_file"] = os.path.join(trainer.out_dir, SUMMARY_FILE)
+    out["summary_file"] = os.path.join(trainer.out_dir, report.SUMMARY_FILE)
     if run.data.folder is not None:
         folder = run.data.folder
         out.update({"test_split": run.data.test_split, "prepared": str(folder.path),
@@ -388,7 +386,7 @@ def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **e
 def _write_summary(out, summary) -> str:
     """Write ``out/summary.json``; when that fails the trained state is in ``last.npz``, and
     resuming it (with no epochs left) tests it and writes the summary again."""
-    path = os.path.join(out, SUMMARY_FILE)
+    path = os.path.join(out, report.SUMMARY_FILE)
     text = json.dumps(summary, indent=2) + "\n"
     try:
         checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
@@ -401,13 +399,12 @@ def _write_summary(out, summary) -> str:
 
 
 def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data_dir=None,
-                    cache=None, workers=None, trained: bool = True, splits: bool = True,
-                    **changes) -> tuple:
+                    cache=None, workers=None, splits: bool = True, **changes) -> tuple:
     """``(run, tree)``: checkpoint ``path`` (its tree) and its run as :func:`build` makes it,
     with the model and input normalisation it was trained with, the checkpoint's weights
-    loaded (``trained=False``: the run's seeded initial ones) and the model in eval mode.
-    ``dataset`` and ``model`` override the checkpoint's; ``changes`` are settings of this
-    call's own (``limit_test``, ``ten_crop``). The 10 crops need an image-folder checkpoint.
+    loaded and the model in eval mode. ``dataset`` and ``model`` override the checkpoint's;
+    ``changes`` are settings of this call's own (``limit_test``, ``ten_crop``). The 10 crops
+    need an image-folder checkpoint.
 
     ``splits=False``: the caller needs the model and the evaluation transform, not the
     images; a Fashion-MNIST checkpoint that stores its classes and normalisation then gets
@@ -435,11 +432,10 @@ def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data
     if arch != run.model.variant:
         raise ValueError(f"{path}: checkpoint of architecture {arch!r} cannot be loaded into a "
                          f"{run.model.variant!r} model")
-    if trained:
-        try:
-            run.model.load_state_dict(tree["model"])
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"{path}: {exc}") from None
+    try:
+        run.model.load_state_dict(tree["model"])
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None
     run.model.eval()
     return run, tree
 

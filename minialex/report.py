@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw, ImageFont
 from . import __version__, backend, checkpoint
 from . import functional as F
 from .tensor import Tensor, no_grad
+from .train import METRICS_FILE
 from .visualize import conv1_filters, save_png, tile, to_display, upscale
 
 try:                    # optional (pip install matplotlib): only the curves' pictures need it
@@ -45,8 +46,7 @@ except ImportError:
     matplotlib = Figure = MaxNLocator = None
 
 REPORT_FILE = "report.html"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
+SUMMARY_FILE = "summary.json"   # written by minialex.recipe at the end of a run
 CURVE_KEYS = ("epoch", "lr", "train_loss", "val_loss", "train_top1", "val_top1", "train_top5",
               "val_top5", "train_images_per_second", "train_data_seconds",
               "train_compute_seconds")
