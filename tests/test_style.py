@@ -1,4 +1,6 @@
-"""Checks from shared/STYLE.md that keep the code readable as it grows."""
+"""House-style checks that keep the code readable as it grows: only the backend imports CuPy,
+no monkeypatching of Tensor, no message-less raise, every layer file documents its math, shapes
+and kernel, and every test that takes the gpu fixture carries the gpu mark."""
 import pathlib
 import re
 import subprocess
