@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .layers._common import output_size
+from .checks import output_size
 
 BLOCK = 256          # threads per block: 8 warps; 8 such blocks fill an A100/H100 SM (2048)
 BLOCKS_PER_SM = 32   # grid cap per SM, 4x what fits at once; past it the threads loop instead

@@ -101,7 +101,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import backend, nn
-from .layers._common import output_size, positive_int
+from .checks import output_size, positive_int
 from .module import Module
 
 LRN_POSITIONS = ("paper", "caffe")
