@@ -3,7 +3,7 @@
 #   bash run.sh train [flags...]   set up, then train AlexNet on Fashion-MNIST (examples/train_alexnet.py)
 #   bash run.sh test  [pytest args] set up, then lint (ruff, codespell) and run the whole test suite
 # Set-up (idempotent, each step skipped when already done): a virtual environment in .venv with
-# minialex and its test extras, Debian's Fashion-MNIST package (dataset-fashion-mnist), and for
+# minialex (and for `test` its test, lint and mpi extras), Debian's Fashion-MNIST package (dataset-fashion-mnist), and for
 # `test` Debian's g++ (builds kernels/*.cu for the gpu tests) and chromium (the report test renders
 # report.html headless). Without either, those tests skip unless CI is set, as .ci/run sets it:
 # then they fail.
@@ -27,10 +27,18 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
   fi
 fi
-if ! .venv/bin/python -c "import minialex, pytest, hypothesis, matplotlib" 2>/dev/null \
-    || [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/codespell ]; then
+# train: minialex and matplotlib (the report's pictures); test: also the test, lint and mpi extras
+# (pytest, PyTorch's CPU build and NVRTC as oracles, ruff, codespell, mpi4py with MPICH's mpiexec)
+if [ "$job" = train ]; then
+  extras=plot; needs="minialex, matplotlib"
+else
+  extras=test,lint,mpi; needs="minialex, pytest, hypothesis, matplotlib, torch, mpi4py, nvidia.cuda_nvrtc"
+fi
+if ! .venv/bin/python -c "import $needs" 2>/dev/null \
+    || { [ "$job" = test ] && { [ ! -x .venv/bin/ruff ] || [ ! -x .venv/bin/codespell ] \
+                                || [ ! -x .venv/bin/mpiexec ]; }; }; then
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test,lint]"
+  .venv/bin/python -m pip install -q -e ".[$extras]"
 fi
 FMNIST=/usr/share/datasets/fashion-mnist
 if [ ! -e "$FMNIST/t10k-labels-idx1-ubyte.gz" ] && [ -z "${MINIALEX_NO_APT:-}" ]; then
