@@ -41,6 +41,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
+from . import shards
 
 
 def draw_crops(rng, n: int, max_top: int, max_left: int, *, random_crop: bool = True,
@@ -124,7 +125,8 @@ class RandomTransform:
         self.generator = generator
 
     def rng(self) -> np.random.Generator:
-        return backend.rng_for(np) if self.generator is None else self.generator
+        rng = backend.rng_for(np) if self.generator is None else self.generator
+        return shards.drawing_for(rng)   # on a share of a global batch: the batch's draws
 
     def state_dict(self) -> dict:
         return {} if self.generator is None else {"generator": self.generator.bit_generator.state}

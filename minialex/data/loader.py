@@ -28,13 +28,34 @@ epoch would have yielded; the epochs after it match too. The shuffle generator a
 transform must not share one ``numpy.random.Generator`` (their states are saved at different
 moments).
 
+**Several processes** (data parallel training, :mod:`minialex.distributed`). With
+``num_replicas`` R > 1 and ``rank`` r, ``batch_size`` is still the *global* batch (it must
+divide by R) and each process gets its share of it (:mod:`minialex.data.shards`):
+
+- ``shard_by="batch"`` (training): every process draws the same order from its own generator
+  (seeded alike, so every process's state stays the same), cuts it into the global batches one
+  process would use, and keeps the contiguous rows ``[r*b, (r+1)*b)`` of each, ``b = batch_size
+  / R``. Random transforms draw for the whole global batch and keep this share's draws, so
+  every sample is cropped, flipped and coloured as in a one-process run. Every process has
+  ``len(loader)`` batches, the number of global batches; the last one, when smaller, is split
+  as evenly as possible (a share may be empty when it has fewer samples than processes).
+- ``shard_by="dataset"`` (evaluation): process r takes the contiguous share
+  ``[r*N/R, (r+1)*N/R)`` of the epoch's order and walks it in batches of ``b``; the shares'
+  sums add up to the one-process sums. Shares may differ by one sample, and so their numbers of
+  batches by one.
+
 >>> ds = ArrayDataset(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), np.arange(10))
 >>> loader = Loader(ds, batch_size=4, shuffle=True, generator=np.random.default_rng(0))
 >>> [labels.tolist() for _, labels in loader]
 [[4, 6, 2, 7], [3, 5, 9, 0], [8, 1]]
+>>> second = Loader(ds, batch_size=4, shuffle=True, generator=np.random.default_rng(0),
+...                 num_replicas=2, rank=1)
+>>> [labels.tolist() for _, labels in second]
+[[2, 7], [9, 0], [1]]
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import queue
 import threading
@@ -42,6 +63,10 @@ import threading
 import numpy as np
 
 from .. import backend
+from ..checks import is_int, non_negative_int, positive_int
+from .shards import batch_share, share_bounds
+
+SHARD_BY = ("batch", "dataset")
 
 
 class ArrayDataset:
@@ -88,30 +113,47 @@ class Loader:
         prefetch: batches loaded ahead by the background thread (0: no thread).
         num_classes: when given, every batch's labels are checked to lie in [0, num_classes)
             on the host, before the copy, so the loss need not read them back from the device.
+        num_replicas, rank: this is process ``rank`` of ``num_replicas`` sharing the data
+            (``batch_size`` stays the global batch); see the module docstring.
+        shard_by: ``"batch"`` (training: a share of every global batch) or ``"dataset"``
+            (evaluation: a contiguous share of the samples).
     """
 
     def __init__(self, dataset, batch_size, *, shuffle=False, generator=None, transform=None,
-                 device="cpu", drop_last=False, prefetch=2, num_classes=None):
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"Loader: batch_size must be a positive int, got {batch_size!r}")
+                 device="cpu", drop_last=False, prefetch=2, num_classes=None, num_replicas=1,
+                 rank=0, shard_by="batch"):
+        batch_size = positive_int("Loader", "batch_size", batch_size)
+        num_replicas = positive_int("Loader", "num_replicas", num_replicas)
+        if not is_int(rank) or not 0 <= rank < num_replicas:
+            raise ValueError(f"Loader: rank must be an int in 0..{num_replicas - 1} (num_replicas "
+                             f"is {num_replicas}), got {rank!r}")
+        if batch_size % num_replicas:
+            raise ValueError(f"Loader: the global batch_size {batch_size} does not divide by the "
+                             f"{num_replicas} processes (num_replicas) sharing it")
+        if shard_by not in SHARD_BY:
+            raise ValueError(f"Loader: shard_by must be one of {SHARD_BY}, got {shard_by!r}")
         if shuffle and not isinstance(generator, np.random.Generator):
             raise ValueError(f"Loader: shuffle=True needs a numpy.random.Generator as generator, "
                              f"got {type(generator).__name__}")
-        if not isinstance(prefetch, (int, np.integer)) or prefetch < 0:
-            raise ValueError(f"Loader: prefetch must be an int >= 0, got {prefetch!r}")
-        self.dataset, self.batch_size = dataset, int(batch_size)
+        self.prefetch = non_negative_int("Loader", "prefetch", prefetch)
+        self.dataset, self.batch_size = dataset, batch_size
         self.shuffle, self.generator, self.transform = shuffle, generator, transform
-        self.device, self.drop_last, self.prefetch = device, drop_last, int(prefetch)
-        if num_classes is not None and (not isinstance(num_classes, (int, np.integer))
-                                        or num_classes < 1):
-            raise ValueError(f"Loader: num_classes must be a positive int or None, got "
-                             f"{num_classes!r}")
-        self.num_classes = num_classes
+        self.device, self.drop_last = device, drop_last
+        self.num_classes = (None if num_classes is None
+                            else positive_int("Loader", "num_classes", num_classes))
+        self.num_replicas, self.rank, self.shard_by = num_replicas, int(rank), shard_by
         self._open = None    # (token, shuffle state before its order) of the epoch in progress
 
     def __len__(self):
-        n = len(self.dataset)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        """Batches per epoch: the global batches (``shard_by="batch"``), or this process's
+        batches of its share (``"dataset"``)."""
+        if self.shard_by == "batch":
+            return self._batches_of(len(self.dataset), self.batch_size)
+        start, stop = share_bounds(len(self.dataset), self.rank, self.num_replicas)
+        return self._batches_of(stop - start, self.batch_size // self.num_replicas)
+
+    def _batches_of(self, n, size):
+        return n // size if self.drop_last else -(-n // size)
 
     def __iter__(self):
         return self.epoch()
@@ -129,9 +171,18 @@ class Loader:
         token = object()
         self._open = (token, self._shuffle_state())
         order = self.order()
-        batches = [order[i * self.batch_size:(i + 1) * self.batch_size]
-                   for i in range(start, len(self))]
-        return self._transformed(batches, token)
+        if self.shard_by == "dataset":
+            first, last = share_bounds(len(order), self.rank, self.num_replicas)
+            order, size = order[first:last], self.batch_size // self.num_replicas
+            batches = [order[i * size:(i + 1) * size] for i in range(start, len(self))]
+            return self._transformed(batches, [None] * len(batches), token)
+        batches, shares = [], []
+        for i in range(start, len(self)):
+            batch = order[i * self.batch_size:(i + 1) * self.batch_size]
+            first, last = share_bounds(len(batch), self.rank, self.num_replicas)
+            batches.append(batch[first:last])
+            shares.append((first, last, len(batch)) if self.num_replicas > 1 else None)
+        return self._transformed(batches, shares, token)
 
     def state_dict(self) -> dict:
         """The shuffle and transform states that resume this loader exactly (module docstring)."""
@@ -160,12 +211,16 @@ class Loader:
     def _shuffle_state(self):
         return None if self.generator is None else self.generator.bit_generator.state
 
-    def _transformed(self, batches, token):
+    def _transformed(self, batches, shares, token):
+        """``shares``: per batch, (first, last, global size) of this process's rows, whose
+        random draws are made for the whole global batch; or None."""
         source = self._threaded(batches) if self.prefetch else map(self._fetch, batches)
         try:
-            for images, labels in source:
+            for (images, labels), share in zip(source, shares):
                 if self.transform is not None:
-                    with backend.device_scope(images):   # transforms allocate on its device
+                    # transforms allocate on the batch's device, and draw for the global batch
+                    with backend.device_scope(images), \
+                            (batch_share(*share) if share else contextlib.nullcontext()):
                         images = self.transform(images)
                 yield images, labels
             if self._open is not None and self._open[0] is token:
