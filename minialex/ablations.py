@@ -3,9 +3,10 @@ r"""Ablations: paired trainings that differ in one of the paper's choices, same 
 A :class:`Study` names one switch of the paper (Sec. 3 and 4) and its two arms, the paper's
 choice first; a :class:`Budget` names the run both arms get (a :class:`~minialex.config.RunConfig`
 and the seeds). :func:`run_studies` trains every arm of every study once per seed through the
-recipe's own :func:`~minialex.recipe.build` and :func:`~minialex.train.train_one_epoch` (no copy
-of the training loop), records each step's training loss and error, and writes per study a
-Markdown table, a JSON file of every run and, with matplotlib, a PNG plot.
+recipe's own :func:`~minialex.recipe.build` and :class:`~minialex.train.Trainer` with an
+extension of its own (:class:`ArmRecord`; no copy of the training loop), records each step's
+training loss and error, and writes per study a Markdown table, a JSON file of every run and,
+with matplotlib, a PNG plot.
 
 =================  ==============================================  ===========================
 study              switch (first arm: the paper's)                 the paper's claim
@@ -58,7 +59,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -68,9 +68,10 @@ import numpy as np
 from . import backend, recipe
 from .config import CPU_PRESET, GPU_PRESET, RunConfig
 from .data import Loader
+from .extensions import REPORT, Extension, LearningRate, LossCheck, Validation
 from .models import VARIANTS
-from .train import evaluate, train_one_epoch
-from .watch import TrainingDiverged, TrainingStopped
+from .train import Trainer, evaluate
+from .watch import TrainingStopped
 
 try:                    # optional (pip install matplotlib): only the plots need it
     from matplotlib.figure import Figure
@@ -222,6 +223,29 @@ def build_arm(config: RunConfig, reference: RunConfig | None, data,
     return run
 
 
+class ArmRecord(Extension):
+    """What :func:`train_arm` records: each step's training loss and error (the step's batch,
+    in training mode, before the update) and each epoch's held-out error and loss."""
+    order = REPORT
+
+    def __init__(self):
+        self.losses, self.errors, self.held_out = [], [], []
+        self._before = (0, 0.0, 0)      # the epoch's running sums after the previous step
+
+    def after_step(self, trainer):
+        running = trainer.running.settle()
+        images, loss_sum, correct = (now - then for now, then in zip(
+            (running.images, running.loss_sum, running.correct1), self._before))
+        self.losses.append(loss_sum / images)
+        self.errors.append(1.0 - correct / images)
+        self._before = running.images, running.loss_sum, running.correct1
+
+    def end_epoch(self, trainer, record):
+        self._before = (0, 0.0, 0)
+        self.held_out.append({"epoch": record["epoch"], "step": len(self.errors),
+                              "error": record["val_error"], "loss": record["val_loss"]})
+
+
 def train_arm(config: RunConfig, data, device: str = "cpu", *, train_eval: int = 1000,
               reference: RunConfig | None = None) -> dict:
     """Train ``config`` on ``data`` (:func:`minialex.recipe.load_data`'s), started as
@@ -232,43 +256,26 @@ def train_arm(config: RunConfig, data, device: str = "cpu", *, train_eval: int =
     started = time.perf_counter()
     run = build_arm(config, reference, data, device)
     if run.val_loader is None:
-        raise ValueError("train_arm: the held-out error needs a validation split; use "
+        raise ValueError("train_arm: the held-out error needs a validation split; set "
                          "val_size > 0")
-    losses, errors, held_out, stopped = [], [], [], None
-    last = [0, 0.0, 0]                  # the epoch's running sums after the previous step
-
-    def before_update(loss):
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"training diverged: the loss is {loss} at step "
-                                   f"{len(losses) + 1}")
-        run.warmup.step()
-
-    def after_step(running):
-        images = running.images - last[0]
-        losses.append((running.loss_sum - last[1]) / images)
-        errors.append(1.0 - (running.settle().correct1 - last[2]) / images)
-        last[:] = running.images, running.loss_sum, running.correct1
-
-    for epoch in range(config.epochs):
-        last[:] = 0, 0.0, 0
-        try:
-            train_one_epoch(run.model, run.train_loader, run.optimizer,
-                            before_update=before_update, after_step=after_step)
-        except TrainingStopped as exc:
-            stopped = str(exc)
+    arm = ArmRecord()
+    trainer = Trainer(run.model, run.optimizer, run.train_loader, epochs=config.epochs,
+                      extensions=[LossCheck(), LearningRate(run.scheduler, run.warmup),
+                                  Validation(run.val_loader), arm])
+    stopped = None
+    try:
+        trainer.fit()
+    except TrainingStopped as exc:      # the weights it stopped with are held out all the same
+        stopped = str(exc)
         val = evaluate(run.model, run.val_loader)
-        held_out.append({"epoch": epoch + 1, "step": len(errors),
-                         "error": 1.0 - val["top1"], "loss": val["loss"]})
-        if stopped:
-            break
-        if run.scheduler is not None:
-            with run.warmup.scheduling():
-                run.scheduler.step(1.0 - val["top1"])
+        arm.held_out.append({"epoch": trainer.epoch + 1, "step": len(arm.errors),
+                             "error": 1.0 - val["top1"], "loss": val["loss"]})
     seen = Loader(data.train.head(train_eval), run.test_loader.batch_size,
                   transform=run.test_loader.transform, device=device,
                   num_classes=run.test_loader.num_classes)
-    return {"seed": config.seed, "settings": config.to_dict(), "steps": len(errors),
-            "train_loss": losses, "train_error": errors, "held_out": held_out,
+    held_out = arm.held_out
+    return {"seed": config.seed, "settings": config.to_dict(), "steps": len(arm.errors),
+            "train_loss": arm.losses, "train_error": arm.errors, "held_out": held_out,
             "held_out_error": held_out[-1]["error"], "held_out_loss": held_out[-1]["loss"],
             "train_error_eval": 1.0 - evaluate(run.model, seen)["top1"],
             "parameters": int(run.model.num_parameters()),

@@ -23,6 +23,23 @@ Reading: a missing file raises ``FileNotFoundError``, a directory ``IsADirectory
 that cannot be opened the ``OSError`` of its cause, and a truncated or corrupt one a single
 ``ValueError``, each naming the path.
 
+A *training* checkpoint (:func:`training_state`, written by :class:`minialex.train.Trainer`)
+is the tree
+
+- ``architecture`` (the model's variant name), ``config`` (the run's settings), and the facts a
+  run keeps beside them (``classes``, ``normalization``);
+- ``model``: ``{parameter name: array}``, ``optimizer``: its ``state_dict``;
+- ``scheduler``, ``warmup``, ``watch``: the extensions' states (None when the run had none);
+- ``trainer``: where the run is (``epoch`` completed, ``step`` into the next, ``global_step``),
+  the current epoch's running sums, the best validation error and its epoch, the training
+  totals, every epoch's record (``history``) and the warnings;
+- ``rng``: minialex's generators (``backend``) and the training loader's (``train_loader``).
+
+:func:`resumable` checks a tree before a trainer takes it (architecture, completeness, the
+loader state that checkpoints before minialex 0.2 lack), :func:`load_weights` before a model
+takes its weights, and :func:`migrate` moves what checkpoints before 0.2 kept in their settings
+(class names, Fashion-MNIST's mean and std) to where this version keeps it.
+
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "ckpt.npz")
 >>> save(path, {"epoch": 3, "w": np.ones((2, 2), np.float32), "lrs": (0.1, 0.01)})
@@ -33,6 +50,7 @@ that cannot be opened the ``OSError`` of its cause, and a truncated or corrupt o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
 import json
 import os
@@ -212,3 +230,99 @@ def load(path) -> dict:
             UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a readable minialex checkpoint, truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
+
+
+# -- what a training checkpoint holds ----------------------------------------------------------
+EXTENSION_PARTS = ("scheduler", "warmup", "watch")      # None when a run has no such extension
+TRAINER_FIELDS = ("epoch", "step", "global_step", "best_val_error", "best_epoch",
+                  "train_images_total", "train_seconds_total", "history", "warnings")
+
+
+def architecture(model) -> str:
+    """The name a checkpoint gives ``model``'s architecture: its variant, else its class."""
+    return getattr(model, "variant", type(model).__name__)
+
+
+def training_state(trainer) -> dict:
+    """The tree of a training checkpoint (see the module docstring) from a
+    :class:`~minialex.train.Trainer` whose running sums are settled; arrays are host copies,
+    read from the device once however many files are written."""
+    tree = {"architecture": trainer.architecture, "config": trainer.config,
+            **trainer.extra_state,
+            "model": {k: backend.to_numpy(v) for k, v in trainer.model.state_dict().items()},
+            "optimizer": trainer.optimizer.state_dict(), **dict.fromkeys(EXTENSION_PARTS)}
+    for extension in trainer.extensions:
+        tree.update(extension.state())
+    position = {name: getattr(trainer, name) for name in TRAINER_FIELDS}
+    tree["trainer"] = {**position, "epochs": trainer.epochs,
+                       "running": dataclasses.asdict(trainer.running)}
+    tree["rng"] = {"backend": backend.get_rng_state(),
+                   "train_loader": trainer.train_loader.state_dict()}
+    return tree
+
+
+def resumable(tree, model, source="checkpoint") -> dict:
+    """The fields a trainer of ``model`` resumes from ``tree``: :data:`TRAINER_FIELDS`,
+    ``running`` (a dict), ``backend_rng`` and ``train_loader``. Raises one ValueError naming
+    ``source`` for another architecture, a checkpoint written before minialex 0.2 (whose loader
+    state cannot be restored) or an incomplete one; reads everything before a caller changes
+    anything."""
+    check_architecture(tree, model, source)
+    if "rng" in tree and "train_loader" not in tree["rng"] and "shuffle" in tree["rng"]:
+        raise ValueError(f"{source}: written by minialex before 0.2, whose loader state this "
+                         f"version cannot restore: it cannot be resumed, but it can still be "
+                         f"evaluated")
+    try:
+        t, rng = tree["trainer"], tree["rng"]
+        return {"epoch": int(t["epoch"]), "step": int(t["step"]),
+                "global_step": int(t.get("global_step", 0)), "running": dict(t["running"]),
+                "best_val_error": float(t["best_val_error"]), "best_epoch": t["best_epoch"],
+                "train_images_total": int(t["train_images_total"]),
+                "train_seconds_total": float(t["train_seconds_total"]),
+                "history": list(t["history"]), "warnings": list(t.get("warnings", [])),
+                "backend_rng": rng["backend"], "train_loader": rng["train_loader"]}
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{source}: incomplete training state (missing {exc})") from None
+
+
+def check_architecture(tree, model, source="checkpoint") -> dict:
+    """``tree``'s weights, after checking that they are ``model``'s architecture; another is
+    refused with one ValueError naming ``source`` and the parameters that differ."""
+    arch, weights = tree.get("architecture"), tree.get("model")
+    if not isinstance(weights, dict):
+        raise ValueError(f"{source}: holds no model weights")
+    if arch != architecture(model):
+        details = _shape_mismatches(model, weights)
+        raise ValueError(f"{source}: checkpoint of architecture {arch!r} cannot be loaded into "
+                         f"a {architecture(model)!r} model"
+                         + (": " + "; ".join(details) if details else ""))
+    return weights
+
+
+def load_weights(model, tree, source="checkpoint") -> None:
+    """Load ``tree``'s weights into ``model`` (:func:`check_architecture` first)."""
+    weights = check_architecture(tree, model, source)
+    try:
+        model.load_state_dict(weights)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{source}: {exc}") from None
+
+
+def migrate(tree) -> dict:
+    """``tree`` with ``classes`` and ``normalization`` where this version keeps them: before
+    0.2 the class names and Fashion-MNIST's pixel mean and std were in its settings."""
+    saved = tree.get("config", {})
+    classes = tree.get("classes") or saved.get("classes")
+    normalization = tree.get("normalization") or (
+        {"mean": saved["mean"], "std": saved["std"]} if "mean" in saved else None)
+    return {**tree, "classes": classes, "normalization": normalization}
+
+
+def _shape_mismatches(model, state) -> list:
+    own = {k: tuple(p.shape) for k, p in model.named_parameters()}
+    theirs = {k: tuple(np.shape(v)) for k, v in state.items()}
+    out = [f"{k}: checkpoint {theirs[k]}, model {own[k]}" for k in own
+           if k in theirs and theirs[k] != own[k]]
+    out += [f"{k}: missing from the checkpoint" for k in own if k not in theirs]
+    out += [f"{k}: not in the model" for k in theirs if k not in own]
+    return out

@@ -14,8 +14,10 @@ it the loss rises and diverges. The suggestion is the rate at the lowest smoothe
 by 10: the largest rate that is still safely on the falling side (fastai's "minimum / 10").
 The test stops early once the smoothed loss exceeds ``diverge`` times its minimum.
 
-The model's weights, the optimiser's state and learning rate, and minialex's random generator
-are restored afterwards: the test leaves nothing behind but its numbers.
+The test runs the training loop of :class:`~minialex.train.Trainer` with one extension,
+:class:`RangeTest`. The model's weights, the optimiser's state and learning rate, and
+minialex's random generator are restored afterwards: the test leaves nothing behind but its
+numbers.
 """
 from __future__ import annotations
 
@@ -25,8 +27,9 @@ import os
 import numpy as np
 
 from . import backend
-from . import functional as F
-from .tensor import Tensor
+from .checks import is_int, is_real
+from .extensions import Extension
+from .train import Trainer
 
 try:                    # optional (pip install matplotlib): only the picture needs it
     from matplotlib.figure import Figure
@@ -34,43 +37,57 @@ except ImportError:
     Figure = None
 
 
+class RangeTest(Extension):
+    """The range test as an extension of the training loop: before each update, record the
+    step's loss, smooth it, and either stop (before the update) or set the rate of that update."""
+
+    def __init__(self, start_lr, ratio, steps, smoothing, diverge):
+        self.start_lr, self.ratio, self.steps = start_lr, ratio, steps
+        self.smoothing, self.diverge = smoothing, diverge
+        self.lrs, self.losses, self.smoothed = [], [], []
+        self.average, self.best, self.stopped_early = 0.0, math.inf, False
+
+    def before_update(self, trainer, loss):
+        lr = self.start_lr * self.ratio ** len(self.lrs)
+        self.lrs.append(lr)
+        self.losses.append(loss)
+        if not math.isfinite(loss):
+            self.stopped_early = True
+            raise _Done
+        self.average = self.smoothing * loss + (1 - self.smoothing) * self.average
+        self.smoothed.append(self.average / (1 - (1 - self.smoothing) ** len(self.lrs)))
+        self.best = min(self.best, self.smoothed[-1])
+        self.stopped_early = self.smoothed[-1] > self.diverge * self.best
+        if self.stopped_early or len(self.lrs) == self.steps:
+            raise _Done
+        trainer.optimizer.lr = lr
+
+
+class _Done(Exception):
+    """The range test has its last loss: stop before that step's update."""
+
+
 def lr_range_test(model, loader, optimizer, *, start_lr: float = 1e-5, end_lr: float = 1.0,
                   steps: int = 100, smoothing: float = 0.05, diverge: float = 4.0) -> dict:
     """Run the range test on ``loader``'s training batches (as many epochs as ``steps``
-    needs). Returns ``{"lrs", "losses", "smoothed", "suggested_lr", "min_loss_lr",
+    needs), through :class:`~minialex.train.Trainer` with :class:`RangeTest` as its one
+    extension. Returns ``{"lrs", "losses", "smoothed", "suggested_lr", "min_loss_lr",
     "stopped_early"}``."""
-    if not 0 < start_lr < end_lr:
+    if not (is_real(start_lr) and is_real(end_lr) and 0 < start_lr < end_lr):
         raise ValueError(f"lr_range_test: expected 0 < start_lr < end_lr, got {start_lr!r} "
                          f"and {end_lr!r}")
-    if not isinstance(steps, int) or steps < 2:
+    if not is_int(steps) or steps < 2:
         raise ValueError(f"lr_range_test: steps must be an int >= 2, got {steps!r}")
     saved = ({k: v.copy() for k, v in model.state_dict().items()}, optimizer.state_dict(),
              optimizer.lr, backend.get_rng_state(), loader.state_dict())
-    lrs, losses, smoothed = [], [], []
-    average, best, stopped_early = 0.0, math.inf, False
-    ratio = (end_lr / start_lr) ** (1.0 / (steps - 1))
-    model.train()
+    test = RangeTest(start_lr, (end_lr / start_lr) ** (1.0 / (steps - 1)), steps, smoothing,
+                     diverge)
+    trainer = Trainer(model, optimizer, loader, epochs=-(-steps // max(len(loader), 1)) + 1,
+                      extensions=[test])
     try:
-        while len(lrs) < steps and not stopped_early:
-            for x, y in loader.epoch():
-                lr = start_lr * ratio ** len(lrs)
-                optimizer.lr = lr
-                loss = F.cross_entropy(model(Tensor(x)), y)
-                value = float(loss.item())
-                lrs.append(lr)
-                losses.append(value)
-                if not math.isfinite(value):
-                    stopped_early = True
-                    break
-                average = smoothing * value + (1 - smoothing) * average
-                smoothed.append(average / (1 - (1 - smoothing) ** len(lrs)))
-                best = min(best, smoothed[-1])
-                if smoothed[-1] > diverge * best or len(lrs) == steps:
-                    stopped_early = smoothed[-1] > diverge * best
-                    break
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+        trainer.fit()
+    except _Done:
+        pass
     finally:
         weights, opt_state, lr, rng, loader_state = saved
         model.load_state_dict(weights)
@@ -78,13 +95,13 @@ def lr_range_test(model, loader, optimizer, *, start_lr: float = 1e-5, end_lr: f
         optimizer.lr = lr
         backend.set_rng_state(rng)
         loader.load_state_dict(loader_state)
-    if not smoothed:
+    if not test.smoothed:
         raise ValueError("lr_range_test: the loss was not finite at the first step; the "
                          "model or data is broken, not the learning rate")
-    at_min = int(np.argmin(smoothed))
-    return {"lrs": lrs, "losses": losses, "smoothed": smoothed,
-            "min_loss_lr": lrs[at_min], "suggested_lr": lrs[at_min] / 10,
-            "stopped_early": stopped_early}
+    at_min = int(np.argmin(test.smoothed))
+    return {"lrs": test.lrs, "losses": test.losses, "smoothed": test.smoothed,
+            "min_loss_lr": test.lrs[at_min], "suggested_lr": test.lrs[at_min] / 10,
+            "stopped_early": test.stopped_early}
 
 
 def format_table(result: dict, rows: int = 16) -> str:

@@ -236,7 +236,7 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     stream = sys.stdout if stream is None else stream
     tree = None
     if resume is not None:
-        tree = checkpoint.load(resume)
+        tree = checkpoint.migrate(checkpoint.load(resume))
         if overrides is None:
             overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
         config = resolve(overrides, device, tree.get("config", {}))
@@ -247,9 +247,8 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
         for partial in checkpoint.remove_partial_files(out) if locked else []:
             print(f"note: removed {partial}, left by a save that was cut short", file=stream)
         data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
-                         classes=saved_classes(tree) if tree else None)
-        run = build(config, data, device,
-                    normalization=saved_normalization(tree) if tree else None)
+                         classes=tree["classes"] if tree else None)
+        run = build(config, data, device, normalization=tree["normalization"] if tree else None)
         if config.limit_train and config.limit_train < config.batch_size:
             print(f"note: --limit-train {config.limit_train} is below the batch size",
                   file=stream)
@@ -268,8 +267,7 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
 
         try:
             stopped = trainer.fit()
-        except TrainingStopped as exc:
-            trainer.stopped = f"{exc.reason}: {exc}"
+        except TrainingStopped:         # trainer.stopped says why
             with contextlib.suppress(OSError):     # why it stopped matters more than a full disk
                 _write_summary(out, run_summary(trainer, run, device, None, started))
             # the curves say how it got there; the last weights' predictions would say nothing
@@ -301,21 +299,6 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     return summary
 
 
-def saved_classes(tree) -> list | None:
-    """The class names a checkpoint was trained on (checkpoints before 0.2 kept them in their
-    settings)."""
-    return tree.get("classes") or tree.get("config", {}).get("classes")
-
-
-def saved_normalization(tree) -> dict | None:
-    """Fashion-MNIST's pixel mean and std a checkpoint was trained with (before 0.2: in its
-    settings), or None."""
-    if tree.get("normalization"):
-        return tree["normalization"]
-    saved = tree.get("config", {})
-    return {"mean": saved["mean"], "std": saved["std"]} if "mean" in saved else None
-
-
 def _print_header(run, trainer, device, out, resume, stream):
     c, model = run.config, run.model
     print(f"minialex {__version__} | device {describe_device(device)} | model {model.variant} "
@@ -339,7 +322,7 @@ def evaluate_best(trainer: Trainer, loader, **options) -> dict:
     best = trainer.path("best.npz")
     used = "last"
     if best is not None and os.path.exists(best):
-        trainer.model.load_state_dict(checkpoint.load(best)["model"])
+        checkpoint.load_weights(trainer.model, checkpoint.load(best), best)
         used = f"best (epoch {trainer.best_epoch})"
     metrics = evaluate(trainer.model, loader, **options)
     metrics["weights"] = used
@@ -410,7 +393,7 @@ def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data
     images; a Fashion-MNIST checkpoint that stores its classes and normalisation then gets
     empty splits instead of the dataset files (an image folder's transform needs its
     prepared cache all the same)."""
-    tree = checkpoint.load(path)
+    tree = checkpoint.migrate(checkpoint.load(path))
     saved = dict(tree.get("config", {}))
     saved.update({k: v for k, v in (("dataset", dataset), ("model", model)) if v is not None})
     saved.setdefault("model", tree.get("architecture"))
@@ -419,23 +402,15 @@ def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data
         raise ValueError(f"ten_crop: {path} was trained on Fashion-MNIST; the paper's 10 crops "
                          f"need a checkpoint trained on an image folder")
     config.check()
-    if not splits and not config.is_folder and saved_classes(tree) and \
-            saved_normalization(tree):
+    if not splits and not config.is_folder and tree["classes"] and tree["normalization"]:
         none = ArrayDataset(np.zeros((0, 1, 28, 28), np.uint8), np.zeros(0, np.int64))
-        data = RunData(none, none, none, list(saved_classes(tree)), 1, "test")
+        data = RunData(none, none, none, list(tree["classes"]), 1, "test")
         config = config.replace(schedule="none")    # a plateau schedule would want val images
     else:
         data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
-                         classes=saved_classes(tree))
-    run = build(config, data, device, normalization=saved_normalization(tree))
-    arch = tree.get("architecture")
-    if arch != run.model.variant:
-        raise ValueError(f"{path}: checkpoint of architecture {arch!r} cannot be loaded into a "
-                         f"{run.model.variant!r} model")
-    try:
-        run.model.load_state_dict(tree["model"])
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"{path}: {exc}") from None
+                         classes=tree["classes"])
+    run = build(config, data, device, normalization=tree["normalization"])
+    checkpoint.load_weights(run.model, tree, path)
     run.model.eval()
     return run, tree
 

@@ -34,8 +34,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from . import __version__, backend, checkpoint
 from . import functional as F
+from .extensions import METRICS_FILE
 from .tensor import Tensor, no_grad
-from .train import METRICS_FILE
 from .visualize import conv1_filters, save_png, tile, to_display, upscale
 
 try:                    # optional (pip install matplotlib): only the curves' pictures need it

@@ -1,22 +1,25 @@
-r"""Training: one epoch, evaluation, and a :class:`Trainer` that runs epochs and can be resumed.
+r"""Training: the loop, evaluation, and a :class:`Trainer` that runs epochs with extensions.
 
-The loop itself is four lines, in :func:`train_one_epoch`::
+The loop, in :func:`train_one_epoch`, is a few lines per batch::
 
     logits = model(Tensor(x))                 # forward
     loss = F.cross_entropy(logits, y)         # softmax cross-entropy, averaged over the batch
+    before_update(loss)                       # a look at the loss; may stop the run here
+    optimizer.zero_grad()
     loss.backward()                           # every parameter's .grad
+    after_backward()                          # (several processes: exchange gradients here)
     optimizer.step()                          # SGD with momentum and weight decay
+    after_step(running)
 
 :func:`evaluate` scores a model on one (centre) crop per image, :func:`evaluate_ten_crop` on the
 paper's ten crops per image by their averaged softmax (Sec. 4.1). Top-k accuracy: an image counts
 as correct at ``k`` when fewer than ``k`` classes rank before its true class (higher scores
 first, ties by class index).
 
-:class:`Trainer` adds what a long run needs around that loop, one epoch at a time: a validation
-pass, the learning-rate warm-up and schedule, a watch on the loss (:mod:`minialex.watch`), a
-progress line, ``metrics.jsonl`` (one JSON line per epoch, written *before* the checkpoint that
-includes that epoch, so a kill between the two loses nothing) and the checkpoints ``last.npz``
-and ``best.npz`` (lowest validation error), written atomically (:mod:`minialex.checkpoint`).
+:class:`Trainer` runs that loop epoch after epoch and calls its extensions
+(:mod:`minialex.extensions`) at named points: the loss watch, warm-up and schedule, validation,
+``metrics.jsonl``, the checkpoints ``last.npz`` and ``best.npz`` (:mod:`minialex.checkpoint`)
+and the progress lines are each one extension.
 
 Exact resumption. Everything random is drawn from generators whose state the checkpoint holds:
 ``minialex.backend``'s (dropout; on a GPU the dropout stream is reseeded on resume, so GPU runs
@@ -33,13 +36,24 @@ batch's random draws), so ``last.npz`` keeps the last state saved before.
 Stopping early. A NaN or infinite loss, or a loss stuck at chance (:mod:`minialex.watch`), raises
 :class:`~minialex.watch.TrainingStopped` before the update; nothing is saved, so ``last.npz``
 keeps the last good state and resumes from it.
+
+Several processes (data parallelism) plug in at four places, nothing else changes:
+
+1. gradients: an extension's ``after_backward(trainer)`` runs between ``loss.backward()`` and
+   ``optimizer.step()``, where it can average every parameter's ``.grad`` over the processes
+   (a hook, not a wrapped optimiser);
+2. the loss the watch sees: with ``reduce_sums``, each step's loss is the mean over the
+   processes, so that all of them stop at the same step;
+3. files and printing: extensions marked ``rank0_only`` (checkpoints, ``metrics.jsonl``,
+   progress) run only where ``rank == 0``;
+4. metrics: :meth:`Running.totals` puts every sum (images, loss, top-1, top-5) through
+   ``reduce_sums`` before dividing, in :func:`evaluate` and for the epoch's training metrics.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import datetime
-import json
 import math
 import os
 import signal
@@ -50,23 +64,24 @@ import numpy as np
 
 from . import backend, checkpoint
 from . import functional as F
+from .checks import positive_int
+from .extensions import standard_extensions
 from .layers.loss import class_indices
-from .optim import ReduceLROnPlateau
 from .progress import StatusLine
 from .tensor import Tensor, no_grad
-from .watch import MAX_KEPT, TrainingDiverged, TrainingStopped
+from .watch import TrainingStopped
 
 TOPK = (1, 5)
-METRICS_FILE = "metrics.jsonl"
 
 
 # -- the loop ----------------------------------------------------------------------------------
 def train_one_epoch(model, loader, optimizer, *, start=0, running=None, before_update=None,
-                    after_step=None):
+                    after_backward=None, after_step=None):
     """One pass over ``loader`` (from its batch ``start`` on), one SGD step per batch; returns
-    the :class:`Running` sums. ``before_update(loss)``, called between the loss and the update,
-    may raise to stop with the weights untouched, or adjust the learning rate;
-    ``after_step(running)`` returning True stops after that step."""
+    the :class:`Running` sums. ``before_update(loss)`` (a float), called between the loss and
+    the update, may raise to stop with the weights untouched; ``after_backward()`` runs when
+    the gradients are ready, before the step; ``after_step(running)`` returning True stops
+    after that step. A label outside ``[0, classes)`` raises ValueError."""
     running = Running() if running is None else running
     checked = getattr(loader, "num_classes", None)     # the label range the loader checked
     model.train()
@@ -81,6 +96,8 @@ def train_one_epoch(model, loader, optimizer, *, start=0, running=None, before_u
                 before_update(value)
             optimizer.zero_grad()
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             optimizer.step()
             # counted on the device, read when a progress line or the epoch's metrics need them
             running.add(len(y), value * len(y), topk_counts(logits.data, y))
@@ -91,23 +108,23 @@ def train_one_epoch(model, loader, optimizer, *, start=0, running=None, before_u
     return running
 
 
-def evaluate(model, loader, *, keep_probabilities=False) -> dict:
+def evaluate(model, loader, *, keep_probabilities=False, reduce_sums=None) -> dict:
     """Loss and top-1/top-5 accuracy of ``model`` over ``loader``, in eval mode and without
     gradients: ``{"loss", "top1", "top5", "images", "images_per_second", ...}``. With
     ``keep_probabilities`` also ``"probabilities"`` (N, classes), each image's softmax, and
     ``"labels"`` (N,), NumPy arrays read back once at the end (a report's confusion matrix
-    then needs no second pass)."""
+    then needs no second pass). ``reduce_sums``: see :meth:`Running.totals`."""
     keep = (lambda logits: F.average_softmax(logits, 1)) if keep_probabilities else None
-    return _evaluate(model, loader, _single_crop_scores, keep)
+    return _evaluate(model, loader, _single_crop_scores, keep, reduce_sums)
 
 
-def evaluate_ten_crop(model, loader) -> dict:
+def evaluate_ten_crop(model, loader, *, reduce_sums=None) -> dict:
     """:func:`evaluate` with the paper's test-time averaging: ``loader`` yields batches of
     crops ``(n_crops, N, C, H, W)`` (e.g. ``transform=Augmenter.ten_crop``); all ``n_crops * N``
     go through the model as one batch, and the mean of their softmax outputs is each image's
     prediction. ``loss`` is the cross-entropy of that mean, ``-log p[label]``; ``images``
     counts images, not crops."""
-    return _evaluate(model, loader, _averaged_crop_scores)
+    return _evaluate(model, loader, _averaged_crop_scores, reduce_sums=reduce_sums)
 
 
 def topk_correct(logits, labels, ks=TOPK) -> list:
@@ -191,12 +208,23 @@ class Running:
     def seconds(self):
         return self.data_seconds + self.compute_seconds
 
-    def metrics(self, prefix) -> dict:
+    def totals(self, reduce_sums=None) -> tuple:
+        """``(images, loss_sum, correct1, correct5)``. ``reduce_sums``, when given, maps the
+        float64 vector of these four sums to their totals over every process (an all-reduce
+        sum; None: this process alone); every mean (loss, top-1, top-5) divides those."""
         self.settle()
-        n = max(self.images, 1)
-        return {f"{prefix}_loss": self.loss_sum / n, f"{prefix}_top1": self.correct1 / n,
-                f"{prefix}_top5": self.correct5 / n, f"{prefix}_images": self.images,
-                f"{prefix}_images_per_second": self.images / max(self.seconds, 1e-9),
+        sums = np.array([self.images, self.loss_sum, self.correct1, self.correct5], np.float64)
+        if reduce_sums is not None:
+            sums = np.asarray(reduce_sums(sums), dtype=np.float64)
+        images, loss_sum, correct1, correct5 = sums.tolist()
+        return int(images), loss_sum, int(correct1), int(correct5)
+
+    def metrics(self, prefix, reduce_sums=None) -> dict:
+        images, loss_sum, correct1, correct5 = self.totals(reduce_sums)
+        n = max(images, 1)
+        return {f"{prefix}_loss": loss_sum / n, f"{prefix}_top1": correct1 / n,
+                f"{prefix}_top5": correct5 / n, f"{prefix}_images": images,
+                f"{prefix}_images_per_second": images / max(self.seconds, 1e-9),
                 f"{prefix}_data_seconds": self.data_seconds,
                 f"{prefix}_compute_seconds": self.compute_seconds}
 
@@ -229,7 +257,7 @@ def _averaged_crop_scores(model, x, y, checked=None):
     return loss_sum, probs
 
 
-def _evaluate(model, loader, scores, keep=None) -> dict:
+def _evaluate(model, loader, scores, keep=None, reduce_sums=None) -> dict:
     """Sum ``scores(model, x, y) -> (loss summed over the batch, (N, classes) scores)`` over
     ``loader`` in eval mode without gradients; top-k is ranked on the scores. ``keep(scores)``,
     when given, is kept for every image (``"probabilities"``, with ``"labels"``)."""
@@ -248,7 +276,7 @@ def _evaluate(model, loader, scores, keep=None) -> dict:
                     labels.append(y)
     finally:
         model.train(was_training)
-    metrics = {k.split("_", 1)[1]: v for k, v in running.metrics("x").items()}
+    metrics = {k.split("_", 1)[1]: v for k, v in running.metrics("x", reduce_sums).items()}
     if keep is not None:
         metrics["probabilities"] = _gathered(kept, np.float32)
         metrics["labels"] = _gathered(labels, np.int64)
@@ -279,48 +307,54 @@ def _timed(iterator, running):
 
 # -- the trainer -------------------------------------------------------------------------------
 class Trainer:
-    """Train ``model`` with ``optimizer`` on ``train_loader`` for ``epochs``, validating on
-    ``val_loader`` after each; see the module docstring for what it writes and how it resumes.
+    """Train ``model`` with ``optimizer`` on ``train_loader`` for ``epochs``, calling
+    ``extensions`` (:mod:`minialex.extensions`) at their points; see the module docstring for
+    resuming, Ctrl-C and stopping early.
 
     Args:
         model: a Module mapping a batch (N, C, H, W) to logits (N, classes), on its device.
         optimizer: e.g. :class:`minialex.optim.SGD` over ``model.parameters()``.
         train_loader: a :class:`minialex.data.Loader` (its ``state_dict`` is checkpointed).
         val_loader: a Loader for validation (needed for ``best.npz`` and ReduceLROnPlateau).
-        scheduler: ReduceLROnPlateau (stepped on the validation error), StepLR, or None.
-        warmup: a :class:`minialex.optim.LinearWarmup`, or None.
-        watch: a :class:`minialex.watch.LossWatch`, or None (NaN/inf still stop the run).
         epochs: total epochs of the run (a resumed run counts the epochs already done).
+        extensions: what runs around the loop; None: :func:`~minialex.extensions.
+            standard_extensions` of ``val_loader``, ``scheduler`` (ReduceLROnPlateau, stepped
+            on the validation error, or StepLR), ``warmup`` (a LinearWarmup), ``watch`` (a
+            LossWatch; without one a NaN/inf loss still stops the run), ``print_freq``
+            (progress line every so many steps; 0: only the epoch lines) and ``out_dir``.
         out_dir: where checkpoints and ``metrics.jsonl`` go (None: nowhere).
         config: JSON-able run settings, stored in the checkpoints.
         extra_state: JSON-able facts stored in the checkpoints as they are (e.g. class names).
-        print_freq: progress line every ``print_freq`` steps (0: only the epoch lines).
         stream: where progress goes (default ``sys.stdout``); rewritten in place on a terminal.
+        rank: this process's rank among those training the model together; extensions marked
+            ``rank0_only`` run only at rank 0.
+        reduce_sums: sums over every process (see :meth:`Running.totals`); None: one process.
     """
 
-    def __init__(self, model, optimizer, train_loader, val_loader=None, *, scheduler=None,
-                 warmup=None, watch=None, epochs=1, out_dir=None, config=None,
-                 extra_state=None, print_freq=50, stream=None):
-        if isinstance(scheduler, ReduceLROnPlateau) and val_loader is None:
-            raise ValueError("Trainer: ReduceLROnPlateau steps on the validation error, so it "
-                             "needs a val_loader")
-        if not isinstance(epochs, (int, np.integer)) or epochs < 1:
-            raise ValueError(f"Trainer: epochs must be a positive int, got {epochs!r}")
-        self.model, self.optimizer, self.scheduler = model, optimizer, scheduler
-        self.warmup, self.watch = warmup, watch
+    def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs=1,
+                 extensions=None, scheduler=None, warmup=None, watch=None, print_freq=50,
+                 out_dir=None, config=None, extra_state=None, stream=None, rank=0,
+                 reduce_sums=None):
+        self.model, self.optimizer = model, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
-        self.epochs, self.out_dir, self.print_freq = int(epochs), out_dir, print_freq
+        self.epochs, self.out_dir = positive_int("Trainer", "epochs", epochs), out_dir
+        if extensions is None:
+            extensions = standard_extensions(val_loader, scheduler=scheduler, warmup=warmup,
+                                             watch=watch, print_freq=print_freq, out_dir=out_dir)
+        self.rank, self.reduce_sums = rank, reduce_sums
+        self.extensions = sorted((e for e in extensions if rank == 0 or not e.rank0_only),
+                                 key=lambda e: e.order)
         self.config, self.extra_state = dict(config or {}), dict(extra_state or {})
         self.status = StatusLine(stream)
-        self.architecture = getattr(model, "variant", type(model).__name__)
+        self.architecture = checkpoint.architecture(model)
         self.epoch, self.step = 0, 0          # epochs completed; steps done in the current one
         self.global_step = 0                  # steps done in the whole run
         self.running = Running()              # sums of the current training epoch
         self.best_val_error, self.best_epoch = math.inf, None
         self.history, self.stopped, self.warnings = [], None, []
         self.train_images_total, self.train_seconds_total = 0, 0.0
+        self.last_saved = None                # (epoch, step) of the last last.npz written
         self._interrupted = False
-        self._last_saved = None               # (epoch, step) of the last last.npz written
         if out_dir is not None:
             os.makedirs(out_dir, exist_ok=True)
 
@@ -331,13 +365,40 @@ class Trainer:
     def path(self, name):
         return None if self.out_dir is None else os.path.join(self.out_dir, name)
 
+    def extension(self, kind):
+        """The first extension of type ``kind``, or None."""
+        return next((e for e in self.extensions if isinstance(e, kind)), None)
+
+    def say(self, text):
+        """A permanent line on the status line (at rank 0 only)."""
+        if self.rank == 0:
+            self.status.print(text)
+
+    def where(self) -> str:
+        """The step being taken, for messages: ``epoch 2, step 3/5 (lr 0.01)``."""
+        return (f"epoch {self.epoch + 1}, step {self.step + 1}/{len(self.train_loader)} (lr "
+                f"{self.optimizer.lr:g})")
+
+    def request_stop(self, reason: str):
+        """End the run after this epoch; ``fit`` returns ``reason``."""
+        self.stopped = self.stopped or reason
+
+    def evaluate(self, loader) -> dict:
+        """:func:`evaluate` of the model on ``loader``, summed over every process."""
+        return evaluate(self.model, loader, reduce_sums=self.reduce_sums)
+
+    def _call(self, point, *args):
+        for extension in self.extensions:
+            getattr(extension, point)(self, *args)
+
     def fit(self) -> str:
-        """Train until ``epochs`` are done, the schedule is exhausted, or Ctrl-C; returns (and
-        sets ``self.stopped`` to) ``"completed"``, ``"schedule exhausted"`` or
-        ``"interrupted"``. Raises :class:`~minialex.watch.TrainingStopped` when the loss is
-        NaN/inf or stuck at chance."""
+        """Train until ``epochs`` are done, an extension stops the run (the schedule is
+        exhausted), or Ctrl-C; returns (and sets ``self.stopped`` to) ``"completed"``,
+        ``"schedule exhausted"`` or ``"interrupted"``. Raises
+        :class:`~minialex.watch.TrainingStopped` when the loss is NaN/inf or stuck at chance
+        (``self.stopped`` then says so)."""
         self._interrupted, self.stopped = False, None
-        self._trim_metrics()        # a fresh run starts it anew (a killed run may have left lines)
+        self._call("before_fit")
         try:
             # the watch names a non-finite loss itself, once: no NumPy overflow warnings first
             with self._first_ctrl_c_sets_a_flag(), np.errstate(over="ignore", invalid="ignore"):
@@ -346,18 +407,19 @@ class Trainer:
                         self._end_epoch()
                     if self._interrupted:
                         self.stopped = "interrupted"
-                    elif getattr(self.scheduler, "exhausted", False):
-                        self.stopped = "schedule exhausted"
+        except TrainingStopped as exc:
+            self.stopped = f"{exc.reason}: {exc}"
+            raise
         except KeyboardInterrupt:
-            self.status.print(f"\nstopped at once: nothing saved; {self.path('last.npz')} holds "
-                              f"the state saved before")
+            self.say(f"\nstopped at once: nothing saved; {self.path('last.npz')} holds the "
+                     f"state saved before")
             raise
         self.stopped = self.stopped or "completed"
+        self._call("after_fit")
         if self.stopped == "interrupted":
-            with self._writing():
-                saved = self.save("last.npz")
-            self.status.print(f"interrupted at {_where(self.epoch, self.step)}"
-                              + (f"; saved {saved}" if saved else ""))
+            saved = self.last_saved == (self.epoch, self.step) and self.path("last.npz")
+            self.say(f"interrupted at {_where(self.epoch, self.step)}"
+                     + (f"; saved {saved}" if saved else ""))
         return self.stopped
 
     @contextlib.contextmanager
@@ -372,8 +434,8 @@ class Trainer:
             if self._interrupted:
                 raise KeyboardInterrupt
             self._interrupted = True
-            self.status.print("\nCtrl-C: stopping after this step and saving a checkpoint "
-                              "(Ctrl-C again to stop at once)")
+            self.say("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again "
+                     "to stop at once)")
 
         previous = signal.signal(signal.SIGINT, on_sigint)
         try:
@@ -386,244 +448,94 @@ class Trainer:
         total = len(self.train_loader)
 
         def before_update(loss):
-            where = (f"epoch {self.epoch + 1}, step {self.step + 1}/{total} (lr "
-                     f"{self.optimizer.lr:g})")
-            if self.watch is not None:
-                warning = self.watch.check(self.global_step, loss, where)
-                if warning and len(self.warnings) < MAX_KEPT:      # the watch counts them all
-                    self.warnings.append(warning)
-                    self.status.print(f"warning: {warning}")
-            elif not math.isfinite(loss):
-                raise TrainingDiverged(f"training diverged: the loss is {loss} at {where}")
-            if self.warmup is not None:
-                self.warmup.step()
+            if self.reduce_sums is not None:      # the mean over every process's batch
+                loss_sum, batches = self.reduce_sums(np.array([loss, 1.0]))
+                loss = float(loss_sum / batches)
+            self._call("before_update", loss)
 
         def after_step(running):
             self.step, self.global_step = running.steps, self.global_step + 1
-            if self.print_freq and (self.step % self.print_freq == 0 or self.step == total):
-                self.status.show(self._progress_line(total))
+            self._call("after_step")
             # on the last step, let the loader finish its epoch, so that its state is the next's
             return self._interrupted and self.step < total
 
         try:
             self.running = train_one_epoch(
                 self.model, self.train_loader, self.optimizer, start=self.step,
-                running=self.running, before_update=before_update, after_step=after_step)
+                running=self.running, before_update=before_update,
+                after_backward=lambda: self._call("after_backward"), after_step=after_step)
         except TrainingStopped as exc:          # say what the disk still holds
-            raise type(exc)(f"{exc.what}; stopped without saving, {self._kept()}",
+            if self.out_dir is None:
+                raise
+            raise type(exc)(f"{exc.what}; stopped without saving, {self.kept()}",
                             exc.advice) from None
         return not self._interrupted or self.step == total
 
-    def _kept(self) -> str:
+    def _end_epoch(self):
+        lr = self.optimizer.lr
+        record = {"epoch": self.epoch + 1, "lr": lr, "schedule_lr": lr, "steps": self.global_step,
+                  **self.running.metrics("train", self.reduce_sums)}
+        self._call("validate", record)
+        improved = record.get("val_error", math.inf) < self.best_val_error
+        record["best"] = improved
+        record["time"] = datetime.datetime.now().isoformat(timespec="seconds")
+        # the epoch is complete: count it, then let the extensions schedule, log and save it
+        self.train_images_total += record["train_images"]
+        self.train_seconds_total += self.running.seconds
+        self.epoch, self.step, self.running = self.epoch + 1, 0, Running()
+        if improved:
+            self.best_val_error, self.best_epoch = record["val_error"], self.epoch
+        self.history.append(record)
+        self._call("end_epoch", record)
+
+    # -- what is on disk -----------------------------------------------------------------------
+    def kept(self) -> str:
+        """What ``last.npz`` holds now, for messages."""
         last = self.path("last.npz")
-        if self._last_saved is not None:
-            return f"{last} keeps the last good state, from {_where(*self._last_saved)}"
+        if self.last_saved is not None:
+            return f"{last} keeps the last good state, from {_where(*self.last_saved)}"
         if last is not None and os.path.exists(last):
             return f"{last} is left as it was"
         return "no checkpoint had been written yet"
 
     @contextlib.contextmanager
-    def _writing(self):
+    def writing(self):
         """A failed write (disk full, quota, permission) stops the run with one line: the
         file, the cause, what the disk still holds, and how to resume."""
         try:
             yield
         except checkpoint.WriteError as exc:
             last = self.path("last.npz")
-            then = self._kept() + (f"; resume with --resume {last}" if self._last_saved
-                                   or os.path.exists(last) else "; start the run again")
+            then = self.kept() + (f"; resume with --resume {last}" if self.last_saved
+                                  or os.path.exists(last) else "; start the run again")
             raise checkpoint.WriteError(exc.filename, exc, then) from None
 
-    def _end_epoch(self):
-        val = evaluate(self.model, self.val_loader) if self.val_loader is not None else None
-        if val is not None and not math.isfinite(val["loss"]):
-            # weights that give a NaN validation loss are no "best": keep what is on disk
-            raise TrainingDiverged(
-                f"training diverged: validation loss is {val['loss']} after epoch "
-                f"{self.epoch + 1} (lr {self.optimizer.lr:g}); stopped before saving that "
-                f"epoch, so any checkpoint on disk is from an earlier one")
-        lr = self.optimizer.lr
-        # schedule_lr: the rate the schedule set, which the warm-up ramps towards (lr while the
-        # ramp is over): the report marks changes of it, not the ramp's
-        warming_up = self.warmup is not None and self.warmup.active
-        record = {"epoch": self.epoch + 1, "lr": lr,
-                  "schedule_lr": self.warmup.target if warming_up else lr,
-                  "steps": self.global_step, **self.running.metrics("train")}
-        if val is not None:
-            record.update({f"val_{k}": v for k, v in val.items()})
-            record["val_error"] = 1.0 - val["top1"]
-        improved = val is not None and record["val_error"] < self.best_val_error
-        record["best"] = improved
-        record["time"] = datetime.datetime.now().isoformat(timespec="seconds")
-        # the epoch is complete: advance the state, log it, then save it
-        self.train_images_total += self.running.images
-        self.train_seconds_total += self.running.seconds
-        self.epoch, self.step, self.running = self.epoch + 1, 0, Running()
-        if improved:
-            self.best_val_error, self.best_epoch = record["val_error"], self.epoch
-        # a plateau while the rate is still rising is no plateau: let the warm-up end first
-        if self.scheduler is not None and not (warming_up and
-                                               isinstance(self.scheduler, ReduceLROnPlateau)):
-            with (self.warmup.scheduling() if self.warmup else contextlib.nullcontext()):
-                self.scheduler.step(record.get("val_error"))
-        self.history.append(record)
-        with self._writing():
-            if self.out_dir is not None:
-                try:
-                    with open(self.path(METRICS_FILE), "a") as f:
-                        f.write(json.dumps(record) + "\n")
-                except OSError as exc:
-                    raise checkpoint.WriteError(self.path(METRICS_FILE), exc) from None
-            state = self.state()                # built once for both files
-            # best first: a kill between the two leaves last.npz at the epoch before, which
-            # redoes this one and rewrites best.npz; the other order would leave last.npz
-            # naming a best epoch that best.npz does not hold
-            if improved:
-                self.save("best.npz", state)
-            self.save("last.npz", state)
-        self.status.print(self._epoch_line(record))
-
-    # -- output ------------------------------------------------------------------------------
-    def _progress_line(self, total) -> str:
-        r = self.running.settle()
-        steps = max(r.steps, 1)
-        eta = (total - self.step) * r.seconds / steps
-        return (f"epoch {self.epoch + 1}/{self.epochs} [{self.step:>{len(str(total))}}/{total}] "
-                f"loss {r.loss_sum / max(r.images, 1):.4f} "
-                f"acc {r.correct1 / max(r.images, 1):6.2%} "
-                f"{r.images / max(r.seconds, 1e-9):8.1f} img/s | data "
-                f"{1e3 * r.data_seconds / steps:6.1f} ms compute "
-                f"{1e3 * r.compute_seconds / steps:7.1f} ms per step | lr {self.optimizer.lr:.3g}"
-                f" | ETA {_clock(eta)}")
-
-    def _epoch_line(self, record) -> str:
-        line = (f"epoch {record['epoch']}/{self.epochs}: train loss {record['train_loss']:.4f} "
-                f"top1 {record['train_top1']:.2%} ({record['train_images_per_second']:.1f} "
-                f"img/s, data {record['train_data_seconds']:.1f} s + compute "
-                f"{record['train_compute_seconds']:.1f} s)")
-        if "val_loss" in record:
-            line += (f" | val loss {record['val_loss']:.4f} top1 {record['val_top1']:.2%} "
-                     f"top5 {record['val_top5']:.2%}")
-        line += f" | lr {record['lr']:g}" + (" | best" if record["best"] else "")
-        if self.optimizer.lr != record["lr"] and not (self.warmup and self.warmup.active):
-            line += f" | lr -> {self.optimizer.lr:g}"
-        return line
-
-    # -- checkpoints -------------------------------------------------------------------------
     def state(self) -> dict:
-        """The whole training state as a checkpoint tree (see the module docstring)."""
+        """The whole training state as a checkpoint tree (:func:`checkpoint.training_state`)."""
         self.running.settle()
-        return {
-            "architecture": self.architecture,
-            "config": self.config,
-            **self.extra_state,
-            # host copies, read from the device once however many files are written
-            "model": {k: backend.to_numpy(v) for k, v in self.model.state_dict().items()},
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "warmup": None if self.warmup is None else self.warmup.state_dict(),
-            "watch": None if self.watch is None else self.watch.state_dict(),
-            "trainer": {"epoch": self.epoch, "step": self.step, "epochs": self.epochs,
-                        "global_step": self.global_step,
-                        "running": dataclasses.asdict(self.running),
-                        "best_val_error": self.best_val_error, "best_epoch": self.best_epoch,
-                        "train_images_total": self.train_images_total,
-                        "train_seconds_total": self.train_seconds_total,
-                        "history": self.history, "warnings": self.warnings},
-            "rng": {"backend": backend.get_rng_state(),
-                    "train_loader": self.train_loader.state_dict()},
-        }
-
-    def save(self, name, state=None):
-        """Write ``state`` (default :meth:`state`) to ``out_dir/name`` atomically; returns the
-        path (None without an ``out_dir``)."""
-        path = self.path(name)
-        if path is not None:
-            checkpoint.save(path, self.state() if state is None else state)
-            if name == "last.npz":
-                self._last_saved = (self.epoch, self.step)
-        return path
+        return checkpoint.training_state(self)
 
     def load_state(self, tree, source="checkpoint"):
         """Restore a :meth:`state` tree (from ``checkpoint.load``); ``source`` names it in
-        errors. A checkpoint of another architecture is refused with the mismatches; a partial
-        one changes nothing. ``metrics.jsonl`` is cut back to the checkpoint's epochs, so an
-        epoch logged after it was saved is not logged twice."""
-        arch, weights = tree.get("architecture"), tree.get("model")
-        if not isinstance(weights, dict):
-            raise ValueError(f"{source}: holds no model weights")
-        if arch != self.architecture:
-            details = _shape_mismatches(self.model, weights)
-            raise ValueError(f"{source}: checkpoint of architecture {arch!r} cannot be loaded "
-                             f"into a {self.architecture!r} model"
-                             + (": " + "; ".join(details) if details else ""))
-        if "rng" in tree and "train_loader" not in tree["rng"] and "shuffle" in tree["rng"]:
-            raise ValueError(f"{source}: written by minialex before 0.2, whose loader state "
-                             f"this version cannot restore: it cannot be resumed, but "
-                             f"--evaluate still reads it")
-        try:  # read every field first, so a partial file changes nothing and says what is missing
-            t, rng = tree["trainer"], tree["rng"]
-            position = int(t["epoch"]), int(t["step"]), int(t.get("global_step", 0))
-            running = Running(**t["running"])
-            best = float(t["best_val_error"]), t["best_epoch"]
-            totals = int(t["train_images_total"]), float(t["train_seconds_total"])
-            history, warnings = list(t["history"]), list(t.get("warnings", []))
-            backend_rng, loader_state = rng["backend"], rng["train_loader"]
-            self.model.load_state_dict(weights)
+        errors. A checkpoint of another architecture is refused with the mismatches, one that
+        cannot be resumed or is incomplete changes nothing (:func:`checkpoint.resumable`)."""
+        saved = checkpoint.resumable(tree, self.model, source)
+        try:
+            running = Running(**saved["running"])
+            self.model.load_state_dict(tree["model"])
             self.optimizer.load_state_dict(tree["optimizer"])
-            for part in ("scheduler", "warmup", "watch"):
-                if getattr(self, part) is not None and tree.get(part) is not None:
-                    getattr(self, part).load_state_dict(tree[part])
-            self.train_loader.load_state_dict(loader_state)
+            self.train_loader.load_state_dict(saved["train_loader"])
         except (KeyError, TypeError) as exc:
             raise ValueError(f"{source}: incomplete training state (missing {exc})") from None
         except ValueError as exc:
             raise ValueError(f"{source}: {exc}") from None
-        self.epoch, self.step, self.global_step = position
+        for name in checkpoint.TRAINER_FIELDS:
+            setattr(self, name, saved[name])
         self.running = running
-        self.best_val_error, self.best_epoch = best
-        self.train_images_total, self.train_seconds_total = totals
-        self.history, self.warnings = history, warnings
-        backend.set_rng_state(backend_rng)
-        self._trim_metrics()
-
-    def _trim_metrics(self):
-        path = self.path(METRICS_FILE)
-        if path is None or not os.path.exists(path):
-            return
-        with open(path) as f:
-            lines = [line for line in f if line.strip()]
-        kept = [line for line in lines if _logged_epoch(line) <= self.epoch]
-        if len(kept) != len(lines):
-            text = "".join(kept)
-            with self._writing():
-                checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
-
-
-def _logged_epoch(line) -> float:
-    """The epoch of a metrics.jsonl line; a line cut short by a kill counts as never written."""
-    try:
-        return json.loads(line)["epoch"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
+        backend.set_rng_state(saved["backend_rng"])
+        self._call("load", tree)
 
 
 def _where(epoch, step) -> str:
     """A point of the run, from (epochs completed, steps into the next one)."""
     return f"the end of epoch {epoch}" if step == 0 and epoch else f"epoch {epoch + 1}, step {step}"
-
-
-def _clock(seconds) -> str:
-    seconds = max(int(round(seconds)), 0)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _shape_mismatches(model, state) -> list:
-    own = {k: tuple(p.shape) for k, p in model.named_parameters()}
-    theirs = {k: tuple(np.shape(v)) for k, v in state.items()}
-    out = [f"{k}: checkpoint {theirs[k]}, model {own[k]}" for k in own
-           if k in theirs and theirs[k] != own[k]]
-    out += [f"{k}: missing from the checkpoint" for k in own if k not in theirs]
-    out += [f"{k}: not in the model" for k in theirs if k not in own]
-    return out
-

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from minialex import checkpoint, recipe, train
+from minialex import checkpoint, extensions, recipe
 from minialex.config import CPU_PRESET
 
 from support import ROOT, SCRIPT, learnable_fashion_mnist, make_trainer
@@ -203,7 +203,7 @@ def test_a_failed_metrics_write_stops_before_the_checkpoint_saying_what_is_kept(
     trainer.epochs = 1                           # epoch 1 as usual, then the disk is full
     trainer.fit()
     trainer.epochs = 2
-    monkeypatch.setattr(train, "open", disk_full_on_append, raising=False)
+    monkeypatch.setattr(extensions, "open", disk_full_on_append, raising=False)
     with pytest.raises(checkpoint.WriteError) as info:
         trainer.fit()
     last = tmp_path / "last.npz"

@@ -10,6 +10,7 @@ import minialex
 from minialex import Tensor, checkpoint, nn
 from minialex.data import ArrayDataset, Loader, fashion_mnist
 from minialex.data.transforms import image_transforms
+from minialex.extensions import LearningRate
 from minialex.models import alexnet
 from minialex.optim import SGD, ReduceLROnPlateau
 from minialex.train import (
@@ -235,7 +236,8 @@ def test_nan_validation_loss_stops_before_saving_a_best_checkpoint(tmp_path):
 def test_an_exhausted_plateau_schedule_stops_the_run(tmp_path):
     trainer = make_trainer(tmp_path, epochs=5)
     trainer.optimizer.lr = 1e-30                   # nothing changes, so nothing improves
-    trainer.scheduler = ReduceLROnPlateau(trainer.optimizer, max_reductions=1)
+    schedule = trainer.extension(LearningRate)
+    schedule.scheduler = ReduceLROnPlateau(trainer.optimizer, max_reductions=1)
     assert trainer.fit() == "schedule exhausted"
     assert trainer.epoch == 3                      # best, reduce, then exhausted
     assert trainer.stopped == "schedule exhausted"
