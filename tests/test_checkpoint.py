@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import minialex
-from minialex import checkpoint
+from minialex import checkpoint, recipe
+from minialex.config import CPU_PRESET
+from minialex.models import alexnet
 
 from support import make_trainer
 
@@ -180,7 +182,8 @@ def test_a_checkpoint_from_before_the_loader_kept_its_state_is_named_as_such(tmp
     make_trainer(tmp_path, epochs=1).fit()
     tree = checkpoint.load(tmp_path / "last.npz")
     tree["rng"] = {"backend": tree["rng"]["backend"], "shuffle": None, "generators": {}}
-    with pytest.raises(ValueError, match="written by minialex before 0.2.*cannot be resumed, but it can still be evaluated"):
+    with pytest.raises(ValueError, match="written by minialex before 0.2.*cannot be resumed, "
+                                         "but it can still be evaluated"):
         make_trainer(tmp_path / "x", epochs=1).load_state(tree, source="old.npz")
 
 
@@ -213,3 +216,31 @@ def test_incomplete_training_state_is_refused_before_anything_changes(tmp_path, 
         fresh.load_state(tree, source="last.npz")
     after = weights(fresh)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_checkpoint_from_before_0_2_is_read_with_its_classes_and_normalisation(tmp_path):
+    # before 0.2 the class names and Fashion-MNIST's mean and std were among the settings
+    minialex.manual_seed(0)
+    weights = alexnet("mini").state_dict()
+    classes = [f"class {k}" for k in range(10)]
+    tree = {"architecture": "mini", "model": weights,
+            "config": {**CPU_PRESET.to_dict(), "classes": classes, "mean": 0.25, "std": 0.5},
+            "rng": {"backend": None, "shuffle": None, "generators": {}}}
+    checkpoint.save(tmp_path / "old.npz", tree)
+    moved = checkpoint.migrate(checkpoint.load(tmp_path / "old.npz"))
+    assert moved["classes"] == classes and moved["normalization"] == {"mean": 0.25, "std": 0.5}
+    run, _ = recipe.load_checkpoint(tmp_path / "old.npz", splits=False)
+    assert run.data.classes == classes and run.normalization == {"mean": 0.25, "std": 0.5}
+    for name, value in run.model.state_dict().items():
+        np.testing.assert_array_equal(value, weights[name], err_msg=name)
+
+
+def test_weights_of_another_architecture_are_refused_naming_what_differs(tmp_path):
+    minialex.manual_seed(0)
+    tree = {"architecture": "mini", "model": alexnet("mini").state_dict()}
+    with pytest.raises(ValueError, match=r"^x.npz: checkpoint of architecture 'mini' cannot be "
+                                         r"loaded into a 'small' model: .*features.0.weight: "
+                                         r"checkpoint \(\d+, 1, \d+, \d+\), model"):
+        checkpoint.load_weights(alexnet("small"), tree, "x.npz")
+    with pytest.raises(ValueError, match="^x.npz: holds no model weights$"):
+        checkpoint.load_weights(alexnet("mini"), {"architecture": "mini"}, "x.npz")
