@@ -53,7 +53,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))   # run fro
 import minialex  # noqa: E402
 from minialex import Tensor, backend, nn  # noqa: E402
 from minialex import functional as F  # noqa: E402
-from minialex.layers._common import cpu_threads  # noqa: E402
+from minialex.cpu import cpu_threads  # noqa: E402
 from minialex.models import alexnet  # noqa: E402
 from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY  # noqa: E402
 

@@ -1,9 +1,10 @@
 r"""The GPU side of minialex: the hand-written kernels in ``kernels/*.cu`` and cuBLAS GEMM.
 
-Each op here has the same signature and returns the same layout as its NumPy sibling in
-``minialex/layers/`` (``_im2col_cpu``, ``_max_pool_forward_cpu``, ...), so a layer picks one at a
-single point: ``impl = cuda.im2col if is_gpu_array(x) else _im2col_cpu``. The ops take and
-return contiguous CuPy arrays of float32 or float64 (max-pool's arg-max is int32).
+Each op here computes what the plain NumPy version of the same name in ``minialex/layers/``
+computes (the reference it is tested against) and has the same signature and layout as its fast
+CPU sibling in :mod:`minialex.cpu`, so a layer picks one in a single line:
+``cuda.max_pool_forward if is_gpu_array(x) else cpu.max_pool_forward``. The ops take and return
+contiguous CuPy arrays of float32 or float64 (max-pool's arg-max is int32).
 
 Kernels. Each ``kernels/X.cu`` exports ``<op>_f32`` and ``<op>_f64`` under plain ``extern "C"``
 names. A file is compiled by NVRTC through ``cupy.RawModule`` the first time one of its kernels
@@ -144,7 +145,50 @@ def _same_dtype(op: str, reference, **arrays) -> None:
                             f"{reference.dtype}")
 
 
-# -- convolution: im2col, col2im, bias-add (kernels/im2col.cu) -------------------------------
+# -- convolution: im2col, one GEMM per group, bias-add (kernels/im2col.cu) -------------------
+def conv2d_forward(x, w, b, SH, SW, PH, PW, G, keep=True):
+    """``(y, kept)``: y = conv2d(x, w, b) for the whole batch at once (im2col, one cuBLAS GEMM
+    per group, bias), computed as the formula in ``minialex/layers/conv.py`` is written; ``kept``
+    is ``col``, from which backward computes gw, when ``keep``, else None."""
+    cupy = backend.require_cupy()
+    N, C, H, W = x.shape
+    OC, Cg, KH, KW = w.shape
+    OCg, K = OC // G, Cg * KH * KW
+    OH, OW = output_size(H, KH, SH, PH), output_size(W, KW, SW, PW)
+    col = im2col(x, KH, KW, SH, SW, PH, PW)
+    w_mat = cupy.ascontiguousarray(w).reshape(OC, K)
+    Y = cupy.empty((OC, N * OH * OW), dtype=x.dtype)
+    for g in range(G):
+        gemm(w_mat[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K], out=Y[g * OCg:(g + 1) * OCg])
+    return bias_add_nchw(Y, b, N, OH, OW), (col if keep else None)
+
+
+def conv2d_backward(gy, col, w, x_shape, SH, SW, PH, PW, G, needs=(True, True, True)):
+    """``(gx, gw, gb)`` of conv2d from gy and the ``col`` kept by :func:`conv2d_forward`: gx
+    when ``needs[0]`` (col2im of w^T gY), gw when ``needs[1]`` (gY col^T), gb when ``needs[2]``
+    (absent: no bias); a result not wanted is None."""
+    cupy = backend.require_cupy()
+    OC, Cg, KH, KW = w.shape
+    OCg, K = OC // G, Cg * KH * KW
+    gY = cupy.ascontiguousarray(gy.transpose(1, 0, 2, 3)).reshape(OC, -1)  # (OC, N*OH*OW)
+    gx = gw = gb = None
+    if needs[1]:
+        gw = cupy.empty((OC, K), dtype=gy.dtype)
+        for g in range(G):
+            gemm(gY[g * OCg:(g + 1) * OCg], col[g * K:(g + 1) * K].T, out=gw[g * OCg:(g + 1) * OCg])
+        gw = gw.reshape(w.shape)
+    if needs[0]:
+        w_mat = cupy.ascontiguousarray(w).reshape(OC, K)
+        gcol = cupy.empty((G * K, gY.shape[1]), dtype=gy.dtype)
+        for g in range(G):
+            gemm(w_mat[g * OCg:(g + 1) * OCg].T, gY[g * OCg:(g + 1) * OCg],
+                 out=gcol[g * K:(g + 1) * K])
+        gx = col2im(gcol, x_shape, KH, KW, SH, SW, PH, PW)
+    if len(needs) > 2 and needs[2]:
+        gb = gY.sum(axis=1)
+    return gx, gw, gb
+
+
 def im2col(x, KH, KW, SH, SW, PH, PW):
     """x (N, C, H, W) -> col (C*KH*KW, N*OH*OW); see ``minialex.layers.conv.im2col``."""
     cupy = backend.require_cupy()
@@ -193,9 +237,10 @@ def bias_add_nchw(Y, b, N, OH, OW):
 
 
 # -- max pooling (kernels/pool.cu) ------------------------------------------------------------
-def max_pool_forward(x, KH, KW, SH, SW, PH, PW):
+def max_pool_forward(x, KH, KW, SH, SW, PH, PW, with_argmax=True):
     """(y, argmax) for x (N, C, H, W): padding counts as -inf; argmax (int32) = kh*KW + kw of
-    the first maximum in row-major order."""
+    the first maximum in row-major order, or None unless ``with_argmax`` (the kernel writes it
+    anyway; it is not kept)."""
     cupy = backend.require_cupy()
     x = cupy.ascontiguousarray(x)
     N, C, H, W = x.shape
@@ -204,7 +249,7 @@ def max_pool_forward(x, KH, KW, SH, SW, PH, PW):
     argmax = cupy.empty((N, C, OH, OW), dtype=np.int32)
     _launch("max_pool_forward", x.dtype, y.size,
             (x, *_ints(N, C, H, W, KH, KW, SH, SW, PH, PW, OH, OW), y, argmax))
-    return y, argmax
+    return y, (argmax if with_argmax else None)
 
 
 def max_pool_backward(gy, argmax, x_shape, KH, KW, SH, SW, PH, PW):
@@ -248,7 +293,12 @@ def lrn_backward(x, y, scale, gy, size, alpha, beta):
     return gx
 
 
-# -- element-wise: ReLU backward, dropout (kernels/relu.cu, kernels/dropout.cu) ---------------
+# -- element-wise: ReLU, dropout (kernels/relu.cu, kernels/dropout.cu) ------------------------
+def relu_forward(x):
+    """y = max(0, x): one CuPy element-wise op, which needs no kernel of ours."""
+    return backend.require_cupy().maximum(x, 0)
+
+
 def relu_backward(y, gy):
     """gx = gy where y > 0, else 0."""
     cupy = backend.require_cupy()

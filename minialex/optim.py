@@ -37,24 +37,19 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 
 import numpy as np
 
-from . import backend
-from .layers._common import cpu_parallel, scratch
+from . import backend, cpu
+from .checks import is_real, non_negative_int, positive_int
 from .tensor import Tensor
 
 MOMENTUM = 0.9          # paper Sec. 5
 WEIGHT_DECAY = 5e-4     # paper Sec. 5
 
 
-def _real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _check(owner: str, name: str, value, ok: bool, expected: str) -> float:
-    if not (_real(value) and ok):
+    if not (is_real(value) and ok):
         raise ValueError(f"{owner}: {name} must be {expected}, got {value!r}")
     return float(value)
 
@@ -82,9 +77,9 @@ class SGD:
             raise ValueError("SGD: params is empty; pass model.parameters()")
         self.lr = lr
         self.momentum = _check("SGD", "momentum", momentum,
-                               _real(momentum) and 0 <= momentum < 1, "in [0, 1)")
+                               is_real(momentum) and 0 <= momentum < 1, "in [0, 1)")
         self.weight_decay = _check("SGD", "weight_decay", weight_decay,
-                                   _real(weight_decay) and weight_decay >= 0, ">= 0")
+                                   is_real(weight_decay) and weight_decay >= 0, ">= 0")
         self.velocity = [None] * len(self.params)   # v per parameter, created at its first step
 
     @property
@@ -93,7 +88,7 @@ class SGD:
 
     @lr.setter
     def lr(self, value):
-        self._lr = _check("SGD", "lr", value, _real(value) and value > 0, "a finite number > 0")
+        self._lr = _check("SGD", "lr", value, is_real(value) and value > 0, "a finite number > 0")
 
     def step(self):
         lr, m, wd = self._lr, self.momentum, self.weight_decay
@@ -114,7 +109,7 @@ class SGD:
         if backend.is_gpu_array(w) or not (w.flags.c_contiguous and v.flags.c_contiguous):
             _momentum_step(w, g, v, lr, m, wd)
         else:
-            _momentum_step_cpu(w, g, v, lr, m, wd)
+            cpu.chunked_update(_momentum_step, w, g, v, lr, m, wd)
 
     def zero_grad(self):
         for p in self.params:
@@ -192,13 +187,12 @@ class ReduceLROnPlateau:
             raise TypeError(f"ReduceLROnPlateau: optimizer must have an lr attribute, got "
                             f"{type(optimizer).__name__}")
         self.optimizer = optimizer
-        self.factor = _check("ReduceLROnPlateau", "factor", factor, _real(factor) and
+        self.factor = _check("ReduceLROnPlateau", "factor", factor, is_real(factor) and
                              0 < factor < 1, "in (0, 1)")
-        self.threshold = _check("ReduceLROnPlateau", "threshold", threshold, _real(threshold)
+        self.threshold = _check("ReduceLROnPlateau", "threshold", threshold, is_real(threshold)
                                 and threshold >= 0, ">= 0")
         for name, value in (("patience", patience), ("max_reductions", max_reductions)):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"ReduceLROnPlateau: {name} must be an int >= 0, got {value!r}")
+            non_negative_int("ReduceLROnPlateau", name, value)
         if mode not in ("min", "max"):
             raise ValueError(f"ReduceLROnPlateau: mode must be 'min' or 'max', got {mode!r}")
         self.patience, self.max_reductions, self.mode = int(patience), int(max_reductions), mode
@@ -271,11 +265,9 @@ class StepLR:
         if not hasattr(optimizer, "lr"):
             raise TypeError(f"StepLR: optimizer must have an lr attribute, got "
                             f"{type(optimizer).__name__}")
-        if not isinstance(step_size, (int, np.integer)) or isinstance(step_size, bool) \
-                or step_size < 1:
-            raise ValueError(f"StepLR: step_size must be a positive int, got {step_size!r}")
-        self.optimizer, self.step_size = optimizer, int(step_size)
-        self.gamma = _check("StepLR", "gamma", gamma, _real(gamma) and 0 < gamma <= 1,
+        self.optimizer = optimizer
+        self.step_size = positive_int("StepLR", "step_size", step_size)
+        self.gamma = _check("StepLR", "gamma", gamma, is_real(gamma) and 0 < gamma <= 1,
                             "in (0, 1]")
         self.epoch = 0
 
@@ -320,9 +312,8 @@ class LinearWarmup:
     """
 
     def __init__(self, optimizer, steps: int):
-        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"LinearWarmup: steps must be an int >= 0, got {steps!r}")
-        self.optimizer, self.steps = optimizer, int(steps)
+        self.optimizer = optimizer
+        self.steps = non_negative_int("LinearWarmup", "steps", steps)
         self.target = optimizer.lr
         self.taken = 0                      # optimiser steps seen so far
 
@@ -367,25 +358,3 @@ def _momentum_step(w, g, v, lr, m, wd, d=None):
     v -= d
     w += v
 
-
-STEP_CHUNK = 1 << 16  # elements: a chunk's w, g, v and d (1 MiB in float32) stay in L2 cache
-
-
-def _momentum_step_cpu(w, g, v, lr, m, wd):
-    """:func:`_momentum_step` over chunks of the flattened arrays, in threads.
-
-    Why: over a whole fc6 weight each of the six passes reads and writes 150 MB from memory,
-    on one core, and ``wd * w`` is a fresh array whose pages fault in at every step; chunk by
-    chunk the passes run in cache, on every core. Each element meets the same operations in
-    the same order, so the result has the same bits as the whole-array update.
-    """
-    w_flat, v_flat = w.reshape(-1), v.reshape(-1)
-    g_flat = np.ascontiguousarray(g).reshape(-1)
-
-    def step_chunks(c0, c1):
-        d = scratch("sgd_d", (STEP_CHUNK,), w.dtype)
-        for start in range(c0 * STEP_CHUNK, min(c1 * STEP_CHUNK, w.size), STEP_CHUNK):
-            part = slice(start, min(start + STEP_CHUNK, w.size))
-            _momentum_step(w_flat[part], g_flat[part], v_flat[part], lr, m, wd,
-                           d=d[:part.stop - part.start])
-    cpu_parallel(step_chunks, -(-w.size // STEP_CHUNK), 6 * w.size)

@@ -4,8 +4,8 @@ import io
 import numpy as np
 import pytest
 
-from minialex import Module, Parameter, optim
-from minialex.layers import _common
+from minialex import Module, Parameter
+from minialex.cpu import threads, update
 from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY, ReduceLROnPlateau, StepLR
 
 from conftest import TOL
@@ -248,9 +248,10 @@ def test_large_parameters_update_chunk_by_chunk_with_the_bits_of_the_whole_array
     # The CPU update runs over chunks of the flattened arrays in threads (four here, whatever
     # the machine has); each element must meet the operations of the formula in the docstring's
     # order: v <- m v - lr (wd w + g), w <- w + v, as whole arrays in the same dtype.
-    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
+    monkeypatch.setattr(threads, "cpu_threads", lambda: 4)
+    monkeypatch.setattr(threads, "INLINE_WORK", 0)  # pieces of chunks in threads at any size
     rng = np.random.default_rng(0)
-    shape = (3, optim.STEP_CHUNK + 7)  # chunk edges inside rows, a short last chunk
+    shape = (3, update.STEP_CHUNK + 7)  # chunk edges inside rows, a short last chunk
     w0 = rng.standard_normal(shape).astype(dtype)
     grads = [rng.standard_normal(shape).astype(dtype) for _ in range(3)]
     w = Parameter(w0.copy())

@@ -8,17 +8,28 @@ Two rules keep minialex readable from its imports alone:
 (b) The modules form a DAG, with one allowed cycle: ``tensor`` <-> ``ops`` (``Tensor``'s
     operators create ``ops`` Functions and ``ops`` subclasses ``tensor.Function``; ``tensor``
     imports ``ops`` on its last line, after ``Function`` exists).
+
+And the layer files read as the math (c): each is short, holds no thread, scratch-buffer, BLAS
+or cgroup code, and reaches the fast CPU code only through ``cpu.<op>`` in its one-line
+dispatch; the fast code (``minialex/cpu/``, ``cuda.py``) imports no layer.
 """
 import ast
 import pathlib
+import re
 import subprocess
 import sys
+
+import pytest
+
+from minialex import cpu
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minialex"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
 
-ALLOWED_LAZY_IMPORTS = {("minialex.backend", "cupy")}
+# mpi4py starts MPI when imported: minialex.distributed imports it only when a run asks for MPI
+ALLOWED_LAZY_IMPORTS = {("minialex.backend", "cupy"),
+                        ("minialex.distributed", "from mpi4py import MPI")}
 ALLOWED_CYCLES = [{"minialex.tensor", "minialex.ops"}]
 DYNAMIC_IMPORTS = {"import_module", "__import__"}  # importlib.import_module, __import__
 
@@ -171,7 +182,8 @@ def test_no_import_inside_a_function_except_lazy_cupy():
                 offenders.append(f"{path.relative_to(ROOT)}:{line}: {what}")
     assert offenders == [], "imports inside functions (move them to the top):\n" + "\n".join(
         offenders)
-    assert lazy == ALLOWED_LAZY_IMPORTS, "backend.py should import CuPy lazily, once"
+    assert lazy == ALLOWED_LAZY_IMPORTS, ("backend.py should import CuPy lazily, once (and "
+                                          "distributed.py mpi4py)")
 
 
 def test_nested_import_finder_sees_functions_classes_and_dynamic_imports():
@@ -197,7 +209,7 @@ def test_no_import_cycles_except_tensor_and_ops():
 def test_the_graph_sees_relative_and_absolute_imports():
     graph = import_graph()
     assert "minialex.backend" in graph["minialex.cuda"]            # from . import backend
-    assert "minialex.layers._common" in graph["minialex.layers.conv"]  # from ._common import
+    assert "minialex.checks" in graph["minialex.layers.conv"]      # from ..checks import
     assert "minialex.tensor" in graph["minialex.layers.conv"]      # from ..tensor import
     assert {"minialex.tensor", "minialex.ops"} in cycles(graph)    # the allowed one is found
 
@@ -228,3 +240,81 @@ def test_the_example_is_flags_to_config_to_fit_with_no_logic_of_its_own():
                         "minialex.watch"}, imported
     for name in ("Trainer(", "Loader(", "checkpoint.", "SGD(", "alexnet("):
         assert name not in source, f"the example does {name} itself"
+
+
+# -- (c) the layer files are the math; the fast code lives in cpu/ and cuda.py -----------------
+LAYER_SOURCES = sorted((PACKAGE / "layers").glob("*.py"))
+MAX_LAYER_LINES = 250
+# Modules that run or size threads, or reach the machine's cores and cgroups.
+THREAD_MODULES = {"threading", "concurrent", "concurrent.futures", "threadpoolctl", "os",
+                  "multiprocessing", "ctypes"}
+# Names of thread, scratch, BLAS or cgroup code, as they would appear in a layer file.
+THREAD_WORDS = re.compile(r"cpu_count|sched_getaffinity|cgroup|scratch|ThreadPool|threadpool|"
+                          r"cpu_parallel|single_threaded_blas|piece_bounds|block_bounds|"
+                          r"BLOCK_BYTES|threading|Thread\(")
+# A measured figure in a comment ("0.83x as fast", "42 MB", "10-20% faster").
+FIGURE = re.compile(r"#.*(\b\d+(\.\d+)?x\b|\b\d+(\.\d+)? ?[KMG]i?B\b|\d+%.*(fast|slow))")
+
+
+def layer_imports(path):
+    """(module name, imported names) of every import statement in a layer file, absolute."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, ()) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = "minialex" if node.level == 2 else "minialex.layers" if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part)
+            found.append((module, tuple(alias.name for alias in node.names)))
+    return found
+
+
+@pytest.mark.parametrize("path", LAYER_SOURCES, ids=lambda p: p.name)
+def test_a_layer_file_is_short(path):
+    assert len(path.read_text().splitlines()) <= MAX_LAYER_LINES
+
+
+@pytest.mark.parametrize("path", LAYER_SOURCES, ids=lambda p: p.name)
+def test_a_layer_file_holds_no_thread_scratch_blas_or_cgroup_code(path):
+    imports = layer_imports(path)
+    assert [m for m, _ in imports if m in THREAD_MODULES or m.split(".")[0] in THREAD_MODULES] \
+        == []
+    # minialex.cpu only as the module whose public ops the one-line dispatch names
+    assert [(m, names) for m, names in imports if m.startswith("minialex.cpu")] == []
+    public = set(cpu.__all__)
+    used = set(re.findall(r"\bcpu\.(\w+)", path.read_text()))
+    assert used <= public, used - public
+    assert THREAD_WORDS.findall(path.read_text()) == []
+
+
+@pytest.mark.parametrize("path", LAYER_SOURCES + sorted((PACKAGE / "cpu").glob("*.py")),
+                         ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_no_measured_figure_in_a_comment(path):
+    lines = [line for line in path.read_text().splitlines() if FIGURE.search(line)]
+    assert lines == []
+
+
+def test_the_fast_code_imports_no_layer():
+    graph = import_graph()
+    fast = [name for name in graph if name == "minialex.cuda" or name.startswith("minialex.cpu")]
+    assert "minialex.cpu.conv" in fast
+    assert {name: sorted(m for m in graph[name] if m.startswith("minialex.layers"))
+            for name in fast} == {name: [] for name in fast}
+
+
+def test_nothing_outside_layers_imports_a_private_layer_module():
+    graph = import_graph()
+    offenders = [(name, m) for name, targets in graph.items() for m in targets
+                 if m.startswith("minialex.layers._") and not name.startswith("minialex.layers")]
+    scripts = [p for folder in ("benchmarks", "examples", "tools", "tests")
+               for p in (ROOT / folder).rglob("*.py")]
+    offenders += [(p.relative_to(ROOT).as_posix(), "layers._")
+                  for p in scripts if re.search(r"layers(\.| import )_\w", p.read_text())]
+    assert offenders == []
+
+
+def test_the_structure_checks_see_what_they_forbid():
+    assert THREAD_WORDS.search("from ..cpu.threads import cpu_parallel")
+    assert FIGURE.search("x = 1  # 0.83x as fast on 2 cores") and FIGURE.search("# 42 MB")
+    assert FIGURE.search("# this order runs 10-20% faster")
+    assert not FIGURE.search("# cut top-1 error by 0.4% (Sec. 3.4)")

@@ -47,6 +47,7 @@ import warnings
 
 import numpy as np
 
+from ..checks import non_negative_int, positive_int
 from ..progress import Progress
 from .cache import (  # noqa: F401
     FORMAT_VERSION,
@@ -90,13 +91,9 @@ def prepare(root, *, size: int = DEFAULT_SIZE, cache_dir=None, workers: int | No
             process (no pool; for debugging).
         progress: show a progress bar on stderr.
     """
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-        raise ValueError(f"prepare: size must be a positive integer, got {size!r}")
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
-                                or workers < 0):
-        raise ValueError(f"prepare: workers must be a non-negative integer or None, got "
-                         f"{workers!r}")
-    size = int(size)
+    size = positive_int("prepare", "size", size)
+    if workers is not None:
+        workers = non_negative_int("prepare", "workers", workers)
     folder = scan_image_folder(root)
     fp = fingerprint(folder, size)
     cache_dir = pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir()

@@ -1,5 +1,4 @@
-"""One module per layer family; each opens with its forward formula and gradient.
-
-``_common.py`` is not a layer: it holds the argument checks, the output-size formula, the
-strided-window helpers and the CPU threads that the layer files share.
+"""One module per layer family; each opens with its forward formula and gradient, then a plain
+NumPy forward and backward (the reference), the Function that picks the fast path
+(:mod:`minialex.cpu` or :mod:`minialex.cuda`) in one line, the functional form and the Module.
 """

@@ -30,35 +30,46 @@ Shape:
 Paper: Krizhevsky et al. (2012), Sec. 3.1 (ReLU trains a CIFAR-10 net six times faster than
 tanh) and Sec. 3.5 (1000-way softmax on fc8).
 
-GPU: kernels/relu.cu (relu_backward); tanh and softmax are plain CuPy array code.
+GPU: kernels/relu.cu (relu_backward); CPU: ``minialex.cpu.relu_forward``/``relu_backward``
+(slices in threads). tanh and softmax are plain array code on both devices.
 """
 from __future__ import annotations
 
-import numpy as np  # noqa: F401  (the doctests below use np)
+import numpy as np
 
-from .. import cuda
+from .. import cpu, cuda
 from ..backend import get_array_module, is_gpu_array
+from ..checks import check_float, is_int, positive_int
 from ..module import Module
 from ..tensor import Function, Tensor
-from ._common import check_float, cpu_parallel, is_int, positive_int
 
 
-# -- ReLU -----------------------------------------------------------------------------------
+# -- ReLU: the plain version, then the Function ---------------------------------------------
+def relu_forward(x):
+    """``y = max(0, x)``."""
+    return np.maximum(x, 0)
+
+
+def relu_backward(y, gy):
+    """``gx = gy [y > 0]``: the subgradient 0 at the kink, as a product like the kernel's."""
+    return np.multiply(gy, y > 0)
+
+
 class ReLUFunction(Function):
     """``y = max(0, x)``; keeps ``y`` only. No double backward."""
 
     def forward(self, x):
-        xp = get_array_module(x)
+        fast = cuda if is_gpu_array(x) else cpu
         # C order, as relu_backward's kernel expects (a ufunc keeps a transposed input's order).
-        x = xp.ascontiguousarray(x)
-        self.y = xp.maximum(x, 0) if is_gpu_array(x) else _relu_forward_cpu(x)
+        self.y = fast.relu_forward(get_array_module(x).ascontiguousarray(x))
         return self.y
 
     def backward(self, gy):
-        impl = cuda.relu_backward if is_gpu_array(gy) else _relu_backward_cpu
-        return impl(self.y, get_array_module(gy).ascontiguousarray(gy))
+        fast = cuda if is_gpu_array(gy) else cpu
+        return fast.relu_backward(self.y, get_array_module(gy).ascontiguousarray(gy))
 
 
+# -- tanh, softmax and log-softmax: plain array code on both devices ------------------------
 class TanhFunction(Function):
     """``y = tanh(x)``; keeps ``y`` only. No double backward."""
 
@@ -70,7 +81,6 @@ class TanhFunction(Function):
         return gy * (1 - self.y * self.y)
 
 
-# -- softmax and log-softmax ----------------------------------------------------------------
 class SoftmaxFunction(Function):
     """``y = exp(x - max) / sum(exp(x - max))`` along ``dim``; keeps ``y``. No double backward."""
 
@@ -229,29 +239,3 @@ class LogSoftmax(Softmax):
     def forward(self, x):
         return log_softmax(x, self.dim)
 
-
-# -- ReLU on the CPU: forward, and the NumPy sibling of kernels/relu.cu ---------------------
-# Why threads: one pass over a conv's output is memory-bound work for one core, and its output
-# is fresh memory whose first write faults every page in; slices of the flattened arrays, one
-# per thread, share both between the cores.
-def _relu_forward_cpu(x):
-    """``y = max(0, x)`` for a C-contiguous x, slice by slice in threads."""
-    y = np.empty_like(x)
-    x_flat, y_flat = x.reshape(-1), y.reshape(-1)
-
-    def rectify(i0, i1):
-        np.maximum(x_flat[i0:i1], 0, out=y_flat[i0:i1])
-    cpu_parallel(rectify, x.size, 2 * x.size)
-    return y
-
-
-def _relu_backward_cpu(y, gy):
-    """``gx = gy where y > 0 else 0`` (subgradient 0 at 0), as a product like the kernel's, slice
-    by slice in threads."""
-    gx = np.empty(gy.shape, dtype=gy.dtype)
-    y_flat, gy_flat, gx_flat = y.reshape(-1), gy.reshape(-1), gx.reshape(-1)
-
-    def route(i0, i1):
-        np.multiply(gy_flat[i0:i1], y_flat[i0:i1] > 0, out=gx_flat[i0:i1])
-    cpu_parallel(route, gy.size, 3 * gy.size)
-    return gx

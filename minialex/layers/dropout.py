@@ -29,22 +29,28 @@ Shape:
 Paper: Krizhevsky et al. (2012), Sec. 4.2, p = 0.5 on fc6 and fc7; it "roughly doubles the
 number of iterations required to converge".
 
-GPU: kernels/dropout.cu (dropout_forward applies the mask drawn from CuPy's generator).
+GPU: kernels/dropout.cu (dropout_forward applies the mask drawn from CuPy's generator). The CPU
+runs the plain version below, one pass of NumPy ufuncs.
 """
 from __future__ import annotations
-
-import numbers
 
 import numpy as np
 
 from .. import backend, cuda
 from ..backend import get_array_module, is_gpu_array
+from ..checks import check_float, is_real
 from ..module import Module
 from ..tensor import Function, Tensor
-from ._common import check_float
 
 MODES = ("inverted", "paper")
 PAPER_P = 0.5
+
+
+# -- the plain version (the CPU runs it too), then the Function -----------------------------
+def dropout_forward(x, u, p, scale):
+    """``(y, mask)``: ``mask = (u >= p)`` as x's dtype, ``y = x * mask * scale``."""
+    mask = (u >= p).astype(x.dtype)
+    return x * mask * x.dtype.type(scale), mask
 
 
 class DropoutFunction(Function):
@@ -59,7 +65,7 @@ class DropoutFunction(Function):
         self.p, self.scale = p, scale
 
     def forward(self, x):
-        impl = cuda.dropout_forward if is_gpu_array(x) else _dropout_forward_cpu
+        impl = cuda.dropout_forward if is_gpu_array(x) else dropout_forward
         x = get_array_module(x).ascontiguousarray(x)
         u = backend.rng_for(x).random(x.shape, dtype=x.dtype)
         y, self.mask = impl(x, u, self.p, self.scale)
@@ -70,7 +76,7 @@ class DropoutFunction(Function):
 
 
 def _check_p(op, p):
-    if (not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0.0 <= p <= 1.0):
+    if not (is_real(p) and 0.0 <= p <= 1.0):
         raise ValueError(f"{op}: p must be a probability in [0, 1], got p={p!r}")
 
 
@@ -132,9 +138,3 @@ class Dropout(Module):
     def extra_repr(self):
         return f"p={self.p}" + ("" if self.mode == "inverted" else f", mode={self.mode!r}")
 
-
-# -- dropout on the CPU: the NumPy sibling of kernels/dropout.cu ----------------------------
-def _dropout_forward_cpu(x, u, p, scale):
-    """``(y, mask)``: ``mask = (u >= p)`` as x's dtype, ``y = x * mask * scale``."""
-    mask = (u >= p).astype(x.dtype)
-    return x * mask * x.dtype.type(scale), mask

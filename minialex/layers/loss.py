@@ -41,9 +41,9 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
+from ..checks import check_float
 from ..module import Module
 from ..tensor import Function, Tensor
-from ._common import check_float
 
 REDUCTIONS = ("mean", "sum", "none")
 

@@ -54,23 +54,58 @@ Shape:
 Paper: Krizhevsky et al. (2012), Sec. 3.3 (k=2, n=5, alpha=1e-4, beta=0.75, applied after the
 ReLU of conv1 and conv2); it cut top-1/top-5 error by 1.4%/1.2%.
 
-GPU: kernels/lrn.cu (lrn_forward, lrn_backward), through ``minialex.cuda``.
+GPU: kernels/lrn.cu (lrn_forward, lrn_backward), through ``minialex.cuda``. The CPU runs the
+plain version below: its ``size`` shifted adds are whole-array NumPy passes already, with no
+per-pixel loop left for threads or blocking to remove.
 """
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np  # noqa: F401  (the doctests below use np)
 
 from .. import cuda
 from ..backend import get_array_module, is_gpu_array
+from ..checks import check_float, is_real, positive_int
 from ..module import Module
 from ..tensor import Function, Tensor
-from ._common import check_float, positive_int
 
 CONVENTIONS = ("paper", "pytorch")
 PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K = 5, 1e-4, 0.75, 2.0
+
+
+# -- the plain version (the CPU runs it too), then the Function -----------------------------
+def _window_sum(a, before: int, after: int):
+    """``out[:, c] = sum(a[:, j] for j in c-before .. c+after, clipped to [0, C-1])``.
+
+    One shifted add per offset (``size`` passes): unlike a cumulative sum over channels, it
+    never subtracts large partial sums, so small windows after large ones keep their precision.
+    """
+    C = a.shape[1]
+    out = a.copy()
+    for d in range(1, min(before, C - 1) + 1):
+        out[:, d:] += a[:, :C - d]
+    for d in range(1, min(after, C - 1) + 1):
+        out[:, :C - d] += a[:, d:]
+    return out
+
+
+def lrn_forward(x, size, alpha, beta, k):
+    """``(y, scale)`` for x (N, C, H, W) contiguous; ``alpha`` is the coefficient as used
+    (already divided by ``size`` for the PyTorch convention)."""
+    scale = _window_sum(x * x, size // 2, (size - 1) // 2)
+    scale *= alpha
+    scale += k
+    return x * scale ** -beta, scale
+
+
+def lrn_backward(x, y, scale, gy, size, alpha, beta):
+    """``gx`` from the saved ``x``, ``y`` and ``scale`` (see the module docstring)."""
+    # Sum over the j whose window holds i: the mirrored window, hence the swapped offsets.
+    t = _window_sum(gy * y / scale, (size - 1) // 2, size // 2)
+    gx = gy * scale ** -beta
+    gx -= (2.0 * alpha * beta) * x * t
+    return gx
 
 
 class LocalResponseNormFunction(Function):
@@ -90,7 +125,7 @@ class LocalResponseNormFunction(Function):
         if x.ndim != 4:  # the kernels take (N, C, H, W): other ranks put positions in H, W = 1
             x = x.reshape(N, C, math.prod(x.shape[2:]), 1)
         x = xp.ascontiguousarray(x)
-        impl = cuda.lrn_forward if is_gpu_array(x) else _lrn_forward_cpu
+        impl = cuda.lrn_forward if is_gpu_array(x) else lrn_forward
         y, scale = impl(x, self.size, self.alpha, self.beta, self.k)
         self.saved = x, y, scale
         return y.reshape(self.x_shape)
@@ -99,7 +134,7 @@ class LocalResponseNormFunction(Function):
         xp = get_array_module(gy)
         x, y, scale = self.saved
         gy = xp.ascontiguousarray(gy.reshape(x.shape))
-        impl = cuda.lrn_backward if is_gpu_array(gy) else _lrn_backward_cpu
+        impl = cuda.lrn_backward if is_gpu_array(gy) else lrn_backward
         gx = impl(x, y, scale, gy, self.size, self.alpha, self.beta)
         return gx.reshape(self.x_shape)
 
@@ -110,8 +145,7 @@ def _check_options(op, size, alpha, beta, k, convention):
     for name, value, ok, need in (("alpha", alpha, lambda v: v >= 0, ">= 0"),
                                   ("beta", beta, lambda v: True, "a number"),
                                   ("k", k, lambda v: v > 0, "> 0")):
-        if (not isinstance(value, numbers.Real) or isinstance(value, bool)
-                or not math.isfinite(value) or not ok(value)):
+        if not (is_real(value) and ok(value)):
             raise ValueError(f"{op}: {name} must be finite and {need}, got {name}={value!r}")
     if convention not in CONVENTIONS:
         raise ValueError(f"{op}: convention must be one of {CONVENTIONS}, got {convention!r}")
@@ -168,36 +202,3 @@ class LocalResponseNorm(Module):
             text += f", convention={self.convention!r}"
         return text
 
-
-# -- channel-window sums on the CPU: the NumPy siblings of kernels/lrn.cu ------------------
-def _window_sum(a, before: int, after: int):
-    """``out[:, c] = sum(a[:, j] for j in c-before .. c+after, clipped to [0, C-1])``.
-
-    One shifted add per offset (``size`` passes): unlike a cumulative sum over channels, it
-    never subtracts large partial sums, so small windows after large ones keep their precision.
-    """
-    C = a.shape[1]
-    out = a.copy()
-    for d in range(1, min(before, C - 1) + 1):
-        out[:, d:] += a[:, :C - d]
-    for d in range(1, min(after, C - 1) + 1):
-        out[:, :C - d] += a[:, d:]
-    return out
-
-
-def _lrn_forward_cpu(x, size, alpha, beta, k):
-    """``(y, scale)`` for x (N, C, H, W) contiguous; ``alpha`` is the coefficient as used
-    (already divided by ``size`` for the PyTorch convention)."""
-    scale = _window_sum(x * x, size // 2, (size - 1) // 2)
-    scale *= alpha
-    scale += k
-    return x * scale ** -beta, scale
-
-
-def _lrn_backward_cpu(x, y, scale, gy, size, alpha, beta):
-    """``gx`` from the saved ``x``, ``y`` and ``scale`` (see the module docstring)."""
-    # Sum over the j whose window holds i: the mirrored window, hence the swapped offsets.
-    t = _window_sum(gy * y / scale, (size - 1) // 2, size // 2)
-    gx = gy * scale ** -beta
-    gx -= (2.0 * alpha * beta) * x * t
-    return gx

@@ -4,12 +4,13 @@ The ops run on the CuPy stand-in (tests/cupy_standin.py): NumPy arrays under CuP
 buffers poisoned, and each compiled kernel replaced by the same kernel built for the host
 (host_build.py), which refuses any argument whose type differs from the kernel's C signature as
 CuPy would pass it. Every op of minialex.cuda then runs end to end (shapes, argument order and
-types, work-item counts, the capped grid with its grid-stride loop replayed thread by thread)
-and must agree with minialex's NumPy path; GEMM goes through the stand-in's column-major
-``gemmEx``. The last section checks CuPy's rules themselves: on real CuPy where a GPU is
-usable, and the stand-in's own checks. What stays unchecked here is CuPy itself: NVRTC compiling
+types, work-item counts, the capped grid with its grid-stride loop replayed thread by thread) and
+must agree with the plain NumPy version in the layer files; GEMM goes through the stand-in's
+column-major ``gemmEx``. The last section checks CuPy's rules themselves: on real CuPy where a GPU
+is usable, and the stand-in's own checks. What stays unchecked here is CuPy itself: NVRTC compiling
 the files, the real launch, and cuBLAS.
 """
+import inspect
 import subprocess
 import sys
 import types
@@ -17,19 +18,19 @@ import types
 import numpy as np
 import pytest
 
-from minialex import backend, cuda
-from minialex.layers.activation import _relu_backward_cpu
-from minialex.layers.conv import _bias_add_nchw_cpu, _col2im_cpu, _im2col_cpu
-from minialex.layers.dropout import _dropout_forward_cpu
+from minialex import backend, cpu, cuda
+from minialex.layers.activation import relu_backward
+from minialex.layers.conv import col2im, im2col
+from minialex.layers.dropout import dropout_forward
 from minialex.layers.lrn import (
     PAPER_ALPHA,
     PAPER_BETA,
     PAPER_K,
     PAPER_SIZE,
-    _lrn_backward_cpu,
-    _lrn_forward_cpu,
+    lrn_backward,
+    lrn_forward,
 )
-from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
+from minialex.layers.pool import max_pool_backward, max_pool_forward
 
 import cupy_standin
 import host_build
@@ -37,9 +38,13 @@ from conftest import TOL, shuffled_linspace
 
 DTYPES = [np.float32, np.float64]
 PAPER_LRN = (PAPER_SIZE, PAPER_ALPHA, PAPER_BETA, PAPER_K)  # size, alpha, beta, k (Sec. 3.3)
-CONTRACT = ["im2col", "col2im", "bias_add_nchw", "max_pool_forward", "max_pool_backward",
-            "lrn_forward", "lrn_backward", "relu_backward", "dropout_forward", "gemm",
-            "set_tf32", "tf32_enabled"]
+CONTRACT = ["conv2d_forward", "conv2d_backward", "im2col", "col2im", "bias_add_nchw",
+            "max_pool_forward", "max_pool_backward", "lrn_forward", "lrn_backward",
+            "relu_forward", "relu_backward", "dropout_forward", "gemm", "set_tf32",
+            "tf32_enabled"]
+# The ops a layer picks in one line, ``cuda.X if is_gpu_array(x) else cpu.X``: same signature.
+SIBLINGS = ["conv2d_forward", "conv2d_backward", "max_pool_forward", "max_pool_backward",
+            "relu_forward", "relu_backward"]
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +65,18 @@ def test_importing_minialex_cuda_does_not_import_cupy():
 
 def test_the_contract_functions_exist():
     assert [name for name in CONTRACT if not callable(getattr(cuda, name, None))] == []
+
+
+@pytest.mark.parametrize("name", SIBLINGS)
+def test_cpu_and_cuda_siblings_take_the_same_arguments(name):
+    cpu_parameters = list(inspect.signature(getattr(cpu, name)).parameters.values())
+    cuda_parameters = list(inspect.signature(getattr(cuda, name)).parameters.values())
+    # the name of what backward gets back from forward differs (x on the CPU, col on the GPU)
+    assert [(p.kind, p.default) for p in cpu_parameters] == \
+        [(p.kind, p.default) for p in cuda_parameters]
+    differing = [(a.name, b.name) for a, b in zip(cpu_parameters, cuda_parameters)
+                 if a.name != b.name]
+    assert differing in ([], [("x", "col")]), differing
 
 
 def test_kernel_files_are_found_in_the_checkout():
@@ -120,15 +137,16 @@ def test_convolution_ops(on_host, dtype):
     x = random((2, 3, 9, 8), dtype)
     window = (3, 2, 2, 1, 1, 2)  # KH, KW, SH, SW, PH, PW
     col = cuda.im2col(dev(x), *window)
-    np.testing.assert_array_equal(col.get(), _im2col_cpu(x, *window))
+    np.testing.assert_array_equal(col.get(), im2col(x, *window))
     gcol = random(col.shape, dtype, seed=1)
     assert_close(cuda.col2im(dev(gcol), x.shape, *window).get(),
-                 _col2im_cpu(gcol, x.shape, *window), dtype)
+                 col2im(gcol, x.shape, *window), dtype)
     Y, b = random((5, 2 * 4 * 6), dtype), random(5, dtype, seed=2)
-    for bias in (b, None):
+    y_nchw = Y.reshape(5, 2, 4, 6).transpose(1, 0, 2, 3)  # (OC, N*OH*OW) -> (N, OC, OH, OW)
+    for bias, expected in ((b, y_nchw + b[:, None, None]), (None, y_nchw)):
         np.testing.assert_array_equal(
             cuda.bias_add_nchw(dev(Y), None if bias is None else dev(bias), 2, 4, 6).get(),
-            _bias_add_nchw_cpu(Y, bias, 2, 4, 6))
+            expected)
     assert [name for name, _, _ in on_host] == [
         f"{op}_{'f32' if dtype == np.float32 else 'f64'}"
         for op in ("im2col", "col2im", "bias_add_nchw", "bias_add_nchw")]
@@ -141,13 +159,13 @@ def test_max_pool_ops(on_host, dtype):
     x = shuffled_linspace((2, 3, 13, 11), dtype)
     window = (3, 2, 2, 1, 1, 1)  # KH != KW and SH != SW, so a swapped pair shows
     y, argmax = cuda.max_pool_forward(dev(x), *window)
-    expected_y, expected_argmax = _max_pool_forward_cpu(x, *window)
+    expected_y, expected_argmax = max_pool_forward(x, *window)
     np.testing.assert_array_equal(y.get(), expected_y)
     np.testing.assert_array_equal(argmax.get(), expected_argmax)
     assert argmax.dtype == np.int32
     gy = random(y.shape, dtype)
     assert_close(cuda.max_pool_backward(dev(gy), argmax, x.shape, *window).get(),
-                 _max_pool_backward_cpu(gy, argmax.get(), x.shape, *window), dtype)
+                 max_pool_backward(gy, argmax.get(), x.shape, *window), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -155,11 +173,11 @@ def test_lrn_ops(on_host, dtype):
     x, gy = random((2, 7, 5, 4), dtype) * 3, random((2, 7, 5, 4), dtype, seed=1)
     options = (4, 0.5, 0.75, 1.5)  # size, alpha, beta, k
     y, scale = cuda.lrn_forward(dev(x), *options)
-    expected_y, expected_scale = _lrn_forward_cpu(x, *options)
+    expected_y, expected_scale = lrn_forward(x, *options)
     assert_close(y.get(), expected_y, dtype)
     assert_close(scale.get(), expected_scale, dtype)
     assert_close(cuda.lrn_backward(*dev(x, y.get(), scale.get(), gy), *options[:3]).get(),
-                 _lrn_backward_cpu(x, y.get(), scale.get(), gy, *options[:3]), dtype)
+                 lrn_backward(x, y.get(), scale.get(), gy, *options[:3]), dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -168,10 +186,10 @@ def test_elementwise_ops(on_host, dtype):
     y = np.maximum(rng.integers(-2, 3, (4, 300)), 0).astype(dtype)
     gy = random(y.shape, dtype)
     np.testing.assert_array_equal(cuda.relu_backward(*dev(y, gy)).get(),
-                                  _relu_backward_cpu(y, gy))
+                                  relu_backward(y, gy))
     u = rng.random(gy.shape, dtype=dtype)
     for got, expected in zip(cuda.dropout_forward(*dev(gy, u), 0.5, 2.0),
-                             _dropout_forward_cpu(gy, u, 0.5, 2.0)):
+                             dropout_forward(gy, u, 0.5, 2.0)):
         np.testing.assert_array_equal(got.get(), expected)
 
 
@@ -181,7 +199,7 @@ def test_non_contiguous_inputs_are_made_contiguous(on_host):
     assert not strided.flags.c_contiguous
     np.testing.assert_array_equal(
         cuda.im2col(strided, 2, 2, 1, 1, 0, 0).get(),
-        _im2col_cpu(np.ascontiguousarray(x.transpose(0, 3, 2, 1)), 2, 2, 1, 1, 0, 0))
+        im2col(np.ascontiguousarray(x.transpose(0, 3, 2, 1)), 2, 2, 1, 1, 0, 0))
 
 
 def test_mismatched_dtypes_are_refused(on_host):

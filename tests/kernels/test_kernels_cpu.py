@@ -1,28 +1,22 @@
 """Every kernel of kernels/*.cu, built for the host (host_build.py), against NumPy.
 
 Each kernel is compared, in float32 and float64, with two references: a plain loop-style NumPy
-reference written here from the formulas in the layer docstrings, and minialex's own CPU path
-(the ``_..._cpu`` siblings the layers dispatch to). Output buffers are poisoned (NaN, or -7 for
-the int32 arg-max) so an element a kernel forgets to write fails the comparison. Each call also
-replays a small multi-block launch (``launch = (blocks, threads)``), which checks the
-grid-stride loops' own index arithmetic, not just their single-thread form.
+reference written here from the formulas in the layer docstrings, and the plain version in the
+layer file (the reference minialex's fast CPU path is tested against too). Output buffers are
+poisoned (NaN, or -7 for the int32 arg-max) so an element a kernel forgets to write fails the
+comparison. Each call also replays a small multi-block launch (``launch = (blocks, threads)``),
+which checks the grid-stride loops' own index arithmetic, not just their single-thread form.
 """
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from minialex.layers.activation import _relu_backward_cpu
-from minialex.layers.conv import _bias_add_nchw_cpu, _col2im_cpu, _im2col_cpu
-from minialex.layers.dropout import _dropout_forward_cpu
-from minialex.layers.lrn import (
-    PAPER_ALPHA,
-    PAPER_BETA,
-    PAPER_K,
-    _lrn_backward_cpu,
-    _lrn_forward_cpu,
-)
-from minialex.layers.pool import _max_pool_backward_cpu, _max_pool_forward_cpu
+from minialex.layers.activation import relu_backward
+from minialex.layers.conv import col2im, im2col
+from minialex.layers.dropout import dropout_forward
+from minialex.layers.lrn import PAPER_ALPHA, PAPER_BETA, PAPER_K, lrn_backward, lrn_forward
+from minialex.layers.pool import max_pool_backward, max_pool_forward
 
 from conftest import GRADCHECK, TOL, shuffled_linspace
 
@@ -166,7 +160,7 @@ def test_im2col(kernels, dtype, case, launch, seed):
     col = poisoned((C * KH * KW, N * OH * OW), dtype)
     kernels(f"im2col_{suffix(dtype)}", x, *map(i32, case), i32(OH), i32(OW), col, launch=launch)
     np.testing.assert_array_equal(col, im2col_reference(x, KH, KW, SH, SW, PH, PW))
-    np.testing.assert_array_equal(col, _im2col_cpu(x, KH, KW, SH, SW, PH, PW))
+    np.testing.assert_array_equal(col, im2col(x, KH, KW, SH, SW, PH, PW))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -178,7 +172,7 @@ def test_col2im(kernels, dtype, case, launch, seed):
     gx = poisoned((N, C, H, W), dtype)
     kernels(f"col2im_{suffix(dtype)}", col, *map(i32, case), i32(OH), i32(OW), gx, launch=launch)
     assert_close(gx, col2im_reference(col, (N, C, H, W), KH, KW, SH, SW, PH, PW), dtype)
-    assert_close(gx, _col2im_cpu(col, (N, C, H, W), KH, KW, SH, SW, PH, PW), dtype)
+    assert_close(gx, col2im(col, (N, C, H, W), KH, KW, SH, SW, PH, PW), dtype)
 
 
 @given(case=windows(), seed=SEEDS)
@@ -213,7 +207,6 @@ def test_bias_add_nchw(kernels, dtype, with_bias, N, OC, OH, OW, launch, seed):
         if with_bias:
             expected[n, o] += b[o]
     np.testing.assert_array_equal(y, expected)
-    np.testing.assert_array_equal(y, _bias_add_nchw_cpu(Y, b, N, OH, OW))
 
 
 @pytest.mark.parametrize("groups", [2, 3])
@@ -271,7 +264,7 @@ def test_max_pool_forward(kernels, dtype, ties, case, launch, seed):
     kernels(f"max_pool_forward_{suffix(dtype)}", x, *map(i32, case), i32(OH), i32(OW), y,
             argmax, launch=launch)
     for expected_y, expected_argmax in (max_pool_reference(x, KH, KW, SH, SW, PH, PW),
-                                        _max_pool_forward_cpu(x, KH, KW, SH, SW, PH, PW)):
+                                        max_pool_forward(x, KH, KW, SH, SW, PH, PW)):
         np.testing.assert_array_equal(y, expected_y)
         np.testing.assert_array_equal(argmax, expected_argmax)
 
@@ -284,7 +277,7 @@ def test_max_pool_forward_propagates_nan_like_the_numpy_path(kernels, dtype):
     case = (1, 2, 5, 5, 3, 3, 2, 2, 0, 0)
     y, argmax = poisoned((1, 2, 2, 2), dtype), poisoned((1, 2, 2, 2), np.int32)
     kernels(f"max_pool_forward_{suffix(dtype)}", x, *map(i32, case), i32(2), i32(2), y, argmax)
-    expected_y, _ = _max_pool_forward_cpu(x, 3, 3, 2, 2, 0, 0)
+    expected_y, _ = max_pool_forward(x, 3, 3, 2, 2, 0, 0)
     np.testing.assert_array_equal(np.isnan(y), np.isnan(expected_y))
     np.testing.assert_array_equal(np.isnan(y[0]), [[[True, False], [False, False]],
                                                    [[False, True], [False, True]]])
@@ -305,7 +298,7 @@ def test_max_pool_backward(kernels, dtype, case, launch, seed):
             i32(OW), gx, launch=launch)
     assert_close(gx, max_pool_backward_reference(gy, argmax, x.shape, KH, KW, SH, SW, PH, PW),
                  dtype)
-    assert_close(gx, _max_pool_backward_cpu(gy, argmax, x.shape, KH, KW, SH, SW, PH, PW), dtype)
+    assert_close(gx, max_pool_backward(gy, argmax, x.shape, KH, KW, SH, SW, PH, PW), dtype)
 
 
 # -- lrn.cu ------------------------------------------------------------------------------------
@@ -327,7 +320,7 @@ def test_lrn_forward(kernels, dtype, shape, size, alpha, beta, k, launch, seed):
     kernels(f"lrn_forward_{suffix(dtype)}", x, *map(i32, shape), i32(size), t(alpha), t(beta),
             t(k), y, scale, launch=launch)
     for expected_y, expected_scale in (lrn_reference(x, size, alpha, beta, k),
-                                       _lrn_forward_cpu(x, size, alpha, beta, k)):
+                                       lrn_forward(x, size, alpha, beta, k)):
         assert_close(scale, expected_scale, dtype)
         assert_close(y, expected_y, dtype)
 
@@ -344,7 +337,7 @@ def test_lrn_backward(kernels, dtype, shape, size, alpha, beta, k, launch, seed)
     kernels(f"lrn_backward_{suffix(dtype)}", x, y, scale, gy, *map(i32, shape), i32(size),
             t(alpha), t(beta), gx, launch=launch)
     assert_close(gx, lrn_backward_reference(x, y, scale, gy, size, alpha, beta), dtype)
-    assert_close(gx, _lrn_backward_cpu(x, y, scale, gy, size, alpha, beta), dtype)
+    assert_close(gx, lrn_backward(x, y, scale, gy, size, alpha, beta), dtype)
 
 
 @pytest.mark.parametrize("size", [1, 2, 3, 4, 5])
@@ -398,7 +391,7 @@ def test_relu_backward(kernels, dtype, n, launch, seed):
     gx = poisoned(n, dtype)
     kernels(f"relu_backward_{suffix(dtype)}", y, gy, i64(n), gx, launch=launch)
     np.testing.assert_array_equal(gx, np.where(y > 0, gy, 0))
-    np.testing.assert_array_equal(gx, _relu_backward_cpu(y, gy))
+    np.testing.assert_array_equal(gx, relu_backward(y, gy))
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -415,7 +408,7 @@ def test_dropout_forward(kernels, dtype, n, p, launch, seed):
             launch=launch)
     np.testing.assert_array_equal(mask, (u >= t(p)).astype(dtype))
     np.testing.assert_array_equal(y, x * mask * t(scale))
-    sibling_y, sibling_mask = _dropout_forward_cpu(x, u, p, scale)
+    sibling_y, sibling_mask = dropout_forward(x, u, p, scale)
     np.testing.assert_array_equal(mask, sibling_mask)
     np.testing.assert_array_equal(y, sibling_y)
 

@@ -1,6 +1,7 @@
 """Tests for minialex/layers/activation.py: references, gradchecks, stability, modules, errors."""
 import numpy as np
 import pytest
+from every_piece import run_every_piece
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -14,6 +15,8 @@ from minialex.layers.activation import (
     average_softmax,
     log_softmax,
     relu,
+    relu_backward,
+    relu_forward,
     softmax,
     tanh,
 )
@@ -207,3 +210,18 @@ def test_average_softmax_errors_name_the_argument():
         average_softmax(np.zeros((4, 3)), n_crops=0)
     with pytest.raises(TypeError, match="logits must be floating point"):
         average_softmax(np.zeros((4, 3), dtype=np.int64), n_crops=2)
+
+
+def test_relu_fast_paths_match_the_plain_version(device, monkeypatch):
+    """The CPU path with every slice its own piece on 4 threads, and the GPU path: the same
+    values as the plain version, exactly (each element is one max or one product), zeros
+    (the kink, subgradient 0) included."""
+    run_every_piece(monkeypatch)
+    x = away_from_zero((6, 7, 5))
+    x[0, 0] = 0.0
+    gy = np.random.default_rng(2).standard_normal(x.shape)
+    xt = Tensor(x, requires_grad=True).to(device)
+    y = relu(xt)
+    y.backward(Tensor(gy).to(device).data)
+    np.testing.assert_array_equal(y.numpy(), relu_forward(x))
+    np.testing.assert_array_equal(backend.to_numpy(xt.grad), relu_backward(relu_forward(x), gy))

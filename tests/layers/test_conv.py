@@ -1,15 +1,25 @@
-"""Tests for minialex/layers/conv.py: loop references, adjointness, gradchecks, module, errors."""
+"""Tests for minialex/layers/conv.py: the plain version against loops, both fast paths (minialex/cpu
+with every block and piece run, minialex/cuda on the device) against the plain version,
+adjointness, gradchecks, module, errors."""
 import math
 
 import numpy as np
 import pytest
+from every_piece import run_every_piece
 from hypothesis import given
 from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers import _common, conv
-from minialex.layers.conv import Conv2d, _col2im_cpu, col2im, conv2d, im2col
+from minialex.cpu import threads
+from minialex.layers.conv import (
+    Conv2d,
+    col2im,
+    conv2d,
+    conv2d_backward,
+    conv2d_forward,
+    im2col,
+)
 
 from conftest import GRADCHECK, TOL
 
@@ -173,7 +183,7 @@ def test_col2im_is_the_adjoint_of_im2col(config, seed):
 def test_col2im_sums_overlapping_windows():
     # Ones in every column: each x element receives the number of windows that cover it.
     shape, args = (1, 1, 5, 5), (3, 3, 2, 2, 0, 0)
-    counts = _col2im_cpu(np.ones((9, 4)), shape, *args)[0, 0]
+    counts = col2im(np.ones((9, 4)), shape, *args)[0, 0]
     expected = np.array([[1, 1, 2, 1, 1]] * 2 + [[2, 2, 4, 2, 2]] + [[1, 1, 2, 1, 1]] * 2)
     np.testing.assert_array_equal(counts, expected)
 
@@ -219,33 +229,42 @@ def test_conv2d_skips_unneeded_gradients():
     assert xt.grad.shape == x.shape and wt.grad is None
 
 
-def test_conv2d_cpu_blocks_on_several_threads_match_the_whole_batch(monkeypatch):
-    """The CPU path computes im2col and the GEMMs a block of images at a time, in threads: with
-    7 images over 4 threads (uneven blocks), groups and padding, it equals the whole-batch
-    products (im2col, one GEMM per group, col2im), and gw is the same bits on a second run."""
-    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
-    rng = np.random.default_rng(3)
-    x = rng.standard_normal((7, 8, 45, 45))  # big enough for cpu_parallel to use its threads
-    w, b = rng.standard_normal((12, 4, 3, 3)), rng.standard_normal(12)
-    gy = rng.standard_normal((7, 12, 23, 23))
-    col = im2col(x, 3, 3, 2, 2, 1, 1).reshape(2, 36, -1)
-    Y = np.concatenate([w[:6].reshape(6, 36) @ col[0], w[6:].reshape(6, 36) @ col[1]])
-    expected_y = Y.reshape(12, 7, 23, 23).transpose(1, 0, 2, 3) + b[:, None, None]
-    gY = gy.transpose(1, 0, 2, 3).reshape(2, 6, -1)
-    expected_gw = np.concatenate([gY[g] @ col[g].T for g in range(2)]).reshape(w.shape)
-    gcol = np.concatenate([w[6 * g:6 * g + 6].reshape(6, 36).T @ gY[g] for g in range(2)])
-    expected_gx = col2im(gcol, x.shape, 3, 3, 2, 2, 1, 1)
-    grads = []
-    for _ in range(2):
-        xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
-        y = conv2d(xt, wt, bt, stride=2, padding=1, groups=2)
-        y.backward(gy)
-        np.testing.assert_allclose(y.numpy(), expected_y, **TOL["float64_exact"])
-        np.testing.assert_allclose(xt.grad, expected_gx, **TOL["float64_exact"])
-        np.testing.assert_allclose(wt.grad, expected_gw, **TOL["float64_exact"])
-        np.testing.assert_allclose(bt.grad, gy.sum(axis=(0, 2, 3)), **TOL["float64_exact"])
-        grads.append(wt.grad)
-    assert np.array_equal(grads[0], grads[1])  # blocks summed in order, whoever ran them
+def geometry(kw):
+    """(SH, SW, PH, PW, G) of a make() config's keyword arguments."""
+    return (*kw["stride"], *kw["padding"], kw["groups"])
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_plain_version_matches_the_loop_references(config):
+    x, w, b, kw = make(config)
+    y = conv2d_forward(x, w, b, *geometry(kw))
+    np.testing.assert_allclose(y, conv2d_ref(x, w, b, kw["stride"], kw["padding"], kw["groups"]),
+                               **TOL["float64_exact"])
+    gy = np.random.default_rng(1).standard_normal(y.shape)
+    expected = conv2d_backward_ref(x, w, gy, kw["stride"], kw["padding"], kw["groups"])
+    for mine, loops in zip(conv2d_backward(gy, x, w, *geometry(kw)), expected):
+        np.testing.assert_allclose(mine, loops, **TOL["float64_exact"])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv2d_cpu_every_block_and_piece_matches_the_plain_version(monkeypatch, bias):
+    """19 images on 4 threads, one image per block: the forward's blocks, and the backward's 8
+    pieces of 2 or 3 blocks each, whose gw and gb must add up across blocks and pieces."""
+    run_every_piece(monkeypatch)
+    config = (19, 4, 9, 8, 6, (3, 3), (2, 2), (1, 1), 2)
+    x, w, b, kw = make(config, bias=bias, seed=3)
+    xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    bt = None if b is None else Tensor(b, requires_grad=True)
+    y = conv2d(xt, wt, bt, **kw)
+    gy = np.random.default_rng(4).standard_normal(y.shape)
+    y.backward(gy)
+    np.testing.assert_allclose(y.numpy(), conv2d_forward(x, w, b, *geometry(kw)),
+                               **TOL["float64_exact"])
+    gx, gw, gb = conv2d_backward(gy, x, w, *geometry(kw))
+    np.testing.assert_allclose(xt.grad, gx, **TOL["float64_exact"])
+    np.testing.assert_allclose(wt.grad, gw, **TOL["float64_exact"])
+    if bias:
+        np.testing.assert_allclose(bt.grad, gb, **TOL["float64_exact"])
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -264,7 +283,9 @@ def test_conv2d_empty_batch_forward_and_backward(bias):
         np.testing.assert_array_equal(b.grad, np.zeros(6))
 
 
-def test_conv2d_output_and_gradients_have_the_same_bits_on_any_core_count(monkeypatch):
+@pytest.mark.parametrize("block_bytes", [threads.BLOCK_BYTES, 1 << 12])
+def test_conv2d_output_and_gradients_have_the_same_bits_on_any_core_count(monkeypatch,
+                                                                         block_bytes):
     """gw and gb sum over the images; the order of that sum must not follow the thread count,
     or a run's weights would depend on the machine (or a container's CPU quota). y and gx must
     not follow it either: how the threads group images into blocks changes a GEMM's width, and
@@ -275,9 +296,10 @@ def test_conv2d_output_and_gradients_have_the_same_bits_on_any_core_count(monkey
     w = rng.standard_normal((12, 4, 3, 3)).astype(np.float32)
     b = rng.standard_normal(12).astype(np.float32)
     gy = rng.standard_normal((7, 12, 23, 23)).astype(np.float32)
+    monkeypatch.setattr(threads, "BLOCK_BYTES", block_bytes)  # one or several blocks a piece
     grads, outputs = [], []
-    for threads in (1, 2, 4, 16):
-        monkeypatch.setattr(_common, "cpu_threads", lambda: threads)
+    for count in (1, 2, 4, 16):
+        monkeypatch.setattr(threads, "cpu_threads", lambda: count)
         xt, wt, bt = (Tensor(a, requires_grad=True) for a in (x, w, b))
         y = conv2d(xt, wt, bt, stride=2, padding=1, groups=2)
         y.backward(gy)
@@ -292,41 +314,33 @@ def test_conv2d_output_and_gradients_have_the_same_bits_on_any_core_count(monkey
     assert np.array_equal(alone.numpy()[0], outputs[0][3])
 
 
-def blas_threads():
-    return max(info["num_threads"] for info in _common.ThreadpoolController().info()
-               if info["user_api"] == "blas")
-
-
 def test_conv2d_small_batch_lets_blas_use_its_threads(monkeypatch):
-    """One image on 4 cores: conv must not force BLAS onto one thread (there is one block, so
-    the GEMMs are what can use the cores); a batch with a block per thread does."""
-    if blas_threads() < 2:
-        pytest.skip("NumPy's BLAS runs one thread here: nothing to keep")
-    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
-    seen, im2col_block = [], conv._im2col_block
+    """One image on 4 cores: conv must not hold BLAS to one thread (there is one block, so the
+    GEMMs are what can use the cores); a batch with a block per thread does."""
+    monkeypatch.setattr(threads, "cpu_threads", lambda: 4)
+    entered, single_threaded_blas = [], threads.single_threaded_blas
 
-    def recording(*args):
-        seen.append(blas_threads())
-        return im2col_block(*args)
-    monkeypatch.setattr(conv, "_im2col_block", recording)
+    def recording():
+        entered.append(True)
+        return single_threaded_blas()
+    monkeypatch.setattr(threads, "single_threaded_blas", recording)
     rng = np.random.default_rng(6)
     w = Tensor(rng.standard_normal((8, 3, 3, 3)), requires_grad=True)
     x = Tensor(rng.standard_normal((1, 3, 40, 40)), requires_grad=True)
     conv2d(x, w, padding=1).sum().backward()
-    assert len(seen) == 2 and min(seen) == blas_threads()  # forward and backward
-    seen.clear()
+    assert entered == []
     conv2d(Tensor(rng.standard_normal((16, 3, 40, 40))), w, padding=1)
-    assert seen and max(seen) == 1
+    assert entered
 
 
-# -- CPU and GPU against the loop references ------------------------------------------------
+# -- CPU and GPU against the plain version --------------------------------------------------
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("config", [CONFIGS[1], CONFIGS[2], CONFIGS[3]])
 def test_conv2d_forward_backward_on_device(device, dtype, config):
     x, w, b, kw = make(config)
-    expected_y = conv2d_ref(x, w, b, kw["stride"], kw["padding"], kw["groups"])
+    expected_y = conv2d_forward(x, w, b, *geometry(kw))
     gy = np.random.default_rng(5).standard_normal(expected_y.shape)
-    expected = conv2d_backward_ref(x, w, gy, kw["stride"], kw["padding"], kw["groups"])
+    expected = conv2d_backward(gy, x, w, *geometry(kw))
     xt, wt, bt = (Tensor(a.astype(dtype), requires_grad=True).to(device) for a in (x, w, b))
     y = conv2d(xt, wt, bt, **kw)
     assert y.device == xt.device and y.dtype == dtype

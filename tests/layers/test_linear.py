@@ -3,12 +3,21 @@ import math
 
 import numpy as np
 import pytest
+from every_piece import run_every_piece
 from hypothesis import given
 from hypothesis import strategies as st
 
 import minialex
 from minialex import Tensor, backend
-from minialex.layers.linear import Flatten, Linear, LinearFunction, flatten, linear
+from minialex.layers.linear import (
+    Flatten,
+    Linear,
+    LinearFunction,
+    flatten,
+    linear,
+    linear_backward,
+    linear_forward,
+)
 
 from conftest import GRADCHECK, TOL
 
@@ -175,3 +184,18 @@ def test_device_agrees_with_cpu(device, bias):
         outs.append([y.numpy()] + [backend.to_numpy(t.grad) for t in ts])
     for a, b_ in zip(*outs):
         np.testing.assert_allclose(b_, a, **TOL[np.float32])
+
+
+@pytest.mark.parametrize("batch", [(7, 3), (40,)])
+def test_linear_fast_paths_match_the_plain_version(device, monkeypatch, batch):
+    """The CPU's blocked GEMMs with every block its own piece on 4 threads (blocks of rows, and
+    of columns when the batch is the shorter side), and the GPU's cuBLAS calls."""
+    run_every_piece(monkeypatch)
+    x, W, b = make(batch, 9, 11)
+    gy = np.random.default_rng(3).standard_normal(batch + (11,))
+    ts = [Tensor(a, requires_grad=True).to(device) for a in (x, W, b)]
+    y = linear(*ts)
+    y.backward(Tensor(gy).to(device).data)
+    np.testing.assert_allclose(y.numpy(), linear_forward(x, W, b), **TOL["float64_exact"])
+    for t, expected in zip(ts, linear_backward(gy, x, W)):
+        np.testing.assert_allclose(backend.to_numpy(t.grad), expected, **TOL["float64_exact"])

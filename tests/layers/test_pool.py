@@ -1,24 +1,31 @@
-"""Tests for minialex/layers/pool.py: loop references, ties, gradchecks, modules, errors."""
+"""Tests for minialex/layers/pool.py and adaptive_pool.py: the plain versions against loops, the
+fast max-pool paths (minialex/cpu with every piece run, minialex/cuda on the device) against the
+plain version, ties, gradchecks, modules, errors."""
 import math
 
 import numpy as np
 import pytest
+from every_piece import run_every_piece
 from hypothesis import given
 from hypothesis import strategies as st
 
 import minialex
-from minialex import Tensor, backend
+from minialex import Tensor, backend, cpu
+from minialex.layers.adaptive_pool import AdaptiveAvgPool2d, adaptive_avg_pool2d
 from minialex.layers.pool import (
-    AdaptiveAvgPool2d,
     AvgPool2d,
     MaxPool2d,
-    _max_pool_forward_cpu,
-    adaptive_avg_pool2d,
     avg_pool2d,
     max_pool2d,
+    max_pool_backward,
+    max_pool_forward,
 )
 
 from conftest import GRADCHECK, TOL, shuffled_linspace
+
+# The plain version in the layer file and the fast CPU path: both route ties the same way.
+MAX_POOL_FORWARDS = [pytest.param(max_pool_forward, id="plain"),
+                     pytest.param(cpu.max_pool_forward, id="cpu")]
 
 
 # -- loop references ------------------------------------------------------------------------
@@ -97,6 +104,37 @@ POOL_CONFIGS = [
 
 # -- max pool -------------------------------------------------------------------------------
 @pytest.mark.parametrize("shape, kernel, stride, padding", POOL_CONFIGS)
+def test_max_pool_plain_version_matches_the_loop_references(shape, kernel, stride, padding):
+    x = shuffled_linspace(shape)
+    y, argmax = max_pool_forward(x, *kernel, *stride, *padding)
+    y_ref, argmax_ref = max_pool_ref(x, kernel, stride, padding)
+    np.testing.assert_array_equal(y, y_ref)
+    np.testing.assert_array_equal(argmax, argmax_ref)
+    gy = np.random.default_rng(1).standard_normal(y.shape)
+    np.testing.assert_allclose(max_pool_backward(gy, argmax, x.shape, *kernel, *stride, *padding),
+                               max_pool_backward_ref(x, gy, kernel, stride, padding),
+                               **TOL["float64_exact"])
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", POOL_CONFIGS)
+def test_max_pool_cpu_every_piece_matches_the_plain_version(monkeypatch, shape, kernel, stride,
+                                                            padding):
+    """Every image its own piece on 4 threads; a tie-free input, so y and argmax match exactly."""
+    run_every_piece(monkeypatch)
+    x = shuffled_linspace((7,) + shape[1:], seed=3)
+    xt = Tensor(x, requires_grad=True)
+    y = max_pool2d(xt, kernel, stride, padding)
+    y_plain, argmax_plain = max_pool_forward(x, *kernel, *stride, *padding)
+    np.testing.assert_array_equal(y.numpy(), y_plain)
+    np.testing.assert_array_equal(y.creator.argmax, argmax_plain)
+    gy = np.random.default_rng(4).standard_normal(y.shape)
+    y.backward(gy)
+    np.testing.assert_allclose(xt.grad, max_pool_backward(gy, argmax_plain, x.shape, *kernel,
+                                                          *stride, *padding),
+                               **TOL["float64_exact"])
+
+
+@pytest.mark.parametrize("shape, kernel, stride, padding", POOL_CONFIGS)
 def test_max_pool_forward_matches_loop_reference(shape, kernel, stride, padding):
     x = shuffled_linspace(shape)
     y = max_pool2d(Tensor(x, requires_grad=True), kernel, stride, padding)
@@ -112,7 +150,7 @@ def test_max_pool_without_grad_skips_the_argmax_and_gives_the_same_output():
     assert y.creator is None  # nothing to route a gradient through
     trained = max_pool2d(Tensor(x, requires_grad=True), 3, stride=2, padding=1)
     np.testing.assert_array_equal(y.numpy(), trained.numpy())
-    assert _max_pool_forward_cpu(x, 3, 3, 2, 2, 1, 1, with_argmax=False)[1] is None
+    assert cpu.max_pool_forward(x, 3, 3, 2, 2, 1, 1, with_argmax=False)[1] is None
 
 
 def test_max_pool_alexnet_sizes():
@@ -121,10 +159,11 @@ def test_max_pool_alexnet_sizes():
     assert sizes == [27, 13, 6]
 
 
-def test_max_pool_ties_go_to_the_first_maximum():
+@pytest.mark.parametrize("forward", MAX_POOL_FORWARDS)
+def test_max_pool_ties_go_to_the_first_maximum(forward):
     # Constant input: every element of every window ties, so the top-left (offset 0) wins.
     x = np.zeros((1, 1, 5, 5))
-    y, argmax = _max_pool_forward_cpu(x, 3, 3, 2, 2, 0, 0)
+    y, argmax = forward(x, 3, 3, 2, 2, 0, 0)
     np.testing.assert_array_equal(argmax, 0)
     xt = Tensor(x, requires_grad=True)
     max_pool2d(xt, 3, stride=2).backward(np.array([[[[1.0, 2.0], [3.0, 4.0]]]]))
@@ -133,12 +172,13 @@ def test_max_pool_ties_go_to_the_first_maximum():
     np.testing.assert_array_equal(xt.grad[0, 0], expected)
 
 
-def test_max_pool_tie_prefers_earlier_row_major_offset_and_ignores_padding():
+@pytest.mark.parametrize("forward", MAX_POOL_FORWARDS)
+def test_max_pool_tie_prefers_earlier_row_major_offset_and_ignores_padding(forward):
     x = np.array([[[[0.0, 5.0], [5.0, 1.0]]]])  # 5 appears at offsets (0,1) and (1,0)
-    _, argmax = _max_pool_forward_cpu(x, 2, 2, 2, 2, 0, 0)
+    _, argmax = forward(x, 2, 2, 2, 2, 0, 0)
     assert argmax.item() == 1  # (0, 1) comes first in row-major order
     neg = -np.ones((1, 1, 2, 2))  # all negative: the -inf padding must never win
-    y, argmax = _max_pool_forward_cpu(neg, 3, 3, 1, 1, 1, 1)
+    y, argmax = forward(neg, 3, 3, 1, 1, 1, 1)
     np.testing.assert_array_equal(y, -1.0)
     np.testing.assert_array_equal(argmax[0, 0], [[4, 3], [1, 0]])
 
@@ -177,9 +217,9 @@ def test_max_pool_gradcheck_non_contiguous_input():
 @pytest.mark.parametrize("shape, kernel, stride, padding", POOL_CONFIGS[:4])
 def test_max_pool_forward_backward_on_device(device, dtype, shape, kernel, stride, padding):
     x = shuffled_linspace(shape, seed=1)
-    y_ref, argmax_ref = max_pool_ref(x, kernel, stride, padding)
+    y_ref, argmax_ref = max_pool_forward(x, *kernel, *stride, *padding)
     gy = np.random.default_rng(2).standard_normal(y_ref.shape)
-    gx_ref = max_pool_backward_ref(x, gy, kernel, stride, padding)
+    gx_ref = max_pool_backward(gy, argmax_ref, x.shape, *kernel, *stride, *padding)
     xt = Tensor(x.astype(dtype), requires_grad=True).to(device)
     y = max_pool2d(xt, kernel, stride, padding)
     assert y.device == xt.device and y.dtype == dtype

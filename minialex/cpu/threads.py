@@ -1,8 +1,16 @@
-r"""What the layer files share: strided windows, and threads for the CPU passes (copies and
-GEMMs). The argument checks and the output-size formula are in :mod:`minialex.checks`.
+r"""Threads for the CPU passes: how many cores, a pool that takes pieces of a pass in turn,
+BLAS held to one thread inside it, and the fixed cuts that keep sums independent of the core
+count.
 
-Notation (as in conv.py and pool.py): ``x`` (N, C, H, W); window KH x KW; strides SH, SW;
-zero padding PH, PW; output OH x OW.
+Why minialex runs its own threads: OpenBLAS's worker threads spin-wait between calls, so on a
+machine with few cores they hold every core through the copies that follow each GEMM (im2col,
+col2im, pooling), and on a busy machine they fight other processes for cores and wait on each
+other. Instead BLAS runs single-threaded inside minialex's CPU ops, and each big pass (GEMMs
+included) is cut into pieces that this thread and a few sleeping workers take in turn: a worker
+that the scheduler sets aside delays only its own piece, and nothing spins.
+
+The settings below are module attributes read at every call, so a test can shrink them to run
+every piece and block of a pass on small inputs.
 """
 from __future__ import annotations
 
@@ -14,62 +22,20 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 from threadpoolctl import ThreadpoolController
 
-from ..backend import get_array_module
-from ..checks import (  # noqa: F401  (the layer files import them from here for now)
-    check_float,
-    check_window_fits,
-    is_int,
-    output_size,
-    pair,
-    positive_int,
-)
-
-
-def padded(x, PH: int, PW: int, value=0):
-    """``x`` (N, C, H, W) with PH rows and PW columns of ``value`` on each side (``x`` if none)."""
-    if PH == 0 and PW == 0:
-        return x
-    N, C, H, W = x.shape
-    xp = get_array_module(x)
-    out = xp.full((N, C, H + 2 * PH, W + 2 * PW), value, dtype=x.dtype)
-    out[:, :, PH:PH + H, PW:PW + W] = x
-    return out
-
-
-def window(a, kh: int, kw: int, SH: int, SW: int, OH: int, OW: int):
-    """The view ``a[..., kh + i*SH, kw + j*SW]`` for i < OH, j < OW: the element at offset
-    (kh, kw) of every window, as an (…, OH, OW) strided view (no copy)."""
-    return a[..., kh:kh + SH * (OH - 1) + 1:SH, kw:kw + SW * (OW - 1) + 1:SW]
-
-
-def unpadded(a, PH: int, PW: int):
-    """The inner (H, W) part of a padded (…, H + 2 PH, W + 2 PW) array, as a view."""
-    return a[..., PH:a.shape[-2] - PH, PW:a.shape[-1] - PW]
-
-
-# -- threads for the CPU passes (GEMMs, im2col, col2im, max-pool) -------------------------
-# Why minialex runs its own threads: OpenBLAS's worker threads spin-wait between calls, so on a
-# 2-core machine they hold both cores through the copies that follow each GEMM (im2col, col2im,
-# pooling), and on a busy machine they fight other processes for cores and wait on each other
-# (a training step ran 2-3x slower with two BLAS threads than with one there). Instead BLAS runs
-# single-threaded inside minialex's CPU ops, and each big pass (GEMMs included) is cut into
-# pieces that this thread and a few sleeping workers take in turn: a worker that the scheduler
-# sets aside delays only its own piece, and nothing spins.
 PIECES_PER_THREAD = 4  # more pieces than threads, so a slowed thread leaves its share to others
 SUM_PIECES = 8  # partial sums of a reduction (conv's gw, gb): a constant, so its bits never
 # depend on the machine's core count (see piece_bounds). Not more: a piece of one image makes
-# thin gw GEMMs and one more (OC, K) partial to add, and at 16 pieces a batch-16 fmnist training
-# step ran 0.83x as fast as at 8 on 2 cores; where 8 pieces are fewer than the threads, they run
-# one after another with BLAS's own threads (cpu_parallel_gemms)
+# thin gw GEMMs and one more (OC, K) partial to add; where 8 pieces are fewer than the threads,
+# they run one after another with BLAS's own threads (cpu_parallel_gemms)
 BLOCK_BYTES = 8 << 20  # a block's temporaries (its columns) at most: each thread keeps that much
 # scratch for the life of the process, and a smaller block fits more of the caches
+INLINE_WORK = 1 << 20  # elements touched below which a pass runs on this thread alone: starting
+# threads would cost more than they save
 _pool = None  # worker threads, made at the first call that is large enough to use them
 _pool_size = 0  # how many workers _pool has
 _blas = None  # threadpoolctl's handle on NumPy's BLAS, made at the first GEMM
-_scratch = threading.local()  # each thread's reusable temporaries (see scratch)
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,11 +82,12 @@ def cpu_parallel(fn, n: int, work: int) -> None:
     Why: NumPy's copies and ufuncs (im2col, col2im, the pooling loops) and single-threaded
     GEMMs use one core each; they release the GIL, so threads over independent slices
     (channels, images, output columns) let them run on all cores. ``work`` (elements touched)
-    below ~1M runs inline, where starting threads would cost more than it saves.
+    below :data:`INLINE_WORK` runs inline. ``fn`` must give the same result however
+    ``range(n)`` is cut: each piece writes only its own part of the outputs.
     """
     global _pool, _pool_size
     threads = min(cpu_threads(), n)
-    if threads <= 1 or work < (1 << 20):
+    if threads <= 1 or work < INLINE_WORK:
         fn(0, n)
         return
     if _pool is None or _pool_size < threads - 1:
@@ -145,24 +112,6 @@ def cpu_parallel(fn, n: int, work: int) -> None:
     for error in errors:
         if error is not None:
             raise error
-
-
-def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
-    """An uninitialised ``shape`` array that this thread gets back at every call with ``name``.
-
-    Why: the CPU passes make the same large temporaries in every call (a block's columns, its
-    column gradient, a padded copy). A fresh array is fresh pages from the kernel, and the first
-    write to each is a page fault: about a tenth of a training step was measured in them. Kept
-    per thread and grown to the largest size asked, these stay mapped; each thread holds one
-    buffer per name for the life of the process. The array is valid until the next call with
-    the same name in the same thread, so it must never be returned or kept.
-    """
-    buffers = _scratch.__dict__
-    size = math.prod(shape)
-    buf = buffers.get((name, np.dtype(dtype)))
-    if buf is None or buf.size < size:
-        buf = buffers[name, np.dtype(dtype)] = np.empty(size, dtype=dtype)
-    return buf[:size].reshape(shape)
 
 
 def piece_bounds(n: int) -> list:
@@ -231,22 +180,3 @@ def single_threaded_blas():
                 _blas_limiter.restore_original_limits()
                 _blas_limiter = None
 
-
-def cpu_matmul(a, b, out=None):
-    """``a @ b`` for 2-D float arrays, into ``out`` when given, in blocks of its longer side.
-
-    Why: BLAS runs single-threaded here (see above) and :func:`cpu_parallel` spreads the
-    blocks over the cores; a block of rows or columns of ``out`` is a plain strided view, so
-    each block's GEMM writes straight into ``out``.
-    """
-    if out is None:
-        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    M, P = out.shape
-    if P >= M:
-        def block(j0, j1):
-            np.matmul(a, b[:, j0:j1], out=out[:, j0:j1])
-    else:
-        def block(i0, i1):
-            np.matmul(a[i0:i1], b, out=out[i0:i1])
-    cpu_parallel_gemms(block, max(M, P), M * P * a.shape[1] // 16)
-    return out

@@ -1,5 +1,6 @@
-"""Tests for the CPU thread helpers in minialex/layers/_common.py: every piece runs once, a
-worker's error reaches the caller, and the blocked GEMM equals NumPy's."""
+"""Tests for minialex/cpu/threads.py, scratch.py and gemm.py: every piece runs once, a worker's
+error reaches the caller, sums are cut the same way on any machine, and the blocked GEMM equals
+NumPy's."""
 import threading
 import time
 import types
@@ -7,8 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from minialex.layers import _common
-from minialex.layers._common import block_bounds, cpu_matmul, cpu_parallel, piece_bounds
+from minialex.cpu import matmul as cpu_matmul
+from minialex.cpu import threads as threads_module
+from minialex.cpu.threads import block_bounds, cpu_parallel, piece_bounds
 
 from conftest import TOL
 
@@ -18,7 +20,7 @@ BIG = 1 << 22  # work above cpu_parallel's inline threshold, so the workers run
 @pytest.fixture
 def four_threads(monkeypatch):
     """Four threads whatever this machine has, so pieces really go to several threads."""
-    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
+    monkeypatch.setattr(threads_module, "cpu_threads", lambda: 4)
 
 
 def test_cpu_parallel_runs_every_index_once_across_threads(four_threads):
@@ -43,29 +45,29 @@ def test_cpu_parallel_reraises_a_workers_error(four_threads):
 
 def test_piece_bounds_cover_the_range_in_order_whatever_the_threads(monkeypatch):
     for threads in (1, 2, 4, 64):
-        monkeypatch.setattr(_common, "cpu_threads", lambda: threads)
+        monkeypatch.setattr(threads_module, "cpu_threads", lambda: threads)
         bounds = piece_bounds(37)
-        assert bounds[0] == 0 and bounds[-1] == 37 and len(bounds) == _common.SUM_PIECES + 1
+        assert bounds[0] == 0 and bounds[-1] == 37 and len(bounds) == threads_module.SUM_PIECES + 1
         assert all(lo < hi for lo, hi in zip(bounds, bounds[1:]))
         assert piece_bounds(3) == [0, 1, 2, 3]  # never more pieces than items
         assert piece_bounds(0) == [0]
 
 
 def test_block_bounds_keep_blocks_within_block_bytes(four_threads):
-    item = _common.BLOCK_BYTES // 3
+    item = threads_module.BLOCK_BYTES // 3
     assert block_bounds(9, item) == [0, 3, 6, 9]
     assert block_bounds(10, item) == [0, 2, 5, 7, 10]  # even blocks of at most 3 items
-    assert block_bounds(4, 2 * _common.BLOCK_BYTES) == [0, 1, 2, 3, 4]  # one item at least
+    assert block_bounds(4, 2 * threads_module.BLOCK_BYTES) == [0, 1, 2, 3, 4]  # one item at least
     assert block_bounds(0, item) == [0]
-    assert len(block_bounds(64, 1, per_thread=True)) == 4 * _common.PIECES_PER_THREAD + 1
+    assert len(block_bounds(64, 1, per_thread=True)) == 4 * threads_module.PIECES_PER_THREAD + 1
     assert block_bounds(64, 1) == [0, 64]
 
 
 def test_per_thread_blocks_give_every_piece_of_cpu_parallel_as_many_items(four_threads):
     # 32 items needing 18 blocks: rounded up to 32 blocks (a multiple of the 16 pieces), so each
     # of cpu_parallel's pieces of blocks covers 2 items; 18 blocks would give pieces of 1 to 3
-    pieces = 4 * _common.PIECES_PER_THREAD
-    bounds = block_bounds(32, _common.BLOCK_BYTES * 9 // 16, per_thread=True)
+    pieces = 4 * threads_module.PIECES_PER_THREAD
+    bounds = block_bounds(32, threads_module.BLOCK_BYTES * 9 // 16, per_thread=True)
     assert (len(bounds) - 1) % pieces == 0
     blocks = len(bounds) - 1
     per_piece = [bounds[blocks * (i + 1) // pieces] - bounds[blocks * i // pieces]
@@ -90,7 +92,7 @@ def test_cpu_parallel_waits_for_every_worker_before_reraising(monkeypatch, attem
     """A worker's error must not reach the caller while another worker still writes into the
     call's outputs. Of 7 workers, the first to start fails at once and the others are slow;
     the caller must see the slow ones finished when the error arrives."""
-    monkeypatch.setattr(_common, "cpu_threads", lambda: 8)
+    monkeypatch.setattr(threads_module, "cpu_threads", lambda: 8)
     lock, failing, finished = threading.Lock(), [], []
 
     def piece(start, stop):
@@ -111,17 +113,17 @@ def test_cpu_parallel_waits_for_every_worker_before_reraising(monkeypatch, attem
 
 
 def test_cpu_parallel_shuts_down_a_pool_it_outgrows(monkeypatch):
-    monkeypatch.setattr(_common, "_pool", None)
-    monkeypatch.setattr(_common, "_pool_size", 0)
-    monkeypatch.setattr(_common, "cpu_threads", lambda: 2)
+    monkeypatch.setattr(threads_module, "_pool", None)
+    monkeypatch.setattr(threads_module, "_pool_size", 0)
+    monkeypatch.setattr(threads_module, "cpu_threads", lambda: 2)
     cpu_parallel(lambda start, stop: None, 8, BIG)
-    small = _common._pool
-    monkeypatch.setattr(_common, "cpu_threads", lambda: 4)
+    small = threads_module._pool
+    monkeypatch.setattr(threads_module, "cpu_threads", lambda: 4)
     cpu_parallel(lambda start, stop: None, 8, BIG)
-    assert _common._pool is not small and _common._pool_size == 3
+    assert threads_module._pool is not small and threads_module._pool_size == 3
     with pytest.raises(RuntimeError):  # shut down: takes no more work
         small.submit(print)
-    _common._pool.shutdown()
+    threads_module._pool.shutdown()
 
 
 class FakeBlas:
@@ -143,19 +145,19 @@ def test_single_threaded_blas_in_overlapping_threads_restores_blas_after_the_las
     """A enters, B enters, A leaves, B leaves: BLAS stays on one thread until B leaves, and
     has its threads back afterwards (the limit is process-wide, not per thread)."""
     blas = FakeBlas(threads=2)
-    monkeypatch.setattr(_common, "_blas", blas)
+    monkeypatch.setattr(threads_module, "_blas", blas)
     a_inside, b_inside, a_left, b_done = (threading.Event() for _ in range(4))
     seen = {}
 
     def a():
-        with _common.single_threaded_blas():
+        with threads_module.single_threaded_blas():
             a_inside.set()
             b_inside.wait(10)
         a_left.set()
 
     def b():
         a_inside.wait(10)
-        with _common.single_threaded_blas():
+        with threads_module.single_threaded_blas():
             b_inside.set()
             a_left.wait(10)
             seen["B after A left"] = blas.threads
@@ -171,17 +173,17 @@ def test_single_threaded_blas_in_overlapping_threads_restores_blas_after_the_las
 
 
 def test_cpu_threads_reads_cgroup_v1_and_guards_a_zero_period(monkeypatch):
-    cores = _common.cpu_threads.__wrapped__
+    cores = threads_module.cpu_threads.__wrapped__
 
     def missing():
         raise OSError("no such file")
     affinity = cores()
-    monkeypatch.setattr(_common, "_read_cgroup_v2", missing)
-    monkeypatch.setattr(_common, "_read_cgroup_v1", lambda: (100_000, 100_000))
+    monkeypatch.setattr(threads_module, "_read_cgroup_v2", missing)
+    monkeypatch.setattr(threads_module, "_read_cgroup_v1", lambda: (100_000, 100_000))
     assert cores() == 1  # a one-core v1 quota
-    monkeypatch.setattr(_common, "_read_cgroup_v1", lambda: (-1, 100_000))
+    monkeypatch.setattr(threads_module, "_read_cgroup_v1", lambda: (-1, 100_000))
     assert cores() == affinity  # v1's "no quota"
-    monkeypatch.setattr(_common, "_read_cgroup_v2", lambda: (100_000, 0))
+    monkeypatch.setattr(threads_module, "_read_cgroup_v2", lambda: (100_000, 0))
     assert cores() == affinity  # a zero period is ignored, not divided by
-    monkeypatch.setattr(_common, "_read_cgroup_v1", missing)
+    monkeypatch.setattr(threads_module, "_read_cgroup_v1", missing)
     assert cores() == affinity
