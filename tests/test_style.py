@@ -11,7 +11,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "minialex"
 SOURCES = sorted(PACKAGE.rglob("*.py"))
-# Layer files; _common.py and __init__.py are the helpers they share, not layers.
+# Layer files; __init__.py is not a layer.
 LAYER_FILES = sorted(p for p in (PACKAGE / "layers").glob("*.py") if not p.name.startswith("_"))
 
 
