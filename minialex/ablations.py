@@ -58,14 +58,13 @@ and no augmentation) is trained once per seed and reported in each.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
 
 import numpy as np
 
-from . import backend, recipe
+from . import backend, checkpoint, recipe
 from .config import CPU_PRESET, GPU_PRESET, RunConfig
 from .data import Loader
 from .extensions import REPORT, Extension, LearningRate, LossCheck, Validation
@@ -491,8 +490,8 @@ def run_studies(names=None, budget="cpu", *, device: str = "cpu", out=None, data
             os.makedirs(out, exist_ok=True)
             with open(os.path.join(out, f"{name}.md"), "w") as f:
                 f.write(table)
-            with open(os.path.join(out, f"{name}.json"), "w") as f:
-                json.dump({"summary": summary, "runs": runs}, f, indent=1)
+            checkpoint.write_json(os.path.join(out, f"{name}.json"),
+                                  {"summary": summary, "runs": runs})
             picture = plot(summary, runs, os.path.join(out, f"{name}.png"))
             summary["plot"] = picture
             print(f"plot: {picture}" if picture else

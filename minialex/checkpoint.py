@@ -162,6 +162,12 @@ def atomic_write(path, write) -> None:
             os.close(dir_fd)
 
 
+def write_json(path, value) -> None:
+    """``value`` as indented JSON in ``path``, written atomically (:func:`atomic_write`)."""
+    text = json.dumps(value, indent=2) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
 def remove_partial_files(directory) -> list:
     """Remove the temporary files that :func:`atomic_write` leaves in ``directory`` when its
     process is killed before the rename; returns their paths. Only for a directory no other

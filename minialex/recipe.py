@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import sys
@@ -39,6 +38,90 @@ from .train import Trainer, evaluate, evaluate_ten_crop
 from .watch import LossWatch, TrainingStalled, TrainingStopped, above_chance
 
 
+# -- the whole run ------------------------------------------------------------------------------
+def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resume=None,
+        overrides: dict | None = None, data_dir=None, cache=None, workers=None,
+        stream=None) -> dict:
+    """Train ``config``, test it, and return the summary that is also written to
+    ``out/summary.json``. ``summary["stopped"]`` is ``"completed"``, ``"schedule exhausted"``
+    or ``"interrupted"``; a run that stopped learning raises
+    :class:`~minialex.watch.TrainingStopped` after writing a summary that says why.
+
+    ``resume``: a checkpoint whose run to continue. Its settings are the run's, except those in
+    ``overrides`` (settings given explicitly, e.g. by flags: see
+    :func:`minialex.config.resolve`); by default only ``config``'s per-invocation ones
+    (``epochs``, ``ten_crop``, ``print_freq``). An override that contradicts the checkpoint is
+    refused (ValueError naming it).
+
+    ``out`` is locked for the run (:mod:`minialex.rundir`): a second run there raises
+    :class:`~minialex.rundir.RunDirectoryBusy` before any work, and temporary files that a
+    killed save left are removed. A write that fails (disk full, quota, permission) raises
+    :class:`~minialex.checkpoint.WriteError` naming the file, what ``last.npz`` still holds and
+    how to resume."""
+    started = time.time()
+    stream = sys.stdout if stream is None else stream
+    tree = None
+    if resume is not None:
+        tree = checkpoint.migrate(checkpoint.load(resume))
+        if overrides is None:
+            overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
+        config = resolve(overrides, device, tree.get("config", {}))
+    out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
+                  default_out_dir(config))
+    with rundir.lock(out) as locked:  # one run per folder; a second stops here, before any work
+        # unlocked (no fcntl), another run may be writing these files: leave them
+        for partial in checkpoint.remove_partial_files(out) if locked else []:
+            print(f"note: removed {partial}, left by a save that was cut short", file=stream)
+        data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
+                         classes=tree["classes"] if tree else None)
+        run = build(config, data, device, normalization=tree["normalization"] if tree else None)
+        if config.limit_train and config.limit_train < config.batch_size:
+            print(f"note: --limit-train {config.limit_train} is below the batch size",
+                  file=stream)
+        watch = LossWatch(len(data.classes), warmup=config.warmup,
+                          stall_steps=config.stall_steps)
+        trainer = Trainer(run.model, run.optimizer, run.train_loader, run.val_loader,
+                          scheduler=run.scheduler, warmup=run.warmup, watch=watch,
+                          epochs=config.epochs, out_dir=out,
+                          config={**config.to_dict(), "device": device},
+                          extra_state={"classes": data.classes,
+                                       "normalization": run.normalization},
+                          print_freq=config.print_freq, stream=stream)
+        if tree is not None:
+            trainer.load_state(tree, source=str(resume))
+        _print_header(run, trainer, device, out, resume, stream)
+
+        try:
+            stopped = trainer.fit()
+        except TrainingStopped:         # trainer.stopped says why
+            with contextlib.suppress(OSError):     # why it stopped matters more than a full disk
+                _write_summary(out, run_summary(trainer, run, device, None, started))
+            # the curves say how it got there; the last weights' predictions would say nothing
+            report.write_after_fit(out, run, stream, tested=False)
+            raise
+        if stopped == "interrupted":      # curves and tables only: Ctrl-C asked to stop soon
+            report.write_after_fit(out, run, stream, tested=False)
+            return run_summary(trainer, run, device, None, started)
+        test = evaluate_best(trainer, run.test_loader, keep_probabilities=True)
+        # the report's confusion matrix and mistakes come from this pass, not a second one
+        predictions = report.Predictions(test.pop("probabilities"), test.pop("labels"),
+                                         list(data.classes))
+        # evaluate_best left its weights in the model for the ten crops
+        summary = run_summary(trainer, run, device, test, started, **ten_crop_results(run))
+        if not above_chance(test["top1"], test["images"], len(data.classes)):
+            what = (f"the run ended at chance: test top-1 {test['top1']:.2%} over "
+                    f"{test['images']} images of {len(data.classes)} classes is no better than "
+                    f"guessing ({1 / len(data.classes):.2%})")
+            summary["stopped"] = f"{TrainingStalled.reason}: {what}"
+            _write_summary(out, summary)
+            report.write_after_fit(out, run, stream, predictions=predictions)
+            raise TrainingStalled(what)
+        _write_summary(out, summary)
+        report.write_after_fit(out, run, stream, predictions=predictions)  # a failure only warns
+    return summary
+
+
+# -- its parts ---------------------------------------------------------------------------------
 @dataclasses.dataclass
 class RunData:
     """A run's splits and what the model and transforms need to know about them."""
@@ -61,6 +144,15 @@ class RunData:
                     + (f"; images scaled 28x28 -> {scaled}x{scaled} per batch on the device"
                        if scaled != 28 else ""))
         return f"data: {config.dataset}: {counts} | {describe_folder(self.folder)}"
+
+    def facts(self) -> dict:
+        """What a result records about an image folder's data: the split tested, the prepared
+        cache and the files skipped in each split ({} for Fashion-MNIST)."""
+        if self.folder is None:
+            return {}
+        folder = self.folder
+        return {"test_split": self.test_split, "prepared": str(folder.path),
+                "skipped_files": {split: folder.skipped[split] for split in folder.splits}}
 
 
 def describe_folder(data, counts: bool = False) -> str:
@@ -213,92 +305,6 @@ def default_out_dir(config: RunConfig) -> str:
     return os.path.join("runs", f"{config.model}-{stamp}")
 
 
-def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resume=None,
-        overrides: dict | None = None, data_dir=None, cache=None, workers=None,
-        stream=None) -> dict:
-    """Train ``config``, test it, and return the summary that is also written to
-    ``out/summary.json``. ``summary["stopped"]`` is ``"completed"``, ``"schedule exhausted"``
-    or ``"interrupted"``; a run that stopped learning raises
-    :class:`~minialex.watch.TrainingStopped` after writing a summary that says why.
-
-    ``resume``: a checkpoint whose run to continue. Its settings are the run's, except those in
-    ``overrides`` (settings given explicitly, e.g. by flags: see
-    :func:`minialex.config.resolve`); by default only ``config``'s per-invocation ones
-    (``epochs``, ``ten_crop``, ``print_freq``). An override that contradicts the checkpoint is
-    refused (ValueError naming it).
-
-    ``out`` is locked for the run (:mod:`minialex.rundir`): a second run there raises
-    :class:`~minialex.rundir.RunDirectoryBusy` before any work, and temporary files that a
-    killed save left are removed. A write that fails (disk full, quota, permission) raises
-    :class:`~minialex.checkpoint.WriteError` naming the file, what ``last.npz`` still holds and
-    how to resume."""
-    started = time.time()
-    stream = sys.stdout if stream is None else stream
-    tree = None
-    if resume is not None:
-        tree = checkpoint.migrate(checkpoint.load(resume))
-        if overrides is None:
-            overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
-        config = resolve(overrides, device, tree.get("config", {}))
-    out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
-                  default_out_dir(config))
-    with rundir.lock(out) as locked:  # one run per folder; a second stops here, before any work
-        # unlocked (no fcntl), another run may be writing these files: leave them
-        for partial in checkpoint.remove_partial_files(out) if locked else []:
-            print(f"note: removed {partial}, left by a save that was cut short", file=stream)
-        data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
-                         classes=tree["classes"] if tree else None)
-        run = build(config, data, device, normalization=tree["normalization"] if tree else None)
-        if config.limit_train and config.limit_train < config.batch_size:
-            print(f"note: --limit-train {config.limit_train} is below the batch size",
-                  file=stream)
-        watch = LossWatch(len(data.classes), warmup=config.warmup,
-                          stall_steps=config.stall_steps)
-        trainer = Trainer(run.model, run.optimizer, run.train_loader, run.val_loader,
-                          scheduler=run.scheduler, warmup=run.warmup, watch=watch,
-                          epochs=config.epochs, out_dir=out,
-                          config={**config.to_dict(), "device": device},
-                          extra_state={"classes": data.classes,
-                                       "normalization": run.normalization},
-                          print_freq=config.print_freq, stream=stream)
-        if tree is not None:
-            trainer.load_state(tree, source=str(resume))
-        _print_header(run, trainer, device, out, resume, stream)
-
-        try:
-            stopped = trainer.fit()
-        except TrainingStopped:         # trainer.stopped says why
-            with contextlib.suppress(OSError):     # why it stopped matters more than a full disk
-                _write_summary(out, run_summary(trainer, run, device, None, started))
-            # the curves say how it got there; the last weights' predictions would say nothing
-            report.write_after_fit(out, run, stream, tested=False)
-            raise
-        if stopped == "interrupted":      # curves and tables only: Ctrl-C asked to stop soon
-            report.write_after_fit(out, run, stream, tested=False)
-            return run_summary(trainer, run, device, None, started)
-        test = evaluate_best(trainer, run.test_loader, keep_probabilities=True)
-        # the report's confusion matrix and mistakes come from this pass, not a second one
-        predictions = report.Predictions(test.pop("probabilities"), test.pop("labels"),
-                                         list(data.classes))
-        extra = {}
-        if run.ten_crop_loader is not None:    # evaluate_best left its weights in the model
-            ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
-            extra = {"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
-                     "test_loss_10crop": ten["loss"]}
-        summary = run_summary(trainer, run, device, test, started, **extra)
-        if not above_chance(test["top1"], test["images"], len(data.classes)):
-            what = (f"the run ended at chance: test top-1 {test['top1']:.2%} over "
-                    f"{test['images']} images of {len(data.classes)} classes is no better than "
-                    f"guessing ({1 / len(data.classes):.2%})")
-            summary["stopped"] = f"{TrainingStalled.reason}: {what}"
-            _write_summary(out, summary)
-            report.write_after_fit(out, run, stream, predictions=predictions)
-            raise TrainingStalled(what)
-        _write_summary(out, summary)
-        report.write_after_fit(out, run, stream, predictions=predictions)  # a failure only warns
-    return summary
-
-
 def _print_header(run, trainer, device, out, resume, stream):
     c, model = run.config, run.model
     print(f"minialex {__version__} | device {describe_device(device)} | model {model.variant} "
@@ -358,21 +364,27 @@ def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **e
         out["started"] = datetime.datetime.fromtimestamp(started).isoformat(timespec="seconds")
     out["out"] = trainer.out_dir
     out["summary_file"] = os.path.join(trainer.out_dir, report.SUMMARY_FILE)
-    if run.data.folder is not None:
-        folder = run.data.folder
-        out.update({"test_split": run.data.test_split, "prepared": str(folder.path),
-                    "skipped_files": {split: folder.skipped[split] for split in folder.splits}})
+    out.update(run.data.facts())
     out.update(extra)
     return out
+
+
+def ten_crop_results(run: Run) -> dict:
+    """The model's test accuracy and loss over the paper's ten crops (Sec. 4.1), when ``run``
+    has a ten-crop loader; else {}."""
+    if run.ten_crop_loader is None:
+        return {}
+    ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
+    return {"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
+            "test_loss_10crop": ten["loss"]}
 
 
 def _write_summary(out, summary) -> str:
     """Write ``out/summary.json``; when that fails the trained state is in ``last.npz``, and
     resuming it (with no epochs left) tests it and writes the summary again."""
     path = os.path.join(out, report.SUMMARY_FILE)
-    text = json.dumps(summary, indent=2) + "\n"
     try:
-        checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+        checkpoint.write_json(path, summary)
     except checkpoint.WriteError as exc:
         last = os.path.join(out, "last.npz")
         raise checkpoint.WriteError(path, exc, f"the trained state is in {last}; resume with "
@@ -432,20 +444,10 @@ def evaluate_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, 
               "test_top1": metrics["top1"], "test_top5": metrics["top5"],
               "test_loss": metrics["loss"], "test_images": metrics["images"],
               "device": describe_device(device), "model": run.model.variant,
-              "classes": data.classes}
-    if run.ten_crop_loader is not None:
-        ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
-        result.update({"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
-                       "test_loss_10crop": ten["loss"]})
-    if data.folder is not None:
-        folder = data.folder
-        result.update({"test_split": data.test_split, "prepared": str(folder.path),
-                       "skipped_files": {split: folder.skipped[split] for split in folder.splits}})
+              "classes": data.classes, **ten_crop_results(run), **data.facts()}
     if out:
         os.makedirs(out, exist_ok=True)
-        text = json.dumps(result, indent=2) + "\n"
-        checkpoint.atomic_write(os.path.join(out, "evaluate.json"),
-                                lambda f: f.write(text.encode("utf-8")))
+        checkpoint.write_json(os.path.join(out, "evaluate.json"), result)
     return result
 
 

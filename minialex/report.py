@@ -32,10 +32,9 @@ import platform
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from . import __version__, backend, checkpoint
-from . import functional as F
-from .extensions import METRICS_FILE
-from .tensor import Tensor, no_grad
+from . import __version__, checkpoint
+from .extensions import METRICS_FILE, read_metrics
+from .train import evaluate
 from .visualize import conv1_filters, save_png, tile, to_display, upscale
 
 try:                    # optional (pip install matplotlib): only the curves' pictures need it
@@ -59,18 +58,8 @@ HOW_TO_PLOT = ("the curves' pictures need matplotlib: <code>pip install -e '.[pl
 # -- what the report reads ---------------------------------------------------------------------
 def load_metrics(out_dir) -> list:
     """The records of ``out_dir/metrics.jsonl``, in order (a line cut short by a kill is
-    left out, as the trainer does)."""
-    path = os.path.join(out_dir, METRICS_FILE)
-    if not os.path.exists(path):
-        return []
-    records = []
-    with open(path) as f:
-        for line in f:
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    left out, as the trainer does: :func:`minialex.extensions.read_metrics`)."""
+    return read_metrics(os.path.join(out_dir, METRICS_FILE))
 
 
 def curves(records) -> dict:
@@ -110,19 +99,10 @@ class Predictions:
 
 
 def collect_predictions(model, loader, classes) -> Predictions:
-    """The softmax of ``model`` over every batch of ``loader`` (eval mode, no gradients)."""
-    was_training = model.training
-    model.eval()
-    probs, labels = [], []
-    try:
-        with no_grad():
-            for x, y in loader.epoch():
-                probs.append(backend.to_numpy(F.average_softmax(model(Tensor(x)).data, 1)))
-                labels.append(backend.to_numpy(y))
-    finally:
-        model.train(was_training)
-    return Predictions(np.concatenate(probs), np.concatenate(labels).astype(np.int64),
-                       list(classes))
+    """The softmax of ``model`` over every batch of ``loader``: the probabilities that
+    :func:`minialex.train.evaluate` keeps."""
+    metrics = evaluate(model, loader, keep_probabilities=True)
+    return Predictions(metrics["probabilities"], metrics["labels"], list(classes))
 
 
 # -- pictures ----------------------------------------------------------------------------------
