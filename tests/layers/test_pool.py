@@ -144,6 +144,22 @@ def test_max_pool_forward_matches_loop_reference(shape, kernel, stride, padding)
     np.testing.assert_array_equal(y.creator.argmax, argmax_ref)
 
 
+def test_max_pool_cpu_gives_the_same_bits_on_any_core_count(monkeypatch):
+    """Overlapping windows (3/2) add their shares onto shared elements: however the images are
+    cut into pieces for the threads, each element's sum is made in the same order."""
+    x = np.random.default_rng(5).standard_normal((9, 3, 13, 11))
+    gy = np.random.default_rng(6).standard_normal((9, 3, 7, 6))
+    results = []
+    for count in (1, 2, 4, 16):
+        run_every_piece(monkeypatch, threads_count=count)
+        xt = Tensor(x, requires_grad=True)
+        y = max_pool2d(xt, 3, stride=2, padding=1)
+        y.backward(gy)
+        results.append((y.numpy(), xt.grad))
+    for y, gx in results[1:]:
+        assert np.array_equal(y, results[0][0]) and np.array_equal(gx, results[0][1])
+
+
 def test_max_pool_without_grad_skips_the_argmax_and_gives_the_same_output():
     x = shuffled_linspace((3, 4, 13, 13), seed=2)
     y = max_pool2d(Tensor(x), 3, stride=2, padding=1)
