@@ -13,12 +13,14 @@ with the high bit set on every byte but the last. The wire type says how long th
 (Types 3 and 4, the deprecated groups, are refused.) A repeated float is written either packed
 (one length-delimited field) or not (one 32-bit field per value); readers must take both.
 
-:func:`fields` yields ``(number, wire_type, value)``: an int for a varint, the bytes of the
-value for the others. It reads a run of unpacked fixed-size values of the same field at once,
-vectorised (a weight of 38 million floats is 38 million fields), and yields it as *one* field
-whose bytes are the values back to back, exactly as if it had been packed.
+:func:`fields` yields ``(number, wire_type, value)``: an int for a varint, the value's bytes
+for the others (a ``memoryview`` into the message for a length-delimited value, so that a
+nested message of 200 MB is not copied). It reads a run of unpacked fixed-size values of the
+same field at once, vectorised (a weight of 38 million floats is 38 million fields), and
+yields it as *one* field whose bytes are the values back to back, as if it had been packed.
 
->>> list(fields(bytes([0x08, 0x96, 0x01, 0x12, 0x02, 0x68, 0x69])))
+>>> [(n, w, bytes(v) if w == LENGTH else v)
+...  for n, w, v in fields(bytes([0x08, 0x96, 0x01, 0x12, 0x02, 0x68, 0x69]))]
 [(1, 0, 150), (2, 2, b'hi')]
 """
 from __future__ import annotations
