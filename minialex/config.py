@@ -50,13 +50,14 @@ import dataclasses
 import math
 import os
 
+from .data.augment import CROP_SIZE as PAPER_CROP  # Sec. 4.1: 224x224 patches of...
+from .data.augment import IMAGE_SIZE as PAPER_IMAGE_SIZE  # ... the 256x256 images (Sec. 2)
 from .models import ACTIVATIONS, INITS, LRN_POSITIONS, POOLS, VARIANTS
 from .optim import MOMENTUM, WEIGHT_DECAY
 
 FASHION_MNIST = "fashion-mnist"
 SCHEDULES = ("plateau", "step", "none")
 DROPOUT_MODES = ("inverted", "paper")
-PAPER_IMAGE_SIZE, PAPER_CROP = 256, 224    # Sec. 2 and 4.1: 224x224 patches of 256x256 images
 
 
 class SettingError(ValueError):

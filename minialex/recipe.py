@@ -30,7 +30,7 @@ from .config import FASHION_MNIST, RunConfig, resolve
 from .data import ArrayDataset, Loader, load_fashion_mnist
 from .data.augment import PCA_STD, Augmenter
 from .data.prepare import prepare
-from .data.transforms import image_transforms
+from .data.transforms import GreyAugmenter
 from .lr_finder import lr_range_test
 from .models import VARIANTS, alexnet
 from .optim import SGD, LinearWarmup, ReduceLROnPlateau, StepLR
@@ -261,24 +261,24 @@ def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=N
                               pca_std=PCA_STD if config.pca else None,
                               scale=input_scale(folder) if config.normalize else 1.0,
                               generator=augment)
-        train_tf, eval_tf, ten_tf = augmenter.train, augmenter.eval, augmenter.ten_crop
     else:
         source = normalization or {"mean": data.fashion_mnist.mean,
                                    "std": data.fashion_mnist.std}
         norm = {"mean": float(source["mean"]), "std": float(source["std"])}
-        train_tf, eval_tf = image_transforms(model.input_size, norm["mean"], norm["std"],
-                                             crop_padding=config.crop_padding, flip=config.flip,
-                                             generator=augment)
-        ten_tf = None
+        augmenter = GreyAugmenter(model.input_size, norm["mean"], norm["std"],
+                                  crop_padding=config.crop_padding, flip=config.flip,
+                                  generator=augment)
     eval_batch = 2 * config.batch_size
     loader = dict(device=device, num_classes=len(data.classes))
     return Run(
         config, data, model, optimizer, scheduler, LinearWarmup(optimizer, config.warmup),
         Loader(data.train, config.batch_size, shuffle=True,
-               generator=np.random.default_rng([config.seed, 1]), transform=train_tf, **loader),
-        Loader(data.val, eval_batch, transform=eval_tf, **loader) if len(data.val) else None,
-        Loader(data.test, eval_batch, transform=eval_tf, **loader),
-        Loader(data.test, max(1, eval_batch // 10), transform=ten_tf, **loader)
+               generator=np.random.default_rng([config.seed, 1]), transform=augmenter.train,
+               **loader),
+        Loader(data.val, eval_batch, transform=augmenter.eval, **loader) if len(data.val)
+        else None,
+        Loader(data.test, eval_batch, transform=augmenter.eval, **loader),
+        Loader(data.test, max(1, eval_batch // 10), transform=augmenter.ten_crop, **loader)
         if config.ten_crop else None,
         norm)
 

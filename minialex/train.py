@@ -127,16 +127,11 @@ def evaluate_ten_crop(model, loader, *, reduce_sums=None) -> dict:
     return _evaluate(model, loader, _averaged_crop_scores, reduce_sums=reduce_sums)
 
 
-def topk_correct(logits, labels, ks=TOPK) -> list:
-    """How many rows of ``logits`` (N, C) have their label among the ``k`` highest scores, for
-    each ``k``. Ties are broken by class index, as ``argmax`` does: a network that gives every
-    class the same score predicts class 0, not every class. Works on NumPy and CuPy arrays."""
-    return [int(c) for c in backend.to_numpy(topk_counts(logits, labels, ks))]
-
-
 def topk_counts(logits, labels, ks=TOPK):
-    """:func:`topk_correct` as an int64 array on the logits' device, so that nothing waits for
-    the device to read it back."""
+    """How many rows of ``logits`` (N, C) have their label among the ``k`` highest scores, for
+    each ``k``: an int64 array on the logits' device (NumPy or CuPy), so that nothing waits for
+    the device to read it back. Ties are broken by class index, as ``argmax`` does: a network
+    that gives every class the same score predicts class 0, not every class."""
     xp = backend.get_array_module(logits)
     with backend.device_scope(logits):
         labels = xp.asarray(labels)[:, None].astype(np.int64)
@@ -145,11 +140,6 @@ def topk_counts(logits, labels, ks=TOPK):
                                          & (xp.arange(logits.shape[1]) < labels))
         rank = ahead.sum(axis=1)                     # classes ranked before the label
         return xp.stack([(rank < k).sum() for k in ks]).astype(np.int64)
-
-
-def topk_accuracy(logits, labels, k=1) -> float:
-    """Fraction of rows whose label is among the ``k`` highest scores."""
-    return topk_correct(logits, labels, (k,))[0] / max(len(logits), 1)
 
 
 @dataclasses.dataclass

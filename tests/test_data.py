@@ -224,8 +224,8 @@ def test_augmentation_is_reproducible_with_the_same_generator():
     x = np.random.default_rng(3).integers(0, 256, (8, 1, 10, 10), dtype=np.uint8)
 
     def run(seed):
-        train, _ = T.image_transforms(16, 0.3, 0.4, crop_padding=2, flip=True,
-                                      generator=np.random.default_rng(seed))
+        train = T.GreyAugmenter(16, 0.3, 0.4, crop_padding=2, flip=True,
+                                generator=np.random.default_rng(seed)).train
         return np.concatenate([train(x), train(x)])
 
     np.testing.assert_array_equal(run(5), run(5))
@@ -234,7 +234,7 @@ def test_augmentation_is_reproducible_with_the_same_generator():
 
 def test_eval_pipeline_normalises_then_resizes():
     x = np.random.default_rng(4).integers(0, 256, (2, 1, 4, 4), dtype=np.uint8)
-    _, evaluate = T.image_transforms(8, 0.25, 0.5)
+    evaluate = T.GreyAugmenter(8, 0.25, 0.5).eval
     expected = T.resize_bilinear((x / 255.0 - 0.25) / 0.5, 8)
     np.testing.assert_allclose(evaluate(x), expected, **TOL["float32_unit"])
 
@@ -281,8 +281,8 @@ def random_loader(kind, prefetch, shuffle_seed=0, augment_seed=1):
     augment = np.random.default_rng(augment_seed)
     if kind == "grey":
         images = rng.integers(0, 256, (23, 1, 6, 6), dtype=np.uint8)
-        transform, _ = T.image_transforms(6, 0.5, 0.25, crop_padding=2, flip=True,
-                                          generator=augment)
+        transform = T.GreyAugmenter(6, 0.5, 0.25, crop_padding=2, flip=True,
+                                    generator=augment).train
     else:
         from minialex.data.augment import Augmenter
         images = rng.integers(0, 256, (23, 8, 8, 3), dtype=np.uint8)

@@ -26,7 +26,6 @@ from minialex.train import (
     Trainer,
     evaluate,
     evaluate_ten_crop,
-    topk_correct,
     topk_counts,
     train_one_epoch,
 )
@@ -180,7 +179,7 @@ def test_top_k_counts_summed_on_the_device_equal_the_host_counts(standin):
     for logits, labels in batches:
         running.add(8, 0.0, topk_counts(backend.to_device(logits, "gpu"),
                                         backend.to_device(labels, "gpu")))
-    expected = np.sum([topk_correct(logits, labels) for logits, labels in batches], axis=0)
+    expected = np.sum([topk_counts(logits, labels) for logits, labels in batches], axis=0)
     assert 0 < expected[0] < expected[1] < 24
     standin.TRANSFERS.reset()
     assert (running.settle().correct1, running.correct5) == tuple(expected)

@@ -40,8 +40,11 @@ draws and inspect them. :class:`Augmenter` follows the random-stream convention 
 same seed gives the same crops, flips and colour noise on the CPU and the GPU), an explicit
 generator is used as given and saved by ``state_dict()``.
 
-Evaluation: :func:`center_crop`, and :func:`ten_crop` (four corners, centre, and their mirrors)
-with :func:`average_softmax` to average the 10 softmax outputs, as the paper's test time.
+Evaluation: the centre crop (:meth:`Augmenter.eval`), and :func:`ten_crop` (four corners,
+centre, and their mirrors) whose 10 softmax outputs ``minialex.functional.average_softmax``
+averages, as the paper's test time. :class:`Augmenter` binds all of it to a prepared dataset's
+statistics; :class:`minialex.data.transforms.GreyAugmenter` offers the same interface
+(``train``, ``eval``, ``ten_crop``, ``state_dict``) for Fashion-MNIST's grey images.
 
 Example:
     >>> rng = np.random.default_rng(0)
@@ -200,32 +203,12 @@ def apply_augmentation(images, draws: Draws, *, crop: int = CROP_SIZE, mean=None
         return out
 
 
-def augment(images, rng, *, crop: int = CROP_SIZE, mean=None, eigvals=None, eigvecs=None,
-            random_crop: bool = True, flip: bool = True, pca_std: float | None = PCA_STD,
-            scale: float = 1.0, dtype=np.float32):
-    """Draw (from ``rng``) and apply the training augmentation in one call.
-
-    Colour noise is drawn only when ``eigvals`` is given and ``pca_std`` is non-zero.
-    """
-    draws = draw_augmentation(rng, images.shape[0], size=images.shape[1], crop=crop,
-                              random_crop=random_crop, flip=flip,
-                              pca_std=pca_std if eigvals is not None else None)
-    return apply_augmentation(images, draws, crop=crop, mean=mean, eigvals=eigvals,
-                              eigvecs=eigvecs, scale=scale, dtype=dtype)
-
-
-def center_crop(images, *, crop: int = CROP_SIZE, mean=None, scale: float = 1.0,
-                dtype=np.float32):
-    """The single-crop evaluation input: the central ``crop`` square, ``(N, C, crop, crop)``."""
-    return apply_augmentation(images, center_draws(images.shape[0], images.shape[1], crop),
-                              crop=crop, mean=mean, scale=scale, dtype=dtype)
-
-
 def ten_crop(images, *, crop: int = CROP_SIZE, mean=None, scale: float = 1.0, dtype=np.float32):
     """The paper's 10 test crops, ``(10, N, C, crop, crop)`` in the order of :data:`TEN_CROPS`.
 
     ``.reshape(10 * N, C, crop, crop)`` (free: the result is contiguous) gives one batch, crop
-    major, whose network outputs :func:`average_softmax` averages back to ``(N, K)``. The result
+    major, whose network outputs ``minialex.functional.average_softmax`` averages back to
+    ``(N, K)``. The result
     is 10 times the batch: evaluate in batches a tenth of the training size.
     """
     N, H, W, C = images.shape
@@ -246,23 +229,6 @@ def ten_crop(images, *, crop: int = CROP_SIZE, mean=None, scale: float = 1.0, dt
         if scale != 1.0:
             out *= scale
         return out
-
-
-def average_softmax(logits, n_crops: int = 10):
-    """Mean of the softmax over crops: ``(n_crops * N, K)`` crop-major or ``(n_crops, N, K)``
-    logits -> ``(N, K)`` probabilities (the paper averages the predictions of the 10 patches)."""
-    xp = get_array_module(logits)
-    logits = xp.asarray(logits)
-    if logits.ndim == 2:
-        if logits.shape[0] % n_crops:
-            raise ValueError(f"average_softmax: {logits.shape[0]} rows are not a multiple of "
-                             f"n_crops={n_crops}")
-        logits = logits.reshape(n_crops, logits.shape[0] // n_crops, logits.shape[1])
-    if logits.ndim != 3 or logits.shape[0] != n_crops:
-        raise ValueError(f"average_softmax: expected ({n_crops}*N, K) or ({n_crops}, N, K) "
-                         f"logits, got shape {logits.shape}")
-    z = xp.exp(logits - logits.max(axis=-1, keepdims=True))
-    return (z / z.sum(axis=-1, keepdims=True)).mean(axis=0)
 
 
 class Augmenter(RandomTransform):

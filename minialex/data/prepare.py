@@ -49,6 +49,7 @@ import numpy as np
 
 from ..checks import non_negative_int, positive_int
 from ..progress import Progress
+from .augment import IMAGE_SIZE
 from .cache import (  # noqa: F401
     FORMAT_VERSION,
     MARKER,
@@ -62,10 +63,10 @@ from .cache import (  # noqa: F401
     remove_dead_temps,
     remove_superseded,
 )
-from .folder import ImageFolder, load_rgb, resize_center_crop, scan_image_folder
+from .folder import ImageFolder, display_path, load_rgb, resize_center_crop, scan_image_folder
 from .stats import PIXEL_MAX, Sums, rgb_pca  # noqa: F401  (rgb_pca, PIXEL_MAX: old home)
 
-DEFAULT_SIZE = 256      # the paper: shorter side 256, central 256x256
+DEFAULT_SIZE = IMAGE_SIZE      # the paper: shorter side 256, central 256x256
 CHUNK = 32              # images per worker task: amortises task overhead, keeps progress smooth
 NPY_MAGIC = b"\x93NUMPY\x01\x00"   # .npy format version 1.0
 
@@ -144,7 +145,8 @@ def _build(folder: ImageFolder, fp: str, size: int, out: pathlib.Path, workers: 
                     np.array([samples[r][1] for r in rows], dtype=np.int64))
             (out / f"{split}_files.json").write_text(json.dumps([samples[r][0] for r in rows]))
             splits[split] = {"count": len(rows),
-                             "skipped": [[samples[i][0], errors[i]] for i in sorted(errors)],
+                             "skipped": [[display_path(samples[i][0]), errors[i]]
+                                         for i in sorted(errors)],
                              "ignored_files": folder.ignored[split]}
     finally:
         if pool is not None:
@@ -248,7 +250,7 @@ def _decode_chunk(target: _NpyTarget, root: str, start: int, relpaths: list, wit
         try:
             x = _decode_file(os.path.join(root, rel), size)
         except Exception as exc:  # noqa: BLE001 - any decoder failure means "unreadable file"
-            errors[start + i] = f"{type(exc).__name__}: {exc}"
+            errors[start + i] = display_path(f"{type(exc).__name__}: {exc}")   # may name it
             continue
         images[start + i] = x
         if with_stats:
@@ -269,7 +271,8 @@ def _decode_split(pool, root, samples, target, with_stats, progress):
     errors, total = {}, None
     for task_errors, stats, n_files in results:
         for row, reason in task_errors.items():
-            warnings.warn(f"prepare: skipping unreadable image {samples[row][0]!r} ({reason})",
+            warnings.warn(f"prepare: skipping unreadable image '{display_path(samples[row][0])}' "
+                          f"({reason})",
                           stacklevel=4)   # points at the caller of prepare()
         errors.update(task_errors)
         if stats is not None:

@@ -2,7 +2,7 @@ r"""Batch transforms that run on the device: whole (N, C, H, W) batches, no loop
 
 Every transform is a callable ``t(x) -> y`` on a NumPy or CuPy batch and uses ``xp`` calls only,
 so the same code runs on the CPU and the GPU. These serve the grey Fashion-MNIST batches
-(uint8 ``(N, 1, 28, 28)``); :func:`image_transforms` builds their train and eval pipelines.
+(uint8 ``(N, 1, 28, 28)``); :class:`GreyAugmenter` builds their train and eval pipelines.
 Random crops and flips are those of :mod:`minialex.data.crops` (shared with the RGB pipeline of
 :mod:`minialex.data.augment`), with its random-stream convention: ``generator=None`` draws from
 minialex's CPU stream at each call, an explicit ``numpy.random.Generator`` is used as given, and
@@ -229,17 +229,43 @@ class RandomHorizontalFlip(RandomTransform):
         return f"RandomHorizontalFlip(p={self.p})"
 
 
-def image_transforms(input_size, mean, std, *, crop_padding=0, flip=False, generator=None):
-    """(train, eval) pipelines for uint8 batches: to [0, 1], (train: random crop after padding,
-    random flip), normalise, then resize to ``input_size``.
+class GreyAugmenter:
+    """Fashion-MNIST's pipelines for uint8 batches, with the interface of
+    :class:`minialex.data.augment.Augmenter`: ``train`` (to [0, 1], random crop after
+    ``crop_padding`` zeros, random flip, normalise, resize to ``input_size``), ``eval`` (the
+    same without the random steps) and ``ten_crop`` (None: the paper's ten crops need images
+    larger than the input). ``state_dict`` is the training pipeline's random state.
 
     Augmentation and normalisation run at the stored size, before the resize, where they are
     cheapest (normalisation commutes with the resize; see the module docstring).
+
+    >>> grey = GreyAugmenter(56, mean=0.3, std=0.4, flip=True, generator=np.random.default_rng(0))
+    >>> grey.train(np.zeros((2, 1, 28, 28), np.uint8)).shape
+    (2, 1, 56, 56)
     """
-    augment = []
-    if crop_padding:
-        augment.append(RandomCrop(None, crop_padding, generator))
-    if flip:
-        augment.append(RandomHorizontalFlip(0.5, generator))
-    common = [Normalize(mean, std), Resize(input_size)]
-    return Compose([ToFloat()] + augment + common), Compose([ToFloat()] + common)
+    ten_crop = None
+
+    def __init__(self, input_size, mean, std, *, crop_padding=0, flip=False, generator=None):
+        augment = []
+        if crop_padding:
+            augment.append(RandomCrop(None, crop_padding, generator))
+        if flip:
+            augment.append(RandomHorizontalFlip(0.5, generator))
+        common = [Normalize(mean, std), Resize(input_size)]
+        self.train_pipeline = Compose([ToFloat()] + augment + common)
+        self.eval_pipeline = Compose([ToFloat()] + common)
+
+    def train(self, x):
+        return self.train_pipeline(x)
+
+    def eval(self, x):
+        return self.eval_pipeline(x)
+
+    def state_dict(self) -> dict:
+        return self.train_pipeline.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.train_pipeline.load_state_dict(state)
+
+    def __repr__(self):
+        return f"GreyAugmenter(train={self.train_pipeline!r})"
