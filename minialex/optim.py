@@ -54,6 +54,13 @@ def _check(owner: str, name: str, value, ok: bool, expected: str) -> float:
     return float(value)
 
 
+def _require_keys(owner: str, state, keys) -> None:
+    """Refuse a state dict that lacks any of ``keys``, naming them all, before anything is set."""
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(f"{owner}.load_state_dict: missing key(s) {', '.join(missing)}")
+
+
 class SGD:
     """Stochastic gradient descent with the paper's momentum and weight decay (see the module
     docstring). ``params``: Parameters (a list or generator) or ``named_parameters()`` pairs.
@@ -127,9 +134,7 @@ class SGD:
     def load_state_dict(self, state):
         """Restore :meth:`state_dict`'s output; everything is checked before anything is set.
         Velocities move to each parameter's device and dtype."""
-        missing = [k for k in ("lr", "momentum", "weight_decay", "velocity") if k not in state]
-        if missing:
-            raise ValueError(f"SGD.load_state_dict: missing key(s) {', '.join(missing)}")
+        _require_keys("SGD", state, ("lr", "momentum", "weight_decay", "velocity"))
         n = state.get("num_params", len(self.params))
         if int(n) != len(self.params):
             raise ValueError(f"SGD.load_state_dict: state is for {int(n)} parameters, this "
@@ -232,10 +237,7 @@ class ReduceLROnPlateau:
                 "exhausted": self.exhausted}
 
     def load_state_dict(self, state):
-        missing = [k for k in self.state_dict() if k not in state]
-        if missing:
-            raise ValueError(f"ReduceLROnPlateau.load_state_dict: missing key(s) "
-                             f"{', '.join(missing)}")
+        _require_keys("ReduceLROnPlateau", state, self.state_dict())
         restored = ReduceLROnPlateau(self.optimizer, float(state["factor"]),
                                      int(state["patience"]), float(state["threshold"]),
                                      int(state["max_reductions"]), str(state["mode"]))
@@ -283,9 +285,7 @@ class StepLR:
         return {"step_size": self.step_size, "gamma": self.gamma, "epoch": self.epoch}
 
     def load_state_dict(self, state):
-        missing = [k for k in self.state_dict() if k not in state]
-        if missing:
-            raise ValueError(f"StepLR.load_state_dict: missing key(s) {', '.join(missing)}")
+        _require_keys("StepLR", state, self.state_dict())
         restored = StepLR(self.optimizer, int(state["step_size"]), float(state["gamma"]))
         restored.epoch = int(state["epoch"])
         self.__dict__.update(restored.__dict__)
@@ -342,9 +342,7 @@ class LinearWarmup:
         return {"steps": self.steps, "target": self.target, "taken": self.taken}
 
     def load_state_dict(self, state):
-        missing = [k for k in self.state_dict() if k not in state]
-        if missing:
-            raise ValueError(f"LinearWarmup.load_state_dict: missing key(s) {', '.join(missing)}")
+        _require_keys("LinearWarmup", state, self.state_dict())
         self.steps, self.target, self.taken = (int(state["steps"]), float(state["target"]),
                                                int(state["taken"]))
 

@@ -6,7 +6,7 @@ import pytest
 
 from minialex import Module, Parameter
 from minialex.cpu import threads, update
-from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY, ReduceLROnPlateau, StepLR
+from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY, LinearWarmup, ReduceLROnPlateau, StepLR
 
 from conftest import TOL
 
@@ -240,6 +240,23 @@ def test_step_lr_and_its_state():
         StepLR(opt, step_size=0)
     with pytest.raises(ValueError, match="gamma"):
         StepLR(opt, step_size=1, gamma=0.0)
+
+
+@pytest.mark.parametrize("make", [lambda opt: ReduceLROnPlateau(opt),
+                                  lambda opt: StepLR(opt, step_size=2),
+                                  lambda opt: LinearWarmup(opt, steps=3)],
+                         ids=["ReduceLROnPlateau", "StepLR", "LinearWarmup"])
+def test_a_schedule_refuses_a_state_without_a_key_and_changes_nothing(make):
+    opt = SGD([Parameter(np.zeros(1))], lr=0.1)
+    schedule = make(opt)
+    state = schedule.state_dict()
+    dropped = sorted(state)[-1]
+    before = dict(vars(schedule))
+    name = type(schedule).__name__
+    with pytest.raises(ValueError, match=rf"^{name}.load_state_dict: missing key\(s\) {dropped}$"):
+        schedule.load_state_dict({k: v for k, v in state.items() if k != dropped})
+    assert vars(schedule) == before
+    schedule.load_state_dict(state)                   # the whole state still loads
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
