@@ -116,14 +116,20 @@ class LogSoftmaxFunction(Function):
 
 
 # -- functional -----------------------------------------------------------------------------
+def _int_dim(op, dim):
+    """``dim`` as an int after checking it is one; its range depends on the input."""
+    if not is_int(dim):
+        raise TypeError(f"{op}: dim must be an int, got dim={dim!r}")
+    return int(dim)
+
+
 def _check_dim(op, x, dim):
     """``dim`` as a non-negative axis of ``x``, after checking x and dim."""
     ndim = len(check_float(op, "input", x))
-    if not is_int(dim):
-        raise TypeError(f"{op}: dim must be an int, got dim={dim!r}")
+    dim = _int_dim(op, dim)
     if ndim == 0 or not -ndim <= dim < ndim:
         raise ValueError(f"{op}: dim={dim} is out of range for input of shape {tuple(x.shape)}")
-    return int(dim) % ndim
+    return dim % ndim
 
 
 def relu(x) -> Tensor:
@@ -224,7 +230,7 @@ class Softmax(Module):
 
     def __init__(self, dim=-1):
         super().__init__()
-        self.dim = dim
+        self.dim = _int_dim(type(self).__name__, dim)
 
     def forward(self, x):
         return softmax(x, self.dim)

@@ -81,14 +81,13 @@ class AdaptiveAvgPool2dFunction(Function):
         return (get_array_module(gy).matmul(self.A_h.T, rows),)
 
 
-def _adaptive_size(output_size, H, W):
+def _adaptive_size(op, output_size, H, W):
     """(OH, OW) from an int or a pair whose entries may be None (= keep the input size)."""
     sizes = output_size if isinstance(output_size, (tuple, list)) else (output_size, output_size)
     if len(sizes) != 2:
-        raise TypeError(f"adaptive_avg_pool2d: output_size must be an int or a pair, got "
-                        f"{output_size!r}")
+        raise TypeError(f"{op}: output_size must be an int or a pair, got {output_size!r}")
     filled = tuple(size if value is None else value for value, size in zip(sizes, (H, W)))
-    return pair("adaptive_avg_pool2d", "output_size", filled, 1)
+    return pair(op, "output_size", filled, 1)
 
 
 def adaptive_avg_pool2d(x, output_size) -> Tensor:
@@ -100,7 +99,8 @@ def adaptive_avg_pool2d(x, output_size) -> Tensor:
            [10.5, 12.5]])
     """
     _, _, H, W = check_float("adaptive_avg_pool2d", "input", x, "(N, C, H, W)")
-    return AdaptiveAvgPool2dFunction(_adaptive_size(output_size, H, W))(x)
+    OH, OW = _adaptive_size("adaptive_avg_pool2d", output_size, H, W)
+    return AdaptiveAvgPool2dFunction((OH, OW))(x)
 
 
 class AdaptiveAvgPool2d(Module):
@@ -112,6 +112,8 @@ class AdaptiveAvgPool2d(Module):
 
     def __init__(self, output_size):
         super().__init__()
+        # a bad size is refused here, not at the first forward (1, 1 stand in for the input's)
+        _adaptive_size("AdaptiveAvgPool2d", output_size, 1, 1)
         self.output_size = output_size
 
     def forward(self, x):

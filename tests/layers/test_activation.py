@@ -153,6 +153,10 @@ def test_invalid_arguments_raise_naming_them():
         log_softmax(x, -3)
     with pytest.raises(TypeError, match="dim must be an int, got dim=None"):
         softmax(x, None)
+    for module in (Softmax, LogSoftmax):                  # refused when built, not at forward
+        with pytest.raises(TypeError, match=f"^{module.__name__}: dim must be an int, got "
+                                            "dim=1.0$"):
+            module(dim=1.0)
     with pytest.raises(ValueError, match=r"dim=0 is out of range for input of shape \(\)"):
         softmax(Tensor(np.array(1.0)), 0)
     for fn in (relu, tanh, softmax, log_softmax):

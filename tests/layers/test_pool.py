@@ -391,6 +391,17 @@ def test_adaptive_avg_pool_validation(x, output_size, error, match):
         adaptive_avg_pool2d(x, output_size)
 
 
+@pytest.mark.parametrize("output_size, error, match", [
+    (0, ValueError, r"output_size must be >= 1, got \(0, 0\)"),
+    ((2, 2, 2), TypeError, r"output_size must be an int or a pair"),
+    (2.5, TypeError, r"output_size must be an int or a pair of ints"),
+])
+def test_adaptive_avg_pool_module_refuses_a_bad_size_when_built(output_size, error, match):
+    with pytest.raises(error, match=f"AdaptiveAvgPool2d: {match}"):
+        AdaptiveAvgPool2d(output_size)
+    assert AdaptiveAvgPool2d((None, 3))(X).shape == (*X.shape[:3], 3)   # None keeps H
+
+
 # -- optional cross-check with PyTorch ------------------------------------------------------
 @pytest.mark.parametrize("shape, kernel, stride, padding", POOL_CONFIGS)
 def test_pools_match_torch(shape, kernel, stride, padding):
