@@ -50,7 +50,8 @@ class PreparedDataset:
         mean: ``(size, size, 3)`` float32 per-pixel mean of the training images, 0..255.
         eigvals: ``(3,)`` float32, descending: eigenvalues of the RGB covariance of pixels/255.
         eigvecs: ``(3, 3)`` float32; column ``i`` is the unit eigenvector of ``eigvals[i]``.
-        skipped: split -> list of ``[relative path, reason]`` of files that failed to decode.
+        skipped: split -> list of ``[relative path, reason]`` of files that failed to decode,
+            the path as :func:`~minialex.data.folder.display_path` shows it.
         meta: the whole ``meta.json``.
         reused: True when :func:`~minialex.data.prepare.prepare` found this cache instead of
             building it.
@@ -83,7 +84,9 @@ class PreparedDataset:
         return PreparedSplit(self.images[name], self.labels[name])
 
     def files(self, split: str) -> list:
-        """Relative path of the file each row of ``images[split]`` was decoded from."""
+        """Relative path of the file each row of ``images[split]`` was decoded from, as Python
+        names it (a name that is not valid UTF-8 keeps its surrogate escapes, so the path opens;
+        :func:`~minialex.data.folder.display_path` prints it)."""
         return json.loads((self.path / f"{split}_files.json").read_text())
 
 
@@ -130,7 +133,10 @@ def fingerprint(folder: ImageFolder, size: int) -> str:
     for split, samples in folder.samples.items():
         for rel, _ in samples:
             st = os.stat(folder.root / rel)
-            digest.update(f"{split}\0{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            # the name's own bytes (os.fsencode): a name that is not valid UTF-8 is held as
+            # surrogate escapes, which str.encode() refuses; valid names give the same bytes
+            digest.update(split.encode() + b"\0" + os.fsencode(rel)
+                          + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 

@@ -12,6 +12,13 @@ also be a class of ``train/``. An image file is any file whose extension Pillow 
 (``.jpg``, ``.png``, ``.webp``, ...); hidden files (``.DS_Store``, ``._x.jpg``) are ignored, other
 files are ignored and counted. An empty class folder is an error that names it.
 
+File names are whatever the operating system allows: a name that is not valid UTF-8 (a
+Latin-1 ``été.jpg`` copied from an old disk) is kept as Python holds it, with surrogate
+escapes (``'\udce9t\udce9.jpg'``), so it opens as any other and its bytes are hashed as they are
+(:func:`minialex.data.cache.fingerprint`). Where a name is shown (class names, skipped files,
+warnings) it goes through :func:`display_path`, which writes such bytes as ``\xe9``: text that
+prints and encodes anywhere.
+
 Scanning only lists files; decoding happens in :func:`load_rgb`, called by the preparation step
 (:mod:`minialex.data.prepare`), which skips and counts a file that fails to decode.
 
@@ -44,6 +51,16 @@ REQUIRED_SPLITS = ("train", "val")
 WHITE = (255, 255, 255)   # background under transparent pixels
 
 
+def display_path(path) -> str:
+    r"""``path`` as printable text: bytes of the name that are not valid UTF-8 appear as
+    ``\xNN``; a valid name is unchanged.
+
+    >>> display_path("summer/\udce9t\udce9 1.jpg"), display_path("été/été 1.jpg")
+    ('summer/\\xe9t\\xe9 1.jpg', 'été/été 1.jpg')
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def image_extensions() -> frozenset:
     """Lower-case file extensions (with the dot) that the installed Pillow can open."""
     Image.init()
@@ -56,7 +73,8 @@ class ImageFolder:
 
     Attributes:
         root: the dataset folder.
-        classes: class names, sorted; label ``i`` is ``classes[i]``.
+        classes: class names (the folders' names as :func:`display_path` shows them), in the
+            folders' sorted order; label ``i`` is ``classes[i]``.
         samples: split name -> ``((path relative to root, label), ...)`` in sorted path order,
             for the splits present (always ``train`` and ``val``; ``test`` when it exists).
         ignored: split name -> number of non-image files skipped while scanning.
@@ -109,8 +127,13 @@ def scan_image_folder(root) -> ImageFolder:
             raise ValueError(f"dataset: {str(root)!r} has no {split}/ folder (expected "
                              f"train/ and val/, each with one sub-folder per class)")
     extensions = image_extensions()
-    classes = tuple(_class_folders(root / "train"))
-    class_to_idx = {name: i for i, name in enumerate(classes)}
+    folders = _class_folders(root / "train")
+    classes = tuple(display_path(name) for name in folders)
+    twins = sorted({name for name in classes if classes.count(name) > 1})
+    if twins:   # a literal backslash name and a non-UTF-8 one, e.g. "\\xe9t\\xe9" and b"\xe9t\xe9"
+        raise ValueError(f"dataset: two class folders of {str(root / 'train')!r} show as the "
+                         f"same name ({', '.join(twins)}); rename one")
+    class_to_idx = {name: i for i, name in enumerate(folders)}
     samples, ignored = {}, {}
     for split in SPLITS:
         split_dir = root / split
@@ -124,7 +147,7 @@ def scan_image_folder(root) -> ImageFolder:
                              f"one sub-folder per class, as in train/)"
                              + (f"; its {loose} image file(s) must go into the sub-folder of "
                                 f"their class" if loose else ""))
-        missing = [name for name in names if name not in class_to_idx]
+        missing = [display_path(name) for name in names if name not in class_to_idx]
         if missing:
             raise ValueError(f"dataset: class folder(s) {missing} in {str(split_dir)!r} "
                              f"are not classes of {str(root / 'train')!r}, so they have no "

@@ -1,9 +1,11 @@
 """ImageFolder scanning and decoding (minialex/data/folder.py) on files written here with Pillow."""
+import os
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from minialex.data.folder import load_rgb, resize_center_crop, scan_image_folder
+from minialex.data.folder import display_path, load_rgb, resize_center_crop, scan_image_folder
 
 
 def save(path, array_or_image, **kwargs):
@@ -166,3 +168,25 @@ def test_shorter_side_becomes_size_and_crop_is_central(w, h):
         (y1, x1), (y2, x2) = _centroid(half), _centroid(bright & ~half)
         assert abs((x1 + x2) / 2 - 127.5) < 0.6 and abs(y1 - 127.5) < 0.6
         assert abs((x2 - x1) - 2 * d * scale) < 1.5
+
+
+def test_class_folders_whose_names_are_not_utf8_show_their_bytes(tmp_path):
+    root = tmp_path / "ds"
+    latin1 = os.fsdecode(b"\xe9t\xe9")                  # '\udce9t\udce9' as Python holds it
+    for split in ("train", "val"):
+        save(root / split / latin1 / os.fsdecode(b"\xff 1.png"), tiny())
+        save(root / split / "chat noir" / "a b.png", tiny())
+    folder = scan_image_folder(root)
+    assert folder.classes == ("chat noir", "\\xe9t\\xe9")     # the order of the names
+    assert folder.samples["val"] == (("val/chat noir/a b.png", 0),
+                                     (f"val/{latin1}/" + os.fsdecode(b"\xff 1.png"), 1))
+    assert display_path(folder.samples["val"][1][0]) == "val/\\xe9t\\xe9/\\xff 1.png"
+
+
+def test_two_class_folders_that_show_as_one_name_are_refused(tmp_path):
+    for name in (os.fsdecode(b"\xe9t\xe9"), "\\xe9t\\xe9"):   # Latin-1 bytes, and a backslash name
+        for split in ("train", "val"):
+            save(tmp_path / split / name / "a.png", tiny())
+    with pytest.raises(ValueError, match=r"two class folders of .* show as the same name "
+                                         r"\(\\xe9t\\xe9\); rename one"):
+        scan_image_folder(tmp_path)

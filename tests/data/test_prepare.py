@@ -1,6 +1,7 @@
 """The cached preparation (minialex/data/prepare.py, cache.py) on a small Pillow-written folder."""
 import json
 import os
+import pathlib
 import warnings
 
 import numpy as np
@@ -11,6 +12,7 @@ from minialex.data import prepare as prep
 from minialex.data.folder import load_rgb, resize_center_crop
 
 from conftest import TOL
+from support import run_example
 
 
 def save(path, img, **kwargs):
@@ -270,3 +272,66 @@ def test_a_header_for_fewer_rows_fits_the_room_left_for_more(tmp_path):
     assert np.load(tmp_path / "x.npy").shape == (1, 1)
     with pytest.raises(ValueError, match="needs .* bytes, 64 asked for"):
         prep.npy_header((10**7, 256, 256, 3), np.uint8, 64)
+
+
+# -- any file name the OS allows -------------------------------------------------------------------
+LATIN1_CLASS = b"\xe9t\xe9 cr\xe8me"          # not UTF-8: Python holds it with surrogate escapes
+
+
+def odd_names_folder(root):
+    """Two classes, one of them a Latin-1 folder name, whose files have spaces and bytes that
+    are not UTF-8 in their names, plus one unreadable such file; written through os.fsdecode."""
+    rng = np.random.default_rng(0)
+    for split, n in ((b"train", 8), (b"val", 4)):
+        for k, cls in enumerate((b"chat noir", LATIN1_CLASS)):
+            for i in range(n):
+                name = (b"photo %d \xff\xfe.png" if i % 2 else b"my  holiday %d.jpg") % i
+                x = np.clip(rng.normal(60 + 120 * k, 25, (40, 50, 3)), 0, 255).astype(np.uint8)
+                save(pathlib.Path(os.fsdecode(os.path.join(os.fsencode(root), split, cls,
+                                                           name))), x)
+    broken = os.path.join(os.fsencode(root), b"train", b"chat noir", b"broken \xe9.jpg")
+    with open(broken, "wb") as f:
+        f.write(b"\xff\xd8 truncated")
+    return root
+
+
+def test_non_utf8_and_space_laden_names_are_prepared_like_any_other(tmp_path):
+    root = odd_names_folder(tmp_path / "odd")
+    with pytest.warns(UserWarning, match=r"skipping unreadable image 'train/chat noir/broken "
+                                         r"\\xe9.jpg'"):
+        ds = prep.prepare(root, size=32, cache_dir=tmp_path / "cache", workers=0,
+                          progress=False)
+    assert ds.classes == ("chat noir", "\\xe9t\\xe9 cr\\xe8me")      # printable, in name order
+    assert len(ds.labels["train"]) == 16 and len(ds.labels["val"]) == 8
+    assert ds.skipped["train"][0][0] == "train/chat noir/broken \\xe9.jpg"
+    json.dumps(ds.meta, ensure_ascii=False).encode("utf-8")       # meta.json text encodes
+    # every row is its file: the names in *_files.json open the files they came from
+    for row, rel in enumerate(ds.files("train")):
+        np.testing.assert_array_equal(ds.images["train"][row], expected_row(root, rel, 32))
+        assert ds.labels["train"][row] == (os.fsencode(rel).split(b"/")[1] == LATIN1_CLASS)
+    assert sum(b"\xff\xfe" in os.fsencode(rel) for rel in ds.files("train")) == 8
+    # the fingerprint hashes the names' bytes: found again, and a touched file is seen
+    assert run(root, tmp_path / "cache").reused
+    touched = os.path.join(os.fsencode(root), b"val", LATIN1_CLASS, b"photo 1 \xff\xfe.png")
+    os.utime(touched, ns=(1, 1))
+    assert not run(root, tmp_path / "cache").reused
+
+
+def test_the_example_trains_on_non_utf8_names_and_prints_them_readably(tmp_path):
+    """As a user runs it, stdout strictly UTF-8: nothing that names a file may crash it."""
+    root = odd_names_folder(tmp_path / "odd")
+    result = run_example("--dataset", root, "--model", "mini", "--image-size", "32",
+                         "--cache", tmp_path / "cache", "--workers", "0", "--device", "cpu",
+                         "--batch-size", "8", "--print-freq", "0", "--epochs", "1",
+                         "--warmup", "1", "--out", tmp_path / "run",
+                         env={"PYTHONIOENCODING": "utf-8:strict"})
+    # two steps cannot promise learning: the run may end at chance (exit 1, its own message)
+    assert result.returncode == 0 or (result.returncode == 1 and "the run ended at chance"
+                                      in result.stderr), result.stderr
+    assert "Traceback" not in result.stderr
+    assert ("2 classes (chat noir, \\xe9t\\xe9 cr\\xe8me); 1 unreadable file(s) skipped "
+            "(train/chat noir/broken \\xe9.jpg)") in result.stdout
+    assert "epoch 1/1: train loss" in result.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["classes"] == ["chat noir", "\\xe9t\\xe9 cr\\xe8me"]
+    assert summary["steps"] == 2
