@@ -39,6 +39,13 @@ or its documentation:
 - ``cupy.empty`` returns memory as the allocator left it: here NaN (floats), -7 (signed
   integers), the maximum (unsigned) or True, so an output a kernel forgot to write shows.
 - cuBLAS ``gemmEx`` reads column-major operands through their pointers, as cuBLAS does.
+- ``cuda.nccl`` has CuPy's names and signatures (``cupy_backends/cuda/libs/nccl.pyx`` and
+  ``nccl.pxd``): ``get_unique_id()`` returns a tuple of 128 ints, ``NcclCommunicator(ndev,
+  commId, rank)`` binds the current device, and ``allReduce(sendbuf, recvbuf, count, datatype,
+  op, stream)`` and ``bcast(buff, count, datatype, root, stream)`` take raw device pointers
+  (``array.data.ptr``) and NCCL's enum values (``NCCL_FLOAT32 = 7``, ``NCCL_SUM = 0``, ...). The
+  processes of the communicator are MPI's (mpi4py, imported when one is made): each pointer is
+  mapped back to the stand-in buffer it lies in, which must be on the communicator's device.
 
 :data:`ALLOCATIONS` counts the buffers made on each device; :data:`TRANSFERS` counts
 host<->device copies: ``d2h`` for ``get``, ``asnumpy``, ``item``, ``float()``/``int()``/``bool()``,
@@ -599,6 +606,96 @@ def gemmEx(handle, transa, transb, m, n, k, alpha, A, Atype, lda, B, Btype, ldb,
     out[...] = one * product + (zero * out if zero else 0)
 
 
+# -- NCCL -----------------------------------------------------------------------------------------
+NCCL_UNIQUE_ID_BYTES = 128
+_NCCL_TYPES = dict(NCCL_INT8=0, NCCL_CHAR=0, NCCL_UINT8=1, NCCL_INT32=2, NCCL_INT=2,
+                   NCCL_UINT32=3, NCCL_INT64=4, NCCL_UINT64=5, NCCL_FLOAT16=6, NCCL_HALF=6,
+                   NCCL_FLOAT32=7, NCCL_FLOAT=7, NCCL_FLOAT64=8, NCCL_DOUBLE=8)
+_NCCL_DTYPES = {0: np.int8, 1: np.uint8, 2: np.int32, 3: np.uint32, 4: np.int64, 5: np.uint64,
+                6: np.float16, 7: np.float32, 8: np.float64}
+_NCCL_OPS = dict(NCCL_SUM=0, NCCL_PROD=1, NCCL_MAX=2, NCCL_MIN=3)
+
+
+class NcclError(RuntimeError):
+    """``cupy.cuda.nccl.NcclError``: a failed NCCL call."""
+
+
+def get_unique_id():
+    """``nccl.get_unique_id()``: 128 signed chars as a tuple, as CuPy returns them."""
+    return tuple(int(b) - 256 if b > 127 else int(b)
+                 for b in np.random.default_rng().integers(0, 256, NCCL_UNIQUE_ID_BYTES))
+
+
+class NcclCommunicator:
+    """``nccl.NcclCommunicator(ndev, commId, rank)``: one process's member of a communicator of
+    ``ndev`` processes, on the device current now; carried by MPI between the processes."""
+
+    def __init__(self, ndev, commId, rank):
+        from mpi4py import MPI  # only the NCCL stand-in needs MPI
+        if not isinstance(commId, tuple) or len(commId) != NCCL_UNIQUE_ID_BYTES:
+            raise TypeError(f"commId must be the tuple of {NCCL_UNIQUE_ID_BYTES} ints that "
+                            f"get_unique_id returns, got {type(commId).__name__}")
+        self._MPI, self._device = MPI, current_device()
+        # the processes that pass the same unique id form one communicator, ordered by rank
+        color = int(np.frombuffer(bytes(c & 0xFF for c in commId[:4]), np.uint32)[0] >> 1)
+        self._comm = MPI.COMM_WORLD.Split(color, key=int(rank))
+        if self._comm.Get_size() != ndev or self._comm.Get_rank() != rank:
+            raise NcclError(f"NCCL_ERROR_INVALID_USAGE: {self._comm.Get_size()} processes "
+                            f"joined with this unique id as ranks 0..{self._comm.Get_size() - 1}, "
+                            f"this one as rank {rank} of ndev {ndev}")
+
+    def device_id(self):
+        return self._device
+
+    def rank_id(self):
+        return self._comm.Get_rank()
+
+    def size(self):
+        return self._comm.Get_size()
+
+    def _buffer(self, ptr, count, datatype):
+        """The host memory behind a device pointer, checked to lie on this communicator's
+        device (NCCL reads it there)."""
+        if datatype not in _NCCL_DTYPES:
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: datatype {datatype}")
+        dtype = np.dtype(_NCCL_DTYPES[datatype])
+        owner = _device_of_pointer(ptr)
+        end_owner = _device_of_pointer(ptr + max(int(count) * dtype.itemsize - 1, 0))
+        if owner != self._device or end_owner != self._device:
+            where = "host memory" if owner is None else f"device {owner}"
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: a buffer at {ptr:#x} of {count} "
+                            f"elements is in {where}, not all on the communicator's device "
+                            f"{self._device}")
+        raw = (ctypes.c_char * (int(count) * dtype.itemsize)).from_address(ptr)
+        return np.frombuffer(raw, dtype=dtype)
+
+    def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
+        MPI = self._MPI
+        ops = {0: MPI.SUM, 1: MPI.PROD, 2: MPI.MAX, 3: MPI.MIN}
+        if op not in ops:
+            raise NcclError(f"NCCL_ERROR_INVALID_ARGUMENT: op {op}")
+        recv = self._buffer(recvbuf, count, datatype)
+        send = MPI.IN_PLACE if sendbuf == recvbuf else self._buffer(sendbuf, count, datatype)
+        self._comm.Allreduce(send, recv, op=ops[op])
+
+    def bcast(self, buff, count, datatype, root, stream):
+        self._comm.Bcast(self._buffer(buff, count, datatype), root=root)
+
+    def destroy(self):
+        self._comm.Free()
+
+
+def _nccl():
+    return types.SimpleNamespace(get_unique_id=get_unique_id, NcclCommunicator=NcclCommunicator,
+                                 NcclError=NcclError, NCCL_UNIQUE_ID_BYTES=NCCL_UNIQUE_ID_BYTES,
+                                 **_NCCL_TYPES, **_NCCL_OPS)
+
+
+class Stream:
+    """``cupy.cuda.Stream``: the stand-in has one, the null stream (``ptr`` 0)."""
+    ptr = 0
+
+
 # -- kernels ----------------------------------------------------------------------------------
 _host_kernels = {}   # "kernels": the HostKernels every RawModule launches
 _installed = {}      # "cupy": the module made last
@@ -709,7 +806,8 @@ def module():
     handles = {}
     cuda = types.SimpleNamespace(
         Device=Device, runtime=_runtime(), MemoryPointer=MemoryPointer,
-        cublas=types.SimpleNamespace(gemmEx=gemmEx, **_CUBLAS),
+        cublas=types.SimpleNamespace(gemmEx=gemmEx, **_CUBLAS), nccl=_nccl(),
+        Stream=Stream, get_current_stream=Stream,
         get_cublas_handle=lambda: handles.setdefault(current_device(),
                                                      _Handle(current_device())))
     namespace = dict(

@@ -318,3 +318,179 @@ def test_the_structure_checks_see_what_they_forbid():
     assert FIGURE.search("x = 1  # 0.83x as fast on 2 cores") and FIGURE.search("# 42 MB")
     assert FIGURE.search("# this order runs 10-20% faster")
     assert not FIGURE.search("# cut top-1 error by 0.4% (Sec. 3.4)")
+
+
+# -- (d) the tiers of docs/ARCHITECTURE.md, over the real import graph ---------------------------
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+# tier -> (rank, modules, the tiers it may import besides its own). A module is named relative to
+# minialex ("" is the package's __init__); a package's name covers every module in it. Tiers of
+# one rank stand side by side and import nothing of each other. docs/ARCHITECTURE.md holds the
+# same table; test_the_architecture_document_shows_this_table keeps the two equal.
+TIERS = {
+    "base": (0, {"backend", "checks", "windows", "progress"}, set()),
+    "autograd": (1, {"tensor", "ops", "module", "testing"}, {"base"}),
+    "fast": (1, {"cpu", "cuda"}, {"base"}),
+    "data": (1, {"data"}, {"base"}),
+    "storage": (1, {"checkpoint", "rundir"}, {"base"}),
+    "layers": (2, {"layers", "functional", "nn"}, {"base", "autograd", "fast"}),
+    "models": (3, {"", "models", "optim", "summary"}, {"base", "autograd", "fast", "layers"}),
+    "training": (4, {"watch", "extensions", "train", "lr_finder", "distributed"},
+                 {"base", "autograd", "layers", "models", "data", "storage"}),
+    "weights": (4, {"weights"}, {"base", "autograd", "layers", "models", "storage"}),
+    "application": (5, {"config", "recipe", "report", "visualize", "predict", "ablations"},
+                    {"base", "autograd", "fast", "data", "storage", "layers", "models",
+                     "training", "weights"}),
+}
+# Packages outside the standard library and NumPy that only some modules may import (at any
+# depth, lazily too): module prefix -> who may. CuPy is reached through backend.require_cupy()
+# everywhere else; mpi4py starts MPI when imported; PyTorch is only ever a test's reference.
+RESTRICTED_IMPORTS = {
+    "cupy": ("minialex.backend",),
+    "cupyx": ("minialex.backend",),
+    "mpi4py": ("minialex.distributed",),
+    "torch": (),
+    "torchvision": (),
+    # the repository's scripts and tests use minialex, never the other way round
+    "examples": (), "benchmarks": (), "tests": (), "tools": (), "conftest": (),
+}
+ADD_IT = ("add it to the table in docs/ARCHITECTURE.md and to TIERS in tests/test_structure.py "
+          "(or move it into a tier's package)")
+
+
+def tier_of(name: str, tiers=TIERS):
+    """The tier holding module ``name`` (``minialex.x.y``), or None; the longest entry wins."""
+    relative = name.removeprefix("minialex").removeprefix(".")
+    best = None
+    for tier, (_, modules, _) in tiers.items():
+        for entry in modules:
+            if relative == entry or (entry and relative.startswith(entry + ".")):
+                if best is None or len(entry) > len(best[1]):
+                    best = (tier, entry)
+    return best and best[0]
+
+
+def tier_violations(graph: dict, tiers=TIERS) -> list:
+    """One line per import that breaks the tiers: a higher tier, or a sibling not listed."""
+    problems = []
+    for name in sorted(graph):
+        tier = tier_of(name, tiers)
+        if tier is None:
+            problems.append(f"{name} is in no tier: {ADD_IT}")
+            continue
+        rank, _, may_import = tiers[tier]
+        for target in sorted(graph[name]):
+            other = tier_of(target, tiers)
+            if other is None or other == tier or other in may_import:
+                continue            # an unknown target is reported as a module of its own
+            rule = (f"tier {tier} (rank {rank}) may import only {sorted(may_import | {tier})}"
+                    if tiers[other][0] <= rank else
+                    f"no module imports a higher tier ({other}, rank {tiers[other][0]})")
+            problems.append(f"{name} imports {target} (tier {other}): {rule}")
+    return problems
+
+
+def external_imports(tree) -> list:
+    """(line, top-level package) of every import at any depth, and of import_module("x") and
+    __import__("x") calls with a literal name; relative imports are minialex's own."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name.split(".")[0]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.append((node.lineno, node.module.split(".")[0]))
+        elif isinstance(node, ast.Call) and node.args:
+            func = node.func
+            called = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+            first = node.args[0]
+            if (called in DYNAMIC_IMPORTS and isinstance(first, ast.Constant)
+                    and isinstance(first.value, str)):
+                found.append((node.lineno, first.value.split(".")[0]))
+    return found
+
+
+def restricted_import_violations(sources: dict) -> list:
+    """``sources``: module name -> (path, source text)."""
+    problems = []
+    for name, (path, text) in sorted(sources.items()):
+        for line, package in external_imports(ast.parse(text, filename=str(path))):
+            allowed = RESTRICTED_IMPORTS.get(package)
+            if allowed is None or any(name == a or name.startswith(a + ".") or
+                                      name.startswith(a + "_") for a in allowed):
+                continue
+            who = (f"only {' and '.join(a + '*' for a in allowed)} may"
+                   if allowed else "nothing in minialex may")
+            problems.append(f"{path}:{line}: {name} imports {package}: {who} import {package}")
+    return problems
+
+
+def test_every_module_sits_in_a_tier_and_imports_only_the_tiers_below_it_allows():
+    problems = tier_violations(import_graph())
+    assert problems == [], ("imports that break the tiers of docs/ARCHITECTURE.md:\n"
+                            + "\n".join(problems))
+
+
+def test_cupy_torch_mpi4py_and_the_scripts_are_imported_only_where_allowed():
+    sources = {name: (path.relative_to(ROOT), path.read_text()) for name, path in MODULES.items()}
+    problems = restricted_import_violations(sources)
+    assert problems == [], "restricted imports:\n" + "\n".join(problems)
+
+
+def test_the_tier_table_is_a_ladder():
+    """Each tier imports only tiers of a lower rank, every module is named once, and every
+    entry names a module or package that exists (a stale entry hides nothing else)."""
+    entries = [entry for _, modules, _ in TIERS.values() for entry in modules]
+    assert len(entries) == len(set(entries))
+    for tier, (rank, _, may_import) in TIERS.items():
+        assert all(TIERS[other][0] < rank for other in may_import), tier
+    names = set(MODULES)
+    assert [e for e in entries if not any(tier_of(n) and n.removeprefix("minialex")
+                                          .removeprefix(".").split(".")[0] == e.split(".")[0]
+                                          for n in names)] == []
+
+
+def test_the_tier_checks_name_the_import_and_the_rule():
+    graph = {"minialex.checks": {"minialex.train"},                 # base -> training: higher
+             "minialex.cpu.pool": {"minialex.tensor"},              # fast -> autograd: sibling
+             "minialex.layers.conv": {"minialex.cpu", "minialex.windows"},   # allowed
+             "minialex.weights.new_format": {"minialex.checkpoint"},        # allowed
+             "minialex.distributed": set(), "minialex": set(),
+             "minialex.brand_new": set()}
+    assert tier_violations(graph) == [
+        "minialex.brand_new is in no tier: " + ADD_IT,
+        "minialex.checks imports minialex.train (tier training): no module imports a higher "
+        "tier (training, rank 4)",
+        "minialex.cpu.pool imports minialex.tensor (tier autograd): tier fast (rank 1) may "
+        "import only ['base', 'fast']",
+    ]
+    sources = {"minialex.windows": ("windows.py", "def f():\n    import cupy\n"),
+               "minialex.backend": ("backend.py", "import cupy.cuda\n"),
+               "minialex.checks": ("checks.py", "from torch import nn\n"),
+               "minialex.ops": ("ops.py", "importlib.import_module('mpi4py.MPI')\n"),
+               "minialex.distributed": ("distributed.py", "from mpi4py import MPI\n"),
+               "minialex.distributed_nccl": ("distributed_nccl.py", "import mpi4py\n"),
+               "minialex.train": ("train.py", "from examples import train_alexnet\n")}
+    assert restricted_import_violations(sources) == [
+        "checks.py:1: minialex.checks imports torch: nothing in minialex may import torch",
+        "ops.py:1: minialex.ops imports mpi4py: only minialex.distributed* may import mpi4py",
+        "train.py:1: minialex.train imports examples: nothing in minialex may import examples",
+        "windows.py:2: minialex.windows imports cupy: only minialex.backend* may import cupy",
+    ]
+
+
+def architecture_table() -> dict:
+    """docs/ARCHITECTURE.md's tier table as TIERS: rows ``| rank | tier | modules | may import |``
+    whose modules are written `backend.py`, `cpu/`, `__init__.py`."""
+    table = {}
+    for line in ARCHITECTURE.read_text().splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not cells[0].isdigit():
+            continue
+        modules = {re.sub(r"(\.py|/)$", "", m).replace("__init__", "")
+                   for m in re.findall(r"`([^`]+)`", cells[2])}
+        may_import = set(re.findall(r"\w+", cells[3])) - {"nothing"}
+        table[cells[1].strip("*")] = (int(cells[0]), modules, may_import)
+    return table
+
+
+def test_the_architecture_document_shows_this_table():
+    assert architecture_table() == TIERS

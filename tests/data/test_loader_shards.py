@@ -16,8 +16,8 @@ def loader(kind, num_replicas=1, rank=0, batch_size=6, n=23, prefetch=0, **optio
     augment = np.random.default_rng(1)
     if kind == "grey":
         images = rng.integers(0, 256, (n, 1, 6, 6), dtype=np.uint8)
-        transform, _ = T.image_transforms(6, 0.5, 0.25, crop_padding=2, flip=True,
-                                          generator=augment)
+        transform = T.Compose([T.ToFloat(), T.RandomCrop(None, 2, augment),
+                               T.RandomHorizontalFlip(0.5, augment), T.Normalize(0.5, 0.25)])
     else:
         images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
         transform = Augmenter(images.mean(axis=0), np.array([0.1, 0.01, 0.001]), np.eye(3),
