@@ -203,6 +203,7 @@ class Communicator:
               file=sys.stderr, flush=True)
         sys.stdout.flush()
         self._abort(int(code) or 1)
+        os._exit(int(code) or 1)    # MPICH's MPI_Abort may return before the job is torn down
 
     @contextlib.contextmanager
     def abort_on_error(self):
@@ -232,7 +233,7 @@ class Communicator:
         pass
 
     def _abort(self, code):
-        os._exit(code)
+        pass
 
 
 class SingleProcess(Communicator):
