@@ -11,6 +11,7 @@ Flags -> minialex.ablations.run_studies. Exit status: 0 done, 1 failed (data unr
 """
 import argparse
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -18,6 +19,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minialex import ablations, recipe  # noqa: E402
 
 PROG = "ablate.py"
+
+
+def flags(text) -> str:
+    """A library message with its settings (in backquotes: `data_dir`) named as flags."""
+    return re.sub(r"`(\w+)`", lambda m: "--" + m[1].replace("_", "-"), str(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,14 +51,14 @@ def main(argv=None) -> int:
     try:
         device = recipe.resolve_device(args.device)
     except (RuntimeError, ValueError) as exc:     # a GPU asked for and not usable
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 2
     budget = args.budget or ("gpu" if device.startswith("gpu") else "cpu")
     try:
         ablations.run_studies(names, budget, device=device, out=args.out,
                               data_dir=args.data_dir)
     except (OSError, ValueError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 1
     print(f"tables and plots: {args.out}")
     return 0

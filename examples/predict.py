@@ -11,6 +11,7 @@ readable), 2 bad usage.
 """
 import argparse
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -18,6 +19,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from minialex import predict, recipe  # noqa: E402
 
 PROG = "predict.py"
+
+
+def flags(text) -> str:
+    """A library message with its settings (in backquotes: `data_dir`) named as flags."""
+    return re.sub(r"`(\w+)`", lambda m: "--" + m[1].replace("_", "-"), str(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,7 +50,7 @@ def main(argv=None) -> int:
             args.checkpoint, args.paths, k=args.top, ten_crop=args.ten_crop,
             device=recipe.resolve_device(args.device), data_dir=args.data_dir, cache=args.cache)
     except (OSError, ValueError, RuntimeError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 1
     for item in found:
         print(f"{item.path}: " + ", ".join(f"{name} {p:.1%}" for name, p in item.top))

@@ -13,6 +13,7 @@ Exit status: 0 done, 1 failed (run folder or checkpoint unreadable), 2 bad usage
 """
 import argparse
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -21,6 +22,11 @@ from minialex import predict, recipe, visualize  # noqa: E402
 from minialex.report import write_report  # noqa: E402
 
 PROG = "report.py"
+
+
+def flags(text) -> str:
+    """A library message with its settings (in backquotes: `data_dir`) named as flags."""
+    return re.sub(r"`(\w+)`", lambda m: "--" + m[1].replace("_", "-"), str(text))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,7 +127,7 @@ def main(argv=None) -> int:
                   f"{found['train_images']:,} training images, over {found['queries']:,} test "
                   "images: " + ", ".join(f"{k} {v:.3f}" for k, v in found["share"].items()))
     except (OSError, ValueError, RuntimeError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 1
     return 0
 

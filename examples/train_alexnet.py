@@ -9,15 +9,17 @@
 
 Flags -> minialex.config.RunConfig (flags not given take the dataset's and device's preset, or
 on --resume the checkpoint's settings) -> minialex.recipe.fit -> one line of results. Exit
-status: 0 done, 1 failed (data or checkpoint unreadable, a write failed, --out in use by another
-run, loss diverged or stuck at chance, final accuracy at chance), 2 bad usage (or no usable GPU
-for --device gpu), 130 Ctrl-C (saved).
+status: 0 done, 1 failed (unreadable data or checkpoint, a failed write, --out in use, a run
+diverged or stalled, final accuracy at chance), 2 bad usage (or --device gpu without a usable
+GPU), 130 Ctrl-C (saved). The library names settings in backquotes (`lr`): printed as flags.
 """
 import argparse
 import json
 import os
+import re
 import sys
 from dataclasses import replace
+from types import SimpleNamespace
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -82,14 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def find_lr(config, args, device, out) -> int:
-    result = recipe.find_lr(config, device=device, data_dir=args.data_dir, cache=args.cache,
-                            workers=args.workers)
-    print(lr_finder.format_table(result))
-    picture = lr_finder.plot(result, os.path.join(out, "lr_find.png"))
-    print(f"plot: {picture}" if picture else "plot: install matplotlib for a picture")
-    print(f"train with: --lr {result['suggested_lr']:.2g}")
-    return 0
+def flags(text) -> str:
+    """A message of the library's, or a run's note or warning, with its settings as flags."""
+    return re.sub(r"`(\w+)`", lambda m: "--" + m[1].replace("_", "-"), str(text))
 
 
 def run(args, device) -> int:
@@ -99,19 +96,25 @@ def run(args, device) -> int:
         data = recipe.prepare_folder(args.dataset, size, cache=args.cache, workers=args.workers)
         print(f"data: {args.dataset}: {recipe.describe_folder(data, counts=True)}")
         return 0
+    data = dict(device=device, data_dir=args.data_dir, cache=args.cache, workers=args.workers)
     if args.evaluate:
-        result = recipe.evaluate_checkpoint(
-            args.evaluate, device=device, dataset=args.dataset, model=args.model,
-            data_dir=args.data_dir, cache=args.cache, workers=args.workers,
-            limit_test=args.limit_test, ten_crop=args.ten_crop, out=args.out)
-        print(json.dumps(result, indent=2))
+        print(json.dumps(recipe.evaluate_checkpoint(
+            args.evaluate, dataset=args.dataset, model=args.model, limit_test=args.limit_test,
+            ten_crop=args.ten_crop, out=args.out, **data), indent=2))
         return 0
     config = settings(args, device)
     if args.find_lr:
-        return find_lr(config, args, device, args.out or recipe.default_out_dir(config))
-    summary = recipe.fit(config, device=device, out=args.out, resume=args.resume,
-                         overrides=given(args), data_dir=args.data_dir, cache=args.cache,
-                         workers=args.workers)
+        result = recipe.find_lr(config, **data)
+        print(lr_finder.format_table(result))
+        out = args.out or recipe.default_out_dir(config)
+        picture = lr_finder.plot(result, os.path.join(out, "lr_find.png"))
+        print(f"plot: {picture}" if picture else "plot: install matplotlib for a picture")
+        print(f"train with: --lr {result['suggested_lr']:.2g}")
+        return 0
+    flagged = SimpleNamespace(write=lambda text: sys.stdout.write(flags(text)),
+                              flush=sys.stdout.flush, isatty=sys.stdout.isatty)
+    summary = recipe.fit(config, out=args.out, resume=args.resume, overrides=given(args),
+                         stream=flagged, **data)
     if summary["stopped"] == "interrupted":
         script = sys.argv[0] if sys.argv[0].endswith(".py") else PROG
         print(f"resume with: python {script} --resume {os.path.join(summary['out'], 'last.npz')}")
@@ -126,14 +129,12 @@ def run(args, device) -> int:
     return 0
 
 
-def given(args) -> dict:
-    """The run settings given as flags (None: not given)."""
+def given(args) -> dict:        # the run settings given as flags (None: not given)
     return {k: v for k, v in vars(args).items() if k in cfg.RunConfig.__dataclass_fields__}
 
 
 def settings(args, device, parser=None):
-    """The RunConfig of the flags; a value out of range is an argparse error naming
-    its flag (RunConfig.check is the one place that knows the ranges)."""
+    """The flags' RunConfig; a value out of range (RunConfig.check) is an argparse error."""
     try:
         return cfg.resolve(given(args), device)
     except cfg.SettingError as exc:
@@ -143,7 +144,6 @@ def settings(args, device, parser=None):
     except ValueError:          # settings that conflict: checked again when the run is built
         if parser is None:      # (with the checkpoint's own settings, when there is one): exit 1
             raise
-    return None
 
 
 def main(argv=None) -> int:
@@ -163,13 +163,13 @@ def main(argv=None) -> int:
     try:
         device = "cpu" if args.prepare_only else recipe.resolve_device(args.device)
     except (RuntimeError, ValueError) as exc:     # a GPU asked for and not usable
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 2
     try:
         settings(args, device, parser)      # a value out of range: exit 2 before any work
         return run(args, device)
     except (OSError, ValueError, TrainingStopped) as exc:   # OSError: FileNotFoundError too
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)

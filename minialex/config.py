@@ -200,11 +200,11 @@ class RunConfig:
             need(name, isinstance(getattr(self, name), bool), "True or False")
         if self.is_folder and VARIANTS[self.model].input_size > self.prepared_size:
             crop = VARIANTS[self.model].input_size
-            raise ValueError(f"image_size: --model {self.model} takes {crop}x{crop} crops, "
+            raise ValueError(f"image_size: `model` {self.model} takes {crop}x{crop} crops, "
                              f"larger than the {self.prepared_size}x{self.prepared_size} prepared "
-                             f"images; use --image-size {crop} or more")
+                             f"images; use `image_size` {crop} or more")
         if self.ten_crop and not self.is_folder:
-            raise ValueError("ten_crop: needs an image folder (--dataset PATH)")
+            raise ValueError("ten_crop: needs an image folder (`dataset` PATH)")
         return self
 
 
@@ -272,8 +272,7 @@ def resolve(given: dict, device: str, saved: dict | None = None) -> RunConfig:
         value = given.get(key)
         if key in saved and key in RESUME_KEEPS:
             if value is not None and not _same_setting(key, value, saved):
-                contradictions.append(f"--{key.replace('_', '-')} {value} (the checkpoint's: "
-                                      f"{saved[key]})")
+                contradictions.append(f"`{key}` {value} (the checkpoint's: {saved[key]})")
             settings[key] = saved[key]
         elif key == "epochs" and value is None and "epochs" in saved:
             settings[key] = saved["epochs"]
@@ -283,8 +282,8 @@ def resolve(given: dict, device: str, saved: dict | None = None) -> RunConfig:
         raise ValueError(f"resume: {', '.join(contradictions)} "
                          f"{'contradicts' if len(contradictions) == 1 else 'contradict'} the "
                          f"checkpoint, and a resumed run keeps the settings it started with; "
-                         f"leave {'that flag' if len(contradictions) == 1 else 'those flags'} "
-                         f"out, or start a new run with another --out")
+                         f"leave {'it' if len(contradictions) == 1 else 'them'} out, or start a "
+                         f"new run with another `out`")
     return base.replace(**settings)
 
 

@@ -76,7 +76,7 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
                          classes=tree["classes"] if tree else None)
         run = build(config, data, device, normalization=tree["normalization"] if tree else None)
         if config.limit_train and config.limit_train < config.batch_size:
-            print(f"note: --limit-train {config.limit_train} is below the batch size",
+            print(f"note: `limit_train` {config.limit_train} is below the batch size",
                   file=stream)
         watch = LossWatch(len(data.classes), warmup=config.warmup,
                           stall_steps=config.stall_steps)
@@ -247,7 +247,7 @@ def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=N
     optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                     weight_decay=config.weight_decay)
     if config.schedule == "plateau" and not len(data.val):
-        raise ValueError("schedule: plateau needs a validation set; use --val-size > 0")
+        raise ValueError("schedule: plateau needs a validation set; set `val_size` > 0")
     scheduler = {"plateau": lambda: ReduceLROnPlateau(optimizer),
                  "step": lambda: StepLR(optimizer, config.step_size),
                  "none": lambda: None}[config.schedule]()
@@ -388,7 +388,7 @@ def _write_summary(out, summary) -> str:
     except checkpoint.WriteError as exc:
         last = os.path.join(out, "last.npz")
         raise checkpoint.WriteError(path, exc, f"the trained state is in {last}; resume with "
-                                               f"--resume {last} to test it and write the "
+                                               f"`resume` {last} to test it and write the "
                                                f"summary again") from None
     return path
 

@@ -62,7 +62,7 @@ def lock(directory):
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise RunDirectoryBusy(f"{directory} is in use by another run ({_holder(fd)}); "
-                                       f"wait for it to end, or choose another --out") from None
+                                       f"wait for it to end, or choose another `out`") from None
         with contextlib.suppress(OSError):      # who holds it is a courtesy: a full disk may
             os.ftruncate(fd, 0)                 # refuse it, and the run says so when it saves
             os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)

@@ -496,7 +496,7 @@ class Trainer:
             yield
         except checkpoint.WriteError as exc:
             last = self.path("last.npz")
-            then = self.kept() + (f"; resume with --resume {last}" if self.last_saved
+            then = self.kept() + (f"; resume with `resume` {last}" if self.last_saved
                                   or os.path.exists(last) else "; start the run again")
             raise checkpoint.WriteError(exc.filename, exc, then) from None
 

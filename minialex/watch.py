@@ -28,8 +28,8 @@ Traceback (most recent call last):
     ...
 minialex.watch.TrainingStalled: training stalled at chance: the loss stayed within 2% of
     ln(10) = 2.303 for 3 steps, up to step 4: the network has stopped learning (dead ReLUs, or a
-    learning rate too high for its initialisation); try a lower --lr, a longer --warmup, or
-    --find-lr
+    learning rate too high for its initialisation); try a lower `lr`, a longer `warmup`, or
+    `find_lr`
 """
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ import collections
 import math
 import statistics
 
-ADVICE = "try a lower --lr, a longer --warmup, or --find-lr"
+# settings of minialex.config.RunConfig (and minialex.recipe.find_lr) in backquotes: a command
+# line names its own flags for them (examples/train_alexnet.py)
+ADVICE = "try a lower `lr`, a longer `warmup`, or `find_lr`"
 MAX_KEPT = 20           # spikes (and their warnings) kept for the summary; the rest are counted
 
 

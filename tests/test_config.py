@@ -60,7 +60,7 @@ def test_folders_are_prepared_at_the_models_input_over_0_875(model):
     (dict(schedule="cosine"), "schedule: expected one of plateau, step, none"),
     (dict(ten_crop=True), "ten_crop: needs an image folder"),
     (dict(dataset="/p", model="small", image_size=32),
-     "--model small takes 65x65 crops, larger than the 32x32 prepared images"),
+     "`model` small takes 65x65 crops, larger than the 32x32 prepared images"),
 ])
 def test_bad_settings_are_one_error_naming_the_setting(changes, message):
     with pytest.raises(ValueError) as info:
@@ -89,10 +89,10 @@ def test_resuming_keeps_the_checkpoints_recipe_and_frees_only_per_invocation_set
 
 
 @pytest.mark.parametrize("given,named", [
-    ({"model": "small"}, "--model small (the checkpoint's: mini) contradicts the checkpoint"),
-    ({"dataset": "/photos"}, "--dataset /photos (the checkpoint's: fashion-mnist)"),
+    ({"model": "small"}, "`model` small (the checkpoint's: mini) contradicts the checkpoint"),
+    ({"dataset": "/photos"}, "`dataset` /photos (the checkpoint's: fashion-mnist)"),
     ({"batch_size": 64, "lr": 0.5, "epochs": 9},
-     "--batch-size 64 (the checkpoint's: 32), --lr 0.5 (the checkpoint's: 0.1) contradict the"),
+     "`batch_size` 64 (the checkpoint's: 32), `lr` 0.5 (the checkpoint's: 0.1) contradict the"),
 ])
 def test_a_flag_contradicting_the_checkpoint_is_refused_by_name(given, named):
     saved = CPU_PRESET.replace(batch_size=32, lr=0.1).to_dict()
@@ -100,14 +100,14 @@ def test_a_flag_contradicting_the_checkpoint_is_refused_by_name(given, named):
         resolve(given, "cpu", saved)
     message = str(info.value)
     assert message.startswith("resume: ") and named in message and "\n" not in message
-    assert "epochs" not in message and "another --out" in message
+    assert "epochs" not in message and "another `out`" in message and "--" not in message
 
 
 def test_a_flag_that_spells_the_checkpoints_setting_differently_is_no_contradiction(tmp_path):
     saved = RunConfig(dataset=str(tmp_path), model="small").to_dict()      # image_size None
     same = {"dataset": str(tmp_path) + "/", "image_size": 74, "model": "small"}
     assert resolve(same, "cpu", saved).prepared_size == 74
-    with pytest.raises(ValueError, match="--image-size 96 .the checkpoint's: None"):
+    with pytest.raises(ValueError, match="`image_size` 96 .the checkpoint's: None"):
         resolve({"image_size": 96}, "cpu", saved)
 
 

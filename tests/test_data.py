@@ -99,7 +99,7 @@ def test_missing_data_gives_one_clear_message(tmp_path, monkeypatch):
     assert "\n" not in message
     assert str(tmp_path / "mine") in message and str(tmp_path / "system") in message
     assert "missing train-labels-idx1-ubyte" in message and "no such directory" in message
-    assert "apt-get install dataset-fashion-mnist" in message and "--data-dir" in message
+    assert "apt-get install dataset-fashion-mnist" in message and "`data_dir`" in message
 
 
 @pytest.mark.parametrize("gz", [True, False])

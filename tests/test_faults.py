@@ -209,7 +209,7 @@ def test_a_failed_metrics_write_stops_before_the_checkpoint_saying_what_is_kept(
     last = tmp_path / "last.npz"
     assert str(info.value) == (f"cannot write {tmp_path / 'metrics.jsonl'}: No space left on "
                                f"device; {last} keeps the last good state, from the end of "
-                               f"epoch 1; resume with --resume {last}")
+                               f"epoch 1; resume with `resume` {last}")
     assert appended and saved_epoch(last) == 1
 
     # a line past the checkpoint (a killed run's) is cut at the start, and that write fails too
@@ -225,4 +225,4 @@ def test_a_failed_metrics_write_stops_before_the_checkpoint_saying_what_is_kept(
         trainer.fit()
     assert str(info.value).endswith(f"metrics.jsonl: No space left on device; {last} keeps the "
                                     f"last good state, from the end of epoch 1; resume with "
-                                    f"--resume {last}")
+                                    f"`resume` {last}")

@@ -2,9 +2,11 @@
 that names what is wrong, before any work: two runs on one --out, a --resume flag that
 contradicts the checkpoint, a directory given as a checkpoint, an image folder whose val/
 does not match train/."""
+import ast
 import errno
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -96,8 +98,7 @@ def test_resume_with_a_flag_that_contradicts_the_checkpoint_is_refused_by_name(t
                                        "--model", "small", "--batch-size", "32", "--epochs", "9"))
     assert error == ("train_alexnet.py: error: resume: --model small (the checkpoint's: mini) "
                      "contradicts the checkpoint, and a resumed run keeps the settings it "
-                     "started with; leave that flag out, or start a new run with another "
-                     "--out\n")
+                     "started with; leave it out, or start a new run with another --out\n")
 
 
 @pytest.mark.parametrize("flag", ["--resume", "--evaluate"])
@@ -131,3 +132,19 @@ def test_an_image_folder_whose_val_does_not_match_train_is_refused_naming_it(tmp
     error = one_line_error(run_example("--device", "cpu", "--dataset", root, "--model", "small",
                                        "--cache", tmp_path / "cache", "--out", tmp_path / "run"))
     assert error == f"train_alexnet.py: error: dataset: {expected.format(root=root)}\n"
+
+
+def test_library_messages_name_settings_never_command_line_flags():
+    # the examples map `setting` to their flags; a library user never reads a flag
+    flag = re.compile(r"(?<![\w-])--[a-z]")
+    found = []
+    for path in sorted((ROOT / "minialex").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.body[0].value) for node in ast.walk(tree)
+                      if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                      and node.body and isinstance(node.body[0], ast.Expr)}
+        found += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+                  for node in ast.walk(tree) if isinstance(node, ast.Constant)
+                  and isinstance(node.value, str) and id(node) not in docstrings
+                  and flag.search(node.value)]
+    assert found == []

@@ -75,8 +75,8 @@ def test_fit_writes_summary_metrics_and_checkpoints_and_resumes(data_dir, tmp_pa
         recipe.fit(quick(), resume=str(tmp_path / "run" / "last.npz"),
                    overrides={"model": "small", "batch_size": 64, "epochs": 4},
                    data_dir=data_dir, stream=io.StringIO())
-    assert str(info.value).startswith("resume: --model small (the checkpoint's: mini), "
-                                      "--batch-size 64 (the checkpoint's: 32) contradict the "
+    assert str(info.value).startswith("resume: `model` small (the checkpoint's: mini), "
+                                      "`batch_size` 64 (the checkpoint's: 32) contradict the "
                                       "checkpoint")
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "run").iterdir()} == before
 

@@ -211,7 +211,7 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
     message = str(info.value)
     assert "training diverged: the loss is nan at epoch 2, step 3/5 (lr 0.025)" in message
     assert "last.npz keeps the last good state, from the end of epoch 1" in message
-    assert "try a lower --lr" in message
+    assert "try a lower `lr`" in message and "--" not in message
     assert (tmp_path / "last.npz").read_bytes() == before
     assert checkpoint.load(tmp_path / "last.npz")["trainer"]["epoch"] == 1
 

@@ -24,7 +24,8 @@ def test_a_loss_at_chance_for_stall_steps_in_a_row_stops_after_the_warmup_only()
         watch.check(8, chance_loss(10) - 0.01, "epoch 2, step 1/5")
     message = str(info.value)
     assert "within 2% of ln(10) = 2.303 for 4 steps, up to epoch 2, step 1/5" in message
-    assert "try a lower --lr, a longer --warmup, or --find-lr" in message
+    # settings by name, as RunConfig spells them: a library user never reads a flag
+    assert "try a lower `lr`, a longer `warmup`, or `find_lr`" in message and "--" not in message
 
 
 def test_a_run_that_starts_at_chance_and_stays_is_slow_not_dead():

@@ -36,7 +36,7 @@ DEFAULT_DIRS = (DEBIAN_DIR,)    # searched after data_dir
 VAL_SIZE = 5000
 HOW_TO_GET = ("install them with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu; "
               f"files go to {DEBIAN_DIR}), or put the four IDX files (from "
-              "https://github.com/zalandoresearch/fashion-mnist) in --data-dir")
+              "https://github.com/zalandoresearch/fashion-mnist) in `data_dir`")
 
 
 @dataclasses.dataclass(frozen=True)
