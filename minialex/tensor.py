@@ -184,18 +184,23 @@ class Tensor:
                     t.grad = g.copy() if id(g) in handed_out else g  # Add passes gy to both
                     handed_out.add(id(t.grad))
                 elif g is not None:
-                    t.grad = t.grad + g
+                    with backend.device_scope(g):
+                        t.grad = t.grad + g
                 continue
             fn = t.creator
             if g is None:
                 continue
-            input_grads = fn.backward(g)
+            # a graph may span devices (minialex.towers): each op's backward, and each sum of
+            # gradients, runs on the device of its operands
+            with backend.device_scope(g):
+                input_grads = fn.backward(g)
             if not isinstance(input_grads, tuple):
                 input_grads = (input_grads,)
             for x, gx in zip(fn.inputs, input_grads):
                 if x is None or gx is None or not x.requires_grad:
                     continue
-                grads[id(x)] = gx if id(x) not in grads else grads[id(x)] + gx
+                with backend.device_scope(gx):
+                    grads[id(x)] = gx if id(x) not in grads else grads[id(x)] + gx
             vars(fn).clear()  # free the graph: drop the inputs and what forward saved
 
     # -- operators: each one line, delegating to a Function in minialex.ops (imported below) --
