@@ -300,3 +300,20 @@ def test_a_non_contiguous_gradient_or_weight_still_updates_every_element():
     strided.grad = np.ones((4, 3), dtype=np.float32)
     opt.step()
     np.testing.assert_array_equal(strided.data, np.full((4, 3), -0.5, dtype=np.float32))
+
+
+@pytest.mark.parametrize("mode, best, counts, does_not", [
+    # threshold 0.1 of best: relative, so the bar moves with the metric's scale
+    ("min", 0.5, 0.449, 0.451),      # < 0.45 = 0.5 - 0.1 * 0.5 (an absolute 0.1 would ask < 0.4)
+    ("min", 5.0, 4.49, 4.51),        # < 4.5 (an absolute 0.1 would take 4.51 as well)
+    ("max", 0.5, 0.551, 0.549),      # > 0.55 (an absolute 0.1 would ask > 0.6)
+    ("max", 5.0, 5.51, 5.49),        # > 5.5 (an absolute 0.1 would take 5.49 as well)
+])
+def test_plateau_threshold_is_relative_to_the_best_value_on_either_side(mode, best, counts,
+                                                                        does_not):
+    for metric, improves in ((counts, True), (does_not, False)):
+        opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+        plateau = ReduceLROnPlateau(opt, threshold=0.1, mode=mode)
+        plateau.step(best)
+        assert plateau.step(metric) is (not improves), (metric, improves)
+        assert plateau.best == (metric if improves else best)

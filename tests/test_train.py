@@ -59,6 +59,28 @@ def test_train_one_epoch_stops_before_the_update_when_asked():
     assert running.steps == 2
 
 
+@pytest.mark.parametrize("label", [-1, 10, 15])
+@pytest.mark.parametrize("loader_checks", [None, 20])
+def test_the_loop_refuses_a_label_outside_the_classes_before_any_update(label, loader_checks):
+    # a loader that checked the labels against another class count (20 for a 10-class net)
+    # vouches for nothing: the loop checks them itself
+    minialex.manual_seed(0)
+    model = tiny_net()
+    optimizer = SGD(model.parameters(), lr=0.05)
+    data = tiny_data(16)
+    data.labels[5] = label
+    loader = Loader(data, 8, transform=lambda x: x.astype(np.float32) / 255,
+                    num_classes=loader_checks)
+    weights = {k: v.copy() for k, v in model.state_dict().items()}
+    if loader_checks is not None and 0 <= label < loader_checks:
+        expected = rf"^cross_entropy: label {label} is out of range \[0, 10\)"
+    else:
+        expected = rf"label {label} is out of range \[0, {loader_checks or 10}\)"
+    with pytest.raises(ValueError, match=expected):
+        train_one_epoch(model, loader, optimizer)
+    assert all(np.array_equal(weights[k], v) for k, v in model.state_dict().items())
+
+
 # -- top-k -------------------------------------------------------------------------------------
 def topk_correct(logits, labels, ks):
     return backend.to_numpy(topk_counts(logits, labels, ks)).tolist()

@@ -70,6 +70,43 @@ def test_above_chance_needs_two_binomial_standard_deviations():
     assert above_chance(0.6, 36, 3) and not above_chance(0.4, 36, 3)
 
 
+@pytest.mark.parametrize("classes, images", [(2, 100), (3, 36), (10, 500), (1000, 50_000)])
+def test_above_chance_starts_just_past_two_standard_deviations_of_a_binomial(classes, images):
+    # the bar is p + 2 sqrt(p (1 - p) / n): at 2 classes the (1 - p) term alone moves it from
+    # 0.641 to 0.600, so 0.62 of 100 images is above chance only with the term
+    p = 1 / classes
+    bar = p + 2 * math.sqrt(p * (1 - p) / images)
+    assert above_chance(bar + 1e-9, images, classes) and not above_chance(bar - 1e-9, images,
+                                                                          classes)
+    if classes == 2:
+        assert not above_chance(0.6, images, classes)         # "more than": 0.6 is the bar
+        assert above_chance(0.62, images, classes)
+
+
+@pytest.mark.parametrize("classes", [2, 10, 1000])
+def test_the_stall_band_is_relative_to_ln_c(classes):
+    # band 2% of ln C: 0.014 wide at 2 classes, 0.138 at 1000; an absolute 0.02 would take
+    # ln 2 + 0.015 as chance and ln 1000 + 0.1 as learning
+    chance, band = chance_loss(classes), 0.02
+    for loss, near in ((chance * (1 + 0.99 * band), True), (chance * (1 - 0.99 * band), True),
+                       (chance * (1 + 1.01 * band), False), (chance * (1 - 1.01 * band), False)):
+        watch = LossWatch(classes, stall_steps=2, band=band)
+        watch.check(0, 3 * chance)                 # away from chance first
+        watch.check(1, loss)
+        assert watch.at_chance == int(near), (loss, near)
+    if classes == 2:
+        assert not _counted(classes, chance + 0.015)
+    if classes == 1000:
+        assert _counted(classes, chance + 0.1)
+
+
+def _counted(classes, loss) -> bool:
+    watch = LossWatch(classes, stall_steps=2)
+    watch.check(0, 3 * chance_loss(classes))
+    watch.check(1, loss)
+    return watch.at_chance == 1
+
+
 # -- planted failures in a real Trainer --------------------------------------------------------
 def plant(trainer, at_call, change, until=math.inf):
     """Make the model's forward pass return ``change(logits)`` on its calls number ``at_call``
