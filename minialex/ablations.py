@@ -65,6 +65,7 @@ import time
 import numpy as np
 
 from . import backend, checkpoint, recipe
+from .checks import positive_int
 from .config import CPU_PRESET, GPU_PRESET, RunConfig
 from .data import Loader
 from .extensions import REPORT, Extension, LearningRate, LossCheck, Validation
@@ -293,8 +294,7 @@ def smoothed(errors, window: int) -> np.ndarray:
 def steps_to_target(errors, target: float, window: int = 1) -> int | None:
     """The first step (1-based) at which the mean error of the last ``window`` steps is at or
     below ``target``; None when no step gets there."""
-    if not isinstance(window, int) or window < 1:
-        raise ValueError(f"steps_to_target: window must be a positive int, got {window!r}")
+    positive_int("steps_to_target", "window", window)
     reached = np.flatnonzero(smoothed(errors, window) <= target)
     return int(reached[0]) + window if len(reached) else None
 

@@ -47,9 +47,9 @@ minialex.config.SettingError: lr: expected a finite number > 0, got -1
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 
+from .checks import is_int, is_real
 from .data.augment import CROP_SIZE as PAPER_CROP  # Sec. 4.1: 224x224 patches of...
 from .data.augment import IMAGE_SIZE as PAPER_IMAGE_SIZE  # ... the 256x256 images (Sec. 2)
 from .models import ACTIVATIONS, INITS, LRN_POSITIONS, POOLS, VARIANTS
@@ -165,13 +165,12 @@ class RunConfig:
 
         def count(name, low):
             value = getattr(self, name)
-            need(name, isinstance(value, int) and not isinstance(value, bool) and value >= low,
+            need(name, is_int(value) and value >= low,
                  "a positive integer" if low == 1 else f"an integer >= {low}")
 
         def real(name, ok, expected):
             value = getattr(self, name)
-            need(name, isinstance(value, (int, float)) and not isinstance(value, bool)
-                 and math.isfinite(value) and ok(value), expected)
+            need(name, is_real(value) and ok(value), expected)
 
         need("dataset", isinstance(self.dataset, str) and self.dataset != "", "a dataset name "
              "or folder")

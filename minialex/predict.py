@@ -34,6 +34,7 @@ from PIL import Image
 
 from . import backend, recipe
 from . import functional as F
+from .checks import positive_int
 from .data.folder import image_extensions, load_rgb, resize_center_crop
 from .report import collect_predictions
 from .tensor import Tensor, no_grad
@@ -113,8 +114,7 @@ class Classifier:
     def classify(self, paths, *, k: int = TOPK, ten_crop: bool = False) -> tuple:
         """``(predictions, skipped)``: the top ``k`` classes of each readable file, and
         ``[(path, reason)]`` for the files that could not be decoded."""
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"classify: k must be a positive int, got {k!r}")
+        positive_int("classify", "k", k)
         predictions, skipped = [], []
         for start in range(0, len(paths), BATCH):
             batch, names = [], []

@@ -32,6 +32,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import backend
+from .checks import is_int, positive_int
 from .module import Module
 from .tensor import no_grad
 
@@ -101,12 +102,10 @@ def model_summary(model: Module, input_shape, batch_size: int = 1,
     if not isinstance(model, Module):
         raise TypeError(f"model_summary: model must be a Module, got {type(model).__name__}")
     shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
-    if not shape or not all(isinstance(n, (int, np.integer)) and n >= 1 for n in shape):
+    if not shape or not all(is_int(n) and n >= 1 for n in shape):
         raise ValueError(f"model_summary: input_shape must be a tuple of positive ints (without "
                          f"the batch), got {input_shape!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"model_summary: batch_size must be a positive int, got "
-                         f"{batch_size!r}")
+    positive_int("model_summary", "batch_size", batch_size)
 
     params = list({id(p): p for p in model.parameters()}.values())  # shared ones once
     first = params[0].data if params else np.zeros(0)

@@ -35,16 +35,8 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_array_module
+from ..checks import non_negative_int, pair
 from .crops import RandomTransform, crop_flip, draw_crops
-
-
-def _pair(size, name):
-    if isinstance(size, (int, np.integer)):
-        size = (int(size), int(size))
-    if (not isinstance(size, (tuple, list)) or len(size) != 2
-            or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in size)):
-        raise ValueError(f"{name}: size must be a positive int or a pair of them, got {size!r}")
-    return tuple(int(s) for s in size)
 
 
 def _check_batch(name, x):
@@ -142,7 +134,7 @@ def resize_bilinear(x, size, matrices=None):
     ``matrices``: a dict that keeps ``A_h`` and ``A_w`` on the batch's device per input and
     output size and dtype (:class:`Resize` has one), instead of copying them there at each call."""
     _check_batch("resize_bilinear", x)
-    OH, OW = _pair(size, "resize_bilinear")
+    OH, OW = pair("resize_bilinear", "size", size, 1)
     N, C, H, W = x.shape
     if (OH, OW) == (H, W):
         return x
@@ -163,7 +155,7 @@ class Resize:
     matrices are built once per input size and kept on each device that uses them."""
 
     def __init__(self, size):
-        self.size = _pair(size, "Resize")
+        self.size = pair("Resize", "size", size, 1)
         self._matrices = {}
 
     def __call__(self, x):
@@ -183,10 +175,8 @@ class RandomCrop(RandomTransform):
 
     def __init__(self, size=None, padding=0, generator=None):
         super().__init__(generator)
-        self.size = None if size is None else _pair(size, "RandomCrop")
-        if not isinstance(padding, (int, np.integer)) or padding < 0:
-            raise ValueError(f"RandomCrop: padding must be an int >= 0, got {padding!r}")
-        self.padding = int(padding)
+        self.size = None if size is None else pair("RandomCrop", "size", size, 1)
+        self.padding = non_negative_int("RandomCrop", "padding", padding)
         self.last_offsets = None
 
     def __call__(self, x):
