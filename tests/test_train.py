@@ -10,7 +10,7 @@ import minialex
 from minialex import Tensor, backend, checkpoint, nn
 from minialex.data import ArrayDataset, Loader, fashion_mnist
 from minialex.data.transforms import GreyAugmenter
-from minialex.extensions import LearningRate
+from minialex.extensions import Extension, LearningRate
 from minialex.models import alexnet
 from minialex.optim import SGD, ReduceLROnPlateau
 from minialex.train import (
@@ -295,3 +295,65 @@ def test_mini_alexnet_learns_on_a_slice_of_real_fashion_mnist():
     assert trainer.history[1]["train_loss"] < trainer.history[0]["train_loss"]
     logits = model.eval()(Tensor(eval_tf(data.test.images[:4])))
     assert logits.shape == (4, 10)
+
+
+# -- the seams for several processes -----------------------------------------------------------
+class ZeroGradients(Extension):
+    """Stands in for a gradient exchange: it sees the gradients before the optimiser does."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def after_backward(self, trainer):
+        self.calls += 1
+        for p in trainer.model.parameters():
+            assert p.grad is not None
+            p.grad[...] = 0
+
+
+def test_after_backward_sees_the_gradients_before_the_optimiser_steps(tmp_path):
+    trainer = make_trainer(None, epochs=1)
+    trainer.optimizer.momentum = trainer.optimizer.weight_decay = 0.0
+    zero = ZeroGradients()
+    trainer.extensions.append(zero)
+    weights = {k: v.copy() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    assert zero.calls == 5                  # one per step, and every update was of zeros
+    assert all(np.array_equal(weights[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_only_rank_0_writes_files_and_prints(tmp_path):
+    for rank in (0, 1):
+        log = io.StringIO()
+        make_trainer(tmp_path / str(rank), epochs=1, rank=rank, stream=log, print_freq=1).fit()
+        written = sorted(p.name for p in (tmp_path / str(rank)).iterdir())
+        assert written == (["best.npz", "last.npz", "metrics.jsonl"] if rank == 0 else [])
+        assert ("epoch 1/1" in log.getvalue()) == (rank == 0)
+
+
+def test_sums_are_reduced_over_processes_before_dividing(tmp_path):
+    seen = []
+
+    def twice(sums):                        # another process with the same sums as this one
+        seen.append(len(sums))
+        return 2 * np.asarray(sums)
+
+    one = make_trainer(None, epochs=1)
+    one.fit()
+    two = make_trainer(None, epochs=1, reduce_sums=twice)
+    two.fit()
+    a, b = one.history[0], two.history[0]
+    assert b["train_images"] == 2 * a["train_images"] == 80
+    assert b["val_images"] == 2 * a["val_images"] == 32
+    for key in ("train_loss", "train_top1", "val_loss", "val_top1", "val_top5"):
+        assert b[key] == pytest.approx(a[key]), key
+    assert seen.count(2) == 5 and seen.count(4) == 2    # each step's loss; train and val sums
+
+
+def test_the_watch_sees_the_loss_of_every_process(tmp_path):
+    def another_diverged(sums):             # this process's loss is finite, another's is not
+        return np.asarray(sums) + (np.array([np.nan, 1.0]) if len(sums) == 2 else 0)
+
+    trainer = make_trainer(None, epochs=1, reduce_sums=another_diverged)
+    with pytest.raises(TrainingDiverged, match="the loss is nan at epoch 1, step 1/5"):
+        trainer.fit()
