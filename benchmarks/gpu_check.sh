@@ -62,6 +62,22 @@ if [ "$failed" -ne 0 ]; then  # without a usable GPU the tests would run on the 
 fi
 # the gpu-marked tests on real CuPy, kernels compiled by NVRTC; the summary says where they ran
 step gpu_tests 300 "$PY" -m pytest -q -m gpu tests -p no:cacheprovider
+# two or more GPUs: the two towers (one process, gpu:0 and gpu:1) and data parallel over NCCL
+# (mpiexec -n 2, one GPU per process), on real CuPy; needs mpi4py and an mpiexec for NCCL
+gpus=$("$PY" -c "import cupy; print(cupy.cuda.runtime.getDeviceCount())" 2>/dev/null || echo 0)
+if [ "${gpus:-0}" -ge 2 ]; then
+  step two_towers 300 "$PY" -m pytest -q tests/distributed/test_towers.py -p no:cacheprovider
+  if "$PY" -c "import mpi4py" 2>/dev/null && command -v mpiexec >/dev/null; then
+    step data_parallel_nccl 400 mpiexec -n 2 "$PY" -m mpi4py -m pytest -q \
+      tests/distributed/test_data_parallel.py -p no:cacheprovider
+  else
+    echo "data_parallel_nccl: not run: mpi4py or mpiexec missing (pip install mpi4py mpich)" \
+      | tee -a "$OUT/summary.txt"
+    failed=1
+  fi
+else
+  echo "multi-GPU stages: not run, $gpus GPU(s) visible" | tee -a "$OUT/summary.txt"
+fi
 cp benchmarks/RESULTS.md "$OUT/RESULTS.before.md"
 step bench_layers 150 "$PY" benchmarks/bench_layers.py --device gpu --results --json "$OUT/bench_layers.json"
 step bench_train 200 "$PY" benchmarks/bench_train.py --device gpu --results --json "$OUT/bench_train.json"
