@@ -307,8 +307,8 @@ class Trainer:
         train_loader: a :class:`minialex.data.Loader` (its ``state_dict`` is checkpointed).
         val_loader: a Loader for validation (needed for ``best.npz`` and ReduceLROnPlateau).
         epochs: total epochs of the run (a resumed run counts the epochs already done).
-        extensions: what runs around the loop; None: :func:`~minialex.extensions.
-            standard_extensions` of ``val_loader``, ``scheduler`` (ReduceLROnPlateau, stepped
+        extensions: what runs around the loop; None: ``standard_extensions`` (of
+            :mod:`minialex.extensions`) of ``val_loader``, ``scheduler`` (ReduceLROnPlateau, stepped
             on the validation error, or StepLR), ``warmup`` (a LinearWarmup), ``watch`` (a
             LossWatch; without one a NaN/inf loss still stops the run), ``print_freq``
             (progress line every so many steps; 0: only the epoch lines) and ``out_dir``.
@@ -391,7 +391,7 @@ class Trainer:
         self._call("before_fit")
         try:
             # the watch names a non-finite loss itself, once: no NumPy overflow warnings first
-            with self._first_ctrl_c_sets_a_flag(), np.errstate(over="ignore", invalid="ignore"):
+            with _first_ctrl_c_sets_a_flag(self), np.errstate(over="ignore", invalid="ignore"):
                 while self.epoch < self.epochs and self.stopped is None:
                     if self._train_epoch():
                         self._end_epoch()
@@ -411,27 +411,6 @@ class Trainer:
             self.say(f"interrupted at {_where(self.epoch, self.step)}"
                      + (f"; saved {saved}" if saved else ""))
         return self.stopped
-
-    @contextlib.contextmanager
-    def _first_ctrl_c_sets_a_flag(self):
-        """The first Ctrl-C lets the step finish; the second raises KeyboardInterrupt. Only in
-        the main thread, where Python delivers signals."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_sigint(signum, frame):
-            if self._interrupted:
-                raise KeyboardInterrupt
-            self._interrupted = True
-            self.say("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again "
-                     "to stop at once)")
-
-        previous = signal.signal(signal.SIGINT, on_sigint)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def _train_epoch(self) -> bool:
         """One training pass (or the rest of one); False when interrupted before its end."""
@@ -524,6 +503,28 @@ class Trainer:
         self.running = running
         backend.set_rng_state(saved["backend_rng"])
         self._call("load", tree)
+
+
+@contextlib.contextmanager
+def _first_ctrl_c_sets_a_flag(trainer):
+    """During ``trainer.fit``, the first Ctrl-C lets the step finish; the second raises
+    KeyboardInterrupt. Only in the main thread, where Python delivers signals."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_sigint(signum, frame):
+        if trainer._interrupted:
+            raise KeyboardInterrupt
+        trainer._interrupted = True
+        trainer.say("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again "
+                    "to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _where(epoch, step) -> str:
