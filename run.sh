@@ -2,6 +2,7 @@
 # minialex quick start: one script, two jobs.
 #   bash run.sh train [flags...]   set up, then train AlexNet on Fashion-MNIST (examples/train_alexnet.py)
 #   bash run.sh test  [pytest args] set up, then lint (ruff, codespell) and run the whole test suite
+#                                   (without args: tests/distributed also as 2 MPI processes)
 # Set-up (idempotent, each step skipped when already done): a virtual environment in .venv with
 # minialex (and for `test` its test, lint and mpi extras), Debian's Fashion-MNIST package (dataset-fashion-mnist), and for
 # `test` Debian's g++ (builds kernels/*.cu for the gpu tests) and chromium (the report test renders
@@ -63,5 +64,12 @@ if [ "$job" = train ]; then
 else
   .venv/bin/ruff check .     # pyflakes, pycodestyle, import order (pyproject.toml [tool.ruff])
   .venv/bin/codespell        # spelling of code, docs and file names (setup.cfg [codespell])
+  if [ $# = 0 ]; then
+    # the data-parallel tests again as 2 MPI processes (the suite below runs them as one);
+    # -m mpi4py makes an exception on one rank abort both instead of hanging the other
+    echo "run.sh: tests/distributed as 2 processes (mpiexec -n 2)"
+    timeout -k 10 900 .venv/bin/mpiexec -n 2 .venv/bin/python -m mpi4py -m pytest -q \
+      -p no:cacheprovider tests/distributed
+  fi
   exec .venv/bin/python -m pytest -q tests minialex --doctest-modules "$@"
 fi
