@@ -61,7 +61,10 @@ def max_pool_forward(x, KH, KW, SH, SW, PH, PW, with_argmax=True):
                     # does it without branches (a masked copy mispredicts on random data)
                     np.multiply(better, np.int32(kh * KW + kw), out=offset_k)
                     np.maximum(argmax_n, offset_k, out=argmax_n)
-                np.maximum(y_n, candidate, out=y_n)  # NaN propagates to y, as in PyTorch
+                # NaN propagates to y, as in PyTorch; the arg-max then keeps naming a number
+                # (NaN is never greater), unlike the plain version's np.argmax, which names
+                # the NaN: the loss is NaN then, and training stops before any update
+                np.maximum(y_n, candidate, out=y_n)
     cpu_parallel(scan_images, N, y.size * KH * KW)
     return y, argmax
 

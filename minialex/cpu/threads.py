@@ -35,6 +35,7 @@ INLINE_WORK = 1 << 20  # elements touched below which a pass runs on this thread
 # threads would cost more than they save
 _pool = None  # worker threads, made at the first call that is large enough to use them
 _pool_size = 0  # how many workers _pool has
+_pool_lock = threading.Lock()  # guards _pool and _pool_size
 _blas = None  # threadpoolctl's handle on NumPy's BLAS, made at the first GEMM
 
 
@@ -83,18 +84,14 @@ def cpu_parallel(fn, n: int, work: int) -> None:
     GEMMs use one core each; they release the GIL, so threads over independent slices
     (channels, images, output columns) let them run on all cores. ``work`` (elements touched)
     below :data:`INLINE_WORK` runs inline. ``fn`` must give the same result however
-    ``range(n)`` is cut: each piece writes only its own part of the outputs.
+    ``range(n)`` is cut: each piece writes only its own part of the outputs. ``fn`` must not
+    call cpu_parallel itself: its pieces would wait for workers busy with the outer pieces.
     """
     global _pool, _pool_size
     threads = min(cpu_threads(), n)
     if threads <= 1 or work < INLINE_WORK:
         fn(0, n)
         return
-    if _pool is None or _pool_size < threads - 1:
-        if _pool is not None:
-            _pool.shutdown(wait=False)  # its idle threads end; those still busy end after
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="minialex-cpu")
-        _pool_size = threads - 1
     pieces = min(n, threads * PIECES_PER_THREAD)
     bounds = [n * i // pieces for i in range(pieces + 1)]
     taken = itertools.count()  # next() on it is atomic under the GIL: each piece goes once
@@ -102,7 +99,16 @@ def cpu_parallel(fn, n: int, work: int) -> None:
     def take_pieces():
         while (i := next(taken)) < pieces:
             fn(bounds[i], bounds[i + 1])
-    futures = [_pool.submit(take_pieces) for _ in range(threads - 1)]
+    with _pool_lock:  # two threads running CPU ops at once must not both replace the pool
+        if _pool is None or _pool_size < threads - 1:
+            if _pool is not None:
+                _pool.shutdown(wait=False)  # its idle threads end; those still busy end after
+            _pool = ThreadPoolExecutor(max_workers=threads - 1,
+                                       thread_name_prefix="minialex-cpu")
+            _pool_size = threads - 1
+        # submitted under the lock, so no other call shuts this pool down before they are in
+        # (a shut-down pool still runs what was submitted to it)
+        futures = [_pool.submit(take_pieces) for _ in range(threads - 1)]
     try:
         take_pieces()
     finally:

@@ -126,6 +126,38 @@ def test_cpu_parallel_shuts_down_a_pool_it_outgrows(monkeypatch):
     threads_module._pool.shutdown()
 
 
+def test_cpu_parallel_from_several_threads_while_the_pool_grows(monkeypatch):
+    """Calls from several threads at once, each wanting more threads than the pool has: every
+    call covers its range once and none submits to a pool another call shut down."""
+    monkeypatch.setattr(threads_module, "_pool", None)
+    monkeypatch.setattr(threads_module, "_pool_size", 0)
+    wanted = iter(range(2, 200))
+    monkeypatch.setattr(threads_module, "cpu_threads", lambda: next(wanted))
+    results, errors = {}, []
+
+    def caller(k):
+        try:
+            for _ in range(10):
+                marks = np.zeros(64, dtype=int)
+
+                def mark(start, stop):
+                    time.sleep(0.0005)  # let the other callers replace the pool meanwhile
+                    marks[start:stop] += 1
+                cpu_parallel(mark, 64, BIG)
+                results.setdefault(k, []).append(marks.copy())
+        except Exception as exc:  # noqa: BLE001  (any error fails the test below)
+            errors.append(exc)
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    threads_module._pool.shutdown()
+    assert not errors, errors
+    assert all((marks == 1).all() for runs in results.values() for marks in runs)
+    assert sum(map(len, results.values())) == 40
+
+
 class FakeBlas:
     """Stands in for threadpoolctl's controller: one process-wide BLAS thread count, and a limit
     that saves the count it finds and puts it back on restore, as threadpoolctl's does. (Real
