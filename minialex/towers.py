@@ -27,7 +27,9 @@ gradients and an SGD step, to float rounding (each tower runs its half of every 
 same sums). Dropout draws its masks per tower, so a training step matches with dropout off.
 ``state_dict()`` joins the halves under the one-device names (``features.0.weight``, ...), so a
 checkpoint loads into either form; :meth:`TwoTowers.named_splits` pairs each one-device name
-with its two tower Parameters (e.g. to map an optimiser's state).
+with its two tower Parameters. :class:`TowersSGD` trains them and saves (and loads) its
+momentum in the one-device SGD's form, so a run resumes in either form from the other's
+checkpoint.
 
 >>> import minialex
 >>> from minialex.models import alexnet
@@ -51,6 +53,7 @@ from .data.shards import share_bounds
 from .layers.conv import conv2d
 from .layers.linear import linear
 from .module import Module, Parameter
+from .optim import SGD
 from .tensor import Function, Tensor
 
 TOWERS = 2
@@ -115,7 +118,9 @@ class TwoTowers(Module):
         object.__setattr__(self, "model", model)    # its layers' settings; not a child
         object.__setattr__(self, "_splits", OrderedDict())
         object.__setattr__(self, "last_exchanges", [])
-        object.__setattr__(self, "input_shape", getattr(model, "input_shape", None))
+        for name in ("input_shape", "input_size", "variant", "num_classes"):
+            object.__setattr__(self, name, getattr(model, name, None))   # read by recipes
+        self._check_halos(model)
         self.tower0, self.tower1 = Module(), Module()
         for name, p in model.named_parameters():
             parts = []
@@ -126,6 +131,19 @@ class TwoTowers(Module):
                 setattr(tower, name.replace(".", "_"), half)
                 parts.append(half)
             self._splits[name] = parts
+
+    @staticmethod
+    def _check_halos(model):
+        """Each tower must hold the ``size // 2`` maps its neighbour's LRN windows borrow."""
+        maps = None
+        for i, layer in enumerate(model.features):
+            if isinstance(layer, nn.Conv2d):
+                maps = layer.out_channels
+            elif isinstance(layer, nn.LocalResponseNorm) and maps is not None \
+                    and maps // TOWERS < layer.size // 2:
+                raise ValueError(f"two_towers: features.{i}, an LRN of size {layer.size}, "
+                                 f"reaches {layer.size // 2} maps into the other tower, but each "
+                                 f"tower holds only {maps // TOWERS} of its {maps} maps")
 
     # -- weights under the one-device names ------------------------------------------------
     def named_splits(self):
@@ -223,3 +241,52 @@ class TwoTowers(Module):
 
     def extra_repr(self):
         return f"variant={getattr(self.model, 'variant', None)!r}, devices={self.devices}"
+
+
+class TowersSGD(SGD):
+    """:class:`~minialex.optim.SGD` over the towers' Parameters (each update on its tower's
+    device) whose ``state_dict`` is that of the one-device model's SGD: velocity ``i`` is
+    parameter ``i`` of the one-device model, its towers' halves joined (:meth:`TwoTowers.
+    named_splits`); ``load_state_dict`` splits them again. A checkpoint's optimiser state
+    therefore moves between the two forms as its weights do."""
+
+    def __init__(self, towers, lr, momentum=None, weight_decay=None):
+        options = {k: v for k, v in (("momentum", momentum), ("weight_decay", weight_decay))
+                   if v is not None}
+        self.splits = [(name, parts) for name, parts in towers.named_splits()]
+        super().__init__([(f"{name} (tower {t})", p) for name, parts in self.splits
+                          for t, p in enumerate(parts)], lr, **options)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        halves, joined = state["velocity"], {}
+        for i in range(len(self.splits)):
+            parts = [halves.get(str(TOWERS * i + t)) for t in range(TOWERS)]
+            if all(v is not None for v in parts):   # both halves step together
+                joined[str(i)] = np.concatenate(parts)
+        return {**state, "num_params": len(self.splits), "velocity": joined}
+
+    def load_state_dict(self, state):
+        n = state.get("num_params", len(self.splits)) if isinstance(state, dict) else None
+        if n is None or int(n) != len(self.splits):
+            raise ValueError(f"TowersSGD.load_state_dict: state is for {n} parameters, the "
+                             f"one-device model has {len(self.splits)}")
+        saved = state.get("velocity", {})
+        saved = dict(enumerate(saved)) if isinstance(saved, (list, tuple)) else saved
+        halves = {}
+        for key, v in saved.items():
+            if v is None:
+                continue
+            if not str(key).isdigit() or int(key) >= len(self.splits):
+                raise ValueError(f"TowersSGD.load_state_dict: velocity index {key!r} is not one "
+                                 f"of 0..{len(self.splits) - 1}")
+            name, parts = self.splits[int(key)]
+            whole = (sum(p.shape[0] for p in parts),) + tuple(parts[0].shape[1:])
+            if tuple(np.shape(v)) != whole:
+                raise ValueError(f"TowersSGD.load_state_dict: velocity {key} ({name}) has shape "
+                                 f"{tuple(np.shape(v))}, the parameter {whole}")
+            v = backend.to_numpy(v)
+            for t in range(TOWERS):
+                start, stop = share_bounds(whole[0], t, TOWERS)
+                halves[str(TOWERS * int(key) + t)] = v[start:stop]
+        super().load_state_dict({**state, "num_params": len(self.params), "velocity": halves})

@@ -38,11 +38,12 @@ divide by R) and each process gets its share of it (:mod:`minialex.data.shards`)
   / R``. Random transforms draw for the whole global batch and keep this share's draws, so
   every sample is cropped, flipped and coloured as in a one-process run. Every process has
   ``len(loader)`` batches, the number of global batches; the last one, when smaller, is split
-  as evenly as possible (a share may be empty when it has fewer samples than processes).
+  as evenly as possible. A last batch with fewer samples than processes is refused (unless
+  ``drop_last``): a process would have no sample to train on.
 - ``shard_by="dataset"`` (evaluation): process r takes the contiguous share
   ``[r*N/R, (r+1)*N/R)`` of the epoch's order and walks it in batches of ``b``; the shares'
   sums add up to the one-process sums. Shares may differ by one sample, and so their numbers of
-  batches by one.
+  batches by one (``drop_last`` is refused: it would cut each share's own tail).
 
 >>> ds = ArrayDataset(np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1), np.arange(10))
 >>> loader = Loader(ds, batch_size=4, shuffle=True, generator=np.random.default_rng(0))
@@ -132,6 +133,17 @@ class Loader:
                              f"{num_replicas} processes (num_replicas) sharing it")
         if shard_by not in SHARD_BY:
             raise ValueError(f"Loader: shard_by must be one of {SHARD_BY}, got {shard_by!r}")
+        if num_replicas > 1 and shard_by == "dataset" and drop_last:
+            raise ValueError("Loader: drop_last=True with shard_by='dataset' would drop a "
+                             "different tail from each process's share, so the shares' sums "
+                             "would not add up to the dataset's; use drop_last=False")
+        last = len(dataset) % batch_size
+        if num_replicas > 1 and shard_by == "batch" and not drop_last and 0 < last < num_replicas:
+            raise ValueError(f"Loader: the last batch holds {last} sample(s) ({len(dataset)} "
+                             f"samples in batches of {batch_size}), fewer than the "
+                             f"{num_replicas} processes (num_replicas) sharing it, so a process "
+                             f"would train on none; use drop_last=True, or a dataset size or "
+                             f"batch_size that leaves at least {num_replicas}")
         if shuffle and not isinstance(generator, np.random.Generator):
             raise ValueError(f"Loader: shuffle=True needs a numpy.random.Generator as generator, "
                              f"got {type(generator).__name__}")

@@ -91,6 +91,23 @@ def test_the_global_batch_must_divide_by_the_processes():
         loader("grey", 2, 0, shard_by="samples")
 
 
+def test_a_last_batch_smaller_than_the_processes_is_refused_unless_dropped():
+    # 20 = 3 batches of 6 and a last of 2: with 3 processes, one would train on no sample
+    with pytest.raises(ValueError, match=r"the last batch holds 2 sample\(s\) \(20 samples in "
+                                         r"batches of 6\), fewer than the 3 processes"):
+        loader("grey", 3, 2, n=20)
+    dropped = loader("grey", 3, 2, n=20, drop_last=True)
+    assert [len(y) for _, y in dropped] == [2, 2, 2]
+    assert [len(y) for _, y in loader("grey", 2, 1, n=20)][-1] == 1   # 2 processes: one each
+    assert len(loader("grey", 3, 0, n=18)) == 3                       # no last batch
+
+
+def test_evaluation_shares_refuse_drop_last():
+    with pytest.raises(ValueError, match="drop_last=True with shard_by='dataset'"):
+        loader("grey", 2, 0, shard_by="dataset", drop_last=True)
+    assert len(loader("grey", 1, 0, shard_by="dataset", drop_last=True)) == 3   # 23 // 6
+
+
 @pytest.mark.parametrize("bad", [True, 0, 2.0, "4"])
 def test_a_batch_size_is_a_positive_int_not_a_bool(bad):
     with pytest.raises(ValueError, match=f"Loader: batch_size must be a positive int, got "

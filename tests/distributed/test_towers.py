@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 
 import minialex
-from minialex import backend
+from minialex import backend, nn
 from minialex import functional as F
 from minialex.models import alexnet
 from minialex.optim import SGD
 from minialex.tensor import Tensor
-from minialex.towers import two_towers
+from minialex.towers import TowersSGD, two_towers
 
 from conftest import TOL
 
@@ -39,9 +39,16 @@ def joined_grads(towers, grads):
             for name, parts in towers.named_splits()}
 
 
-def check_towers_follow_the_net(devices, dtype, tol):
+def lrn_layers(net):
+    return [m for m in net.features if isinstance(m, nn.LocalResponseNorm)]
+
+
+def check_towers_follow_the_net(devices, dtype, tol, lrn_size=None):
     minialex.manual_seed(0)
     net = alexnet("mini", dropout=0.0).to(dtype=dtype)     # LRN, groups=2: the paper's shape
+    if lrn_size is not None:      # and alpha 1, where a map missing from a window shows
+        for lrn in lrn_layers(net):
+            lrn.size, lrn.alpha = lrn_size, 1.0
     towers = two_towers(net, devices)
     for name, parts in towers.named_splits():
         assert [backend.device_of(p.data) for p in parts] == list(towers.devices), name
@@ -63,6 +70,50 @@ def check_towers_follow_the_net(devices, dtype, tol):
 
 def test_two_towers_on_the_cpu_compute_the_one_device_net_forward_and_a_step():
     check_towers_follow_the_net(("cpu", "cpu"), np.float64, TOL["float64_exact"])
+
+
+def test_an_lrn_of_even_size_borrows_its_uneven_halos_the_right_way_round():
+    # size 4: the window of map c is c-2 .. c+1, so tower 1 borrows 2 maps and tower 0 one;
+    # at an odd size both borrow n // 2 and swapping them would pass unseen
+    check_towers_follow_the_net(("cpu", "cpu"), np.float64, TOL["float64_exact"], lrn_size=4)
+
+
+def test_a_tower_with_fewer_maps_than_its_lrn_halo_is_refused():
+    minialex.manual_seed(0)
+    net = alexnet("mini")
+    lrn_layers(net)[0].size = 40          # features.0 has 32 maps: 16 per tower, 20 borrowed
+    with pytest.raises(ValueError, match=r"two_towers: features.\d+, an LRN of size 40, reaches "
+                                         r"20 maps into the other tower, but each tower holds "
+                                         r"only 16 of its 32 maps"):
+        two_towers(net, ("cpu", "cpu"))
+
+
+def test_the_towers_optimiser_state_is_the_one_device_optimisers():
+    minialex.manual_seed(0)
+    net = alexnet("mini", dropout=0.0).to(dtype=np.float64)
+    towers = two_towers(alexnet("mini", dropout=0.0).to(dtype=np.float64), ("cpu", "cpu"))
+    towers.load_state_dict(net.state_dict())
+    x, y = batch(4, np.float64)
+    one_device = SGD(net.parameters(), lr=0.1)
+    split = TowersSGD(towers, lr=0.1)
+    for _ in range(2):                       # two steps: the velocity carries the first
+        for model, optimizer in ((net, one_device), (towers, split)):
+            loss = F.cross_entropy(model(Tensor(x)), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    state, want = split.state_dict(), one_device.state_dict()
+    assert state["num_params"] == want["num_params"] == len(list(net.parameters()))
+    assert state["velocity"].keys() == want["velocity"].keys()
+    for i, v in want["velocity"].items():
+        np.testing.assert_allclose(state["velocity"][i], v, **TOL["float64_exact"])
+
+    resumed = TowersSGD(two_towers(alexnet("mini").to(dtype=np.float64), ("cpu", "cpu")), 0.5)
+    resumed.load_state_dict(want)             # a one-device optimiser's state, split
+    for i, v in resumed.state_dict()["velocity"].items():
+        np.testing.assert_array_equal(v, want["velocity"][i])
+    with pytest.raises(ValueError, match=r"velocity 0 \(features.0.weight\) has shape \(2,\)"):
+        resumed.load_state_dict({**want, "velocity": {"0": np.zeros(2)}})
 
 
 def test_two_towers_on_two_devices_exchange_only_where_the_paper_crosses(gpu):
