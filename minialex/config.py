@@ -17,11 +17,12 @@ Departures from the paper, each one setting away from it (``init="paper"``,
 - ``init="kaiming"`` (He et al., 2015): the paper's N(0, 0.01) shrinks the signal ~1e-4-fold
   over eight layers (see :mod:`minialex.models`), so a short run barely moves the convolutions;
 - ``warmup``: the learning rate rises linearly from ``lr / warmup`` to ``lr`` over the first
-  ``warmup`` steps (Goyal et al., 2017). Kaiming's scale carried through fc8 starts the logits
-  large (a first loss ~9 where chance is 2.3), and at the full rate with momentum 0.9 the first
-  steps overshoot until the ReLUs die (measured on ``fmnist`` and ``small``); a warm-up meets
-  those first, largest gradients with a small step. ``init="xavier"`` (d2l.ai's) starts at
-  chance instead and needs no warm-up on the large variants, but leaves ``mini`` nearly still;
+  ``warmup`` steps (Goyal et al., 2017), at most a fifth of the run's planned steps. Kaiming's
+  scale carried through fc8 starts the logits large (a first loss ~9 where chance is 2.3), and
+  at the full rate with momentum 0.9 the first steps overshoot until the ReLUs die (measured on
+  ``fmnist`` and ``small``); a warm-up meets those first, largest gradients with a small step.
+  ``init="xavier"`` (d2l.ai's) starts at chance instead and needs no warm-up on the large
+  variants, but leaves ``mini`` nearly still;
 - ``normalize=True`` for image folders: inputs divided by the pixel std, the unit scale that
   Xavier and Kaiming init assume (the paper fed 0..255 levels minus the mean);
 - ``image_size=None`` for image folders: prepared at the model's input side times 256/224
@@ -58,6 +59,8 @@ from .optim import MOMENTUM, WEIGHT_DECAY
 FASHION_MNIST = "fashion-mnist"
 SCHEDULES = ("plateau", "step", "none")
 DROPOUT_MODES = ("inverted", "paper")
+FREEZE = (None, "features")
+PREPROCESSING = ("weights", "dataset")
 
 
 class SettingError(ValueError):
@@ -78,10 +81,16 @@ class RunConfig:
         model: an AlexNet variant of :data:`minialex.models.VARIANTS`.
         batch_size, lr, momentum, weight_decay: SGD's, per step.
         init: weight initialisation (:data:`minialex.models.INITS`).
-        warmup: steps of linear learning-rate warm-up (0: none, the paper's).
+        warmup: steps of linear learning-rate warm-up (0: none, the paper's); a run uses at
+            most a fifth of its planned steps (``epochs`` x steps per epoch) for it.
         schedule: ``"plateau"`` (divide by 10 when the validation error stops improving, at
             most 3 times, then stop: the paper's), ``"step"`` (divide by 10 every
             ``step_size`` epochs) or ``"none"``.
+        patience: epochs without improvement that the plateau schedule lets pass before it
+            divides; None: :attr:`plateau_patience`'s share of ``epochs``.
+        threshold: the plateau schedule's relative threshold (an improvement must beat the
+            best error by ``threshold`` times it); None: by one standard error of the
+            validation error, sqrt(p (1 - p) / n) at the best error p on n images.
         crop_padding, flip: Fashion-MNIST augmentation (random crops after zero padding, flips).
         random_crop, pca, subtract_mean, normalize: image-folder augmentation and scaling.
         image_size: side of the prepared images; None: :attr:`prepared_size`.
@@ -93,6 +102,15 @@ class RunConfig:
         limit_train, limit_test: use only the first N images (None: all).
         seed: weights, shuffling, dropout and augmentation all follow from it.
         stall_steps: steps of loss at chance (after warm-up) that stop a run; 0: never.
+        pretrained: a weights file to start from instead of random weights (torchvision's or
+            Caffe's AlexNet, or a minialex checkpoint); the model is the file's, fc8 is
+            replaced for the data's classes (:mod:`minialex.finetune`), and a run that does not
+            set them takes :func:`finetuning`'s preset.
+        freeze: ``"features"``: the convolutional layers of the ``pretrained`` weights get no
+            gradient, no update and no weight decay; None: every layer trains.
+        preprocessing: ``"weights"``: the ``pretrained`` weights' own input preparation
+            (torchvision's, Caffe's), when they have one; ``"dataset"``: minialex's, from the
+            image folder's statistics.
 
     Per invocation (free to change on resume):
         epochs: epochs in all, counting those already done.
@@ -110,6 +128,8 @@ class RunConfig:
     warmup: int = 100
     schedule: str = "step"
     step_size: int = 4
+    patience: int | None = None
+    threshold: float | None = None
     crop_padding: int = 0
     flip: bool = False
     random_crop: bool = True
@@ -128,6 +148,9 @@ class RunConfig:
     limit_test: int | None = None
     seed: int = 0
     stall_steps: int = 200
+    pretrained: str | None = None
+    freeze: str | None = None
+    preprocessing: str = "weights"
     ten_crop: bool = False
     print_freq: int = 50
 
@@ -145,6 +168,14 @@ class RunConfig:
         if side >= PAPER_CROP:       # the paper's own 256 for its 224 (really 227) crops
             return max(PAPER_IMAGE_SIZE, side)
         return round(side * PAPER_IMAGE_SIZE / PAPER_CROP)
+
+    @property
+    def plateau_patience(self) -> int:
+        """``patience``, or one epoch per 20 planned and at least 1: a single noisy epoch never
+        divides the rate, two in a row may in a short run, and a 90-epoch run lets 4 pass and
+        divides at the fifth (its three divisions and the stop then take 20 epochs without
+        progress in all, room for the paper's three divisions in some 90 epochs, Sec. 5)."""
+        return self.patience if self.patience is not None else max(1, self.epochs // 20)
 
     def replace(self, **changes) -> "RunConfig":
         """A checked copy with ``changes`` (None values are ignored: "not given")."""
@@ -183,6 +214,14 @@ class RunConfig:
              f"one of {', '.join(DROPOUT_MODES)}")
         need("activation", self.activation in ACTIVATIONS, f"one of {', '.join(ACTIVATIONS)}")
         need("pool", self.pool in POOLS, f"one of {', '.join(POOLS)}")
+        need("pretrained", self.pretrained is None or (isinstance(self.pretrained, str)
+                                                       and self.pretrained != ""),
+             "None or a weights file")
+        need("freeze", self.freeze in FREEZE, "None or 'features'")
+        need("preprocessing", self.preprocessing in PREPROCESSING,
+             f"one of {', '.join(PREPROCESSING)}")
+        if self.freeze and not self.pretrained:
+            raise ValueError("freeze: frozen layers need trained weights; set `pretrained`")
         need("lrn", self.lrn is None or isinstance(self.lrn, bool), "True, False or None")
         for name in ("epochs", "batch_size", "step_size"):
             count(name, 1)
@@ -191,6 +230,10 @@ class RunConfig:
         for name in ("limit_train", "limit_test", "image_size"):
             if getattr(self, name) is not None:
                 count(name, 1)
+        if self.patience is not None:
+            count("patience", 0)
+        if self.threshold is not None:
+            real("threshold", lambda v: 0 <= v < 1, "a number in [0, 1)")
         real("lr", lambda v: v > 0, "a finite number > 0")
         real("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)")
         real("weight_decay", lambda v: v >= 0, "a finite number >= 0")
@@ -222,6 +265,27 @@ GPU_PRESET = RunConfig(model="fmnist", epochs=10, batch_size=128, lr=0.01, sched
 IMAGES_PRESET = RunConfig(dataset="images", model="paper", epochs=90, batch_size=128, lr=0.01,
                           schedule="plateau", step_size=1, flip=True, warmup=100)
 PRESETS = {"cpu": CPU_PRESET, "gpu": GPU_PRESET, "images": IMAGES_PRESET}
+
+# Fine-tuning (a run with `pretrained`): the dataset's preset with the changes below. The
+# features already work, so the step is smaller and the run shorter, as in Caffe's fine-tuning
+# example (models/finetune_flickr_style: base_lr 0.001, a tenth of its ImageNet solver's 0.01,
+# one division by 10 in the run). fc8 starts new but small (N(0, 0.01): the loss starts at
+# chance), so nothing overshoots and no warm-up is needed.
+FINETUNE_LR_DIVISOR = 10
+FINETUNE_EPOCHS = 10
+FINETUNE_STEP_SIZE = 7     # lr / 10 for the last 3 of the 10 epochs
+
+
+def finetuning(preset: "RunConfig") -> "RunConfig":
+    """``preset`` for a run that starts from trained weights: a tenth of its learning rate,
+    10 epochs, divided by 10 once after 7 (``schedule="step"``), no warm-up.
+
+    >>> config = finetuning(IMAGES_PRESET)
+    >>> config.lr, config.epochs, config.schedule, config.step_size, config.warmup
+    (0.001, 10, 'step', 7, 0)
+    """
+    return preset.replace(lr=preset.lr / FINETUNE_LR_DIVISOR, epochs=FINETUNE_EPOCHS,
+                          schedule="step", step_size=FINETUNE_STEP_SIZE, warmup=0)
 
 # What a checkpoint fixes about its run: on resume these come from the checkpoint.
 RESUME_KEEPS = tuple(f.name for f in dataclasses.fields(RunConfig)
@@ -264,6 +328,8 @@ def resolve(given: dict, device: str, saved: dict | None = None) -> RunConfig:
     saved = dict(saved or {})
     dataset = saved.get("dataset") or given.get("dataset")
     base = preset_for(dataset, device)
+    if saved.get("pretrained") or given.get("pretrained"):
+        base = finetuning(base)
     if not saved and given.get("batch_size") is not None and given.get("lr") is None:
         base = scaled_to_batch(base, given["batch_size"])
     settings, contradictions = {}, []

@@ -81,7 +81,9 @@ class Extension:
         return {}
 
     def load(self, trainer, tree: dict):
-        """Restore from a checkpoint's tree; the trainer's own state is restored already."""
+        """Restore from a checkpoint's tree; the trainer's own state is restored already.
+        Change nothing but this extension (no file): when a later part fails to load, the
+        trainer calls ``load`` again with the state it had before."""
 
 
 class LossCheck(Extension):
@@ -116,20 +118,32 @@ class LearningRate(Extension):
     """The warm-up (:class:`~minialex.optim.LinearWarmup`, one step before each update) and the
     epoch schedule (stepped on the validation error). A plateau while the rate is still rising
     is no plateau: ReduceLROnPlateau waits for the warm-up to end. An exhausted schedule stops
-    the run. ``changed``: the epoch's rate and the next one, when the schedule changed it."""
+    the run. ``changed``: the epoch's rate and the next one, when the schedule changed it.
+
+    The warm-up is fitted to the run's plan (``epochs`` x steps per epoch, also when resuming
+    with other ``epochs``): at most a fifth of it (:meth:`~minialex.optim.LinearWarmup.fit_to`).
+    ``max_lr`` and ``last_lr``: the highest rate an update used, and the last update's."""
     order = SCHEDULE
 
     def __init__(self, scheduler=None, warmup=None):
         self.scheduler, self.warmup = scheduler, warmup
         self.changed = None
+        self.max_lr = self.last_lr = None
 
     @property
     def warming_up(self) -> bool:
         return self.warmup is not None and self.warmup.active
 
+    def before_fit(self, trainer):
+        self._fit_warmup(trainer)
+
     def before_update(self, trainer, loss):
         if self.warmup is not None:
             self.warmup.step()
+
+    def after_step(self, trainer):
+        self.last_lr = trainer.optimizer.lr         # the rate of the update just made
+        self.max_lr = max(self.max_lr or 0.0, self.last_lr)
 
     def end_epoch(self, trainer, record):
         lr, warming_up = record["lr"], self.warming_up
@@ -146,12 +160,21 @@ class LearningRate(Extension):
 
     def state(self):
         return {"scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-                "warmup": None if self.warmup is None else self.warmup.state_dict()}
+                "warmup": None if self.warmup is None else self.warmup.state_dict(),
+                "lr_reached": {"max": self.max_lr, "last": self.last_lr}}
 
     def load(self, trainer, tree):
         for part in ("scheduler", "warmup"):
             if getattr(self, part) is not None and tree.get(part) is not None:
                 getattr(self, part).load_state_dict(tree[part])
+        reached = tree.get("lr_reached") or {}          # older checkpoints have none
+        self.max_lr, self.last_lr = (None if reached.get(k) is None else float(reached[k])
+                                     for k in ("max", "last"))
+        self._fit_warmup(trainer)
+
+    def _fit_warmup(self, trainer):
+        if self.warmup is not None:
+            self.warmup.fit_to(trainer.epochs * len(trainer.train_loader))
 
 
 class Validation(Extension):
@@ -177,16 +200,14 @@ class Validation(Extension):
 class MetricsLog(Extension):
     """One JSON line per epoch in ``path``, written before the checkpoint that includes the
     epoch, so a kill between the two loses nothing. Lines of epochs past the trainer's (left by
-    a run killed after logging, before saving) are cut when a run starts or resumes."""
+    a run killed after logging, before saving) are cut when a run starts or resumes (at the
+    start of ``fit``)."""
     order, rank0_only = LOG, True
 
     def __init__(self, path):
         self.path = path
 
-    def before_fit(self, trainer):
-        self._cut(trainer)
-
-    def load(self, trainer, tree):
+    def before_fit(self, trainer):       # not in load: a failed load must change no file
         self._cut(trainer)
 
     def end_epoch(self, trainer, record):

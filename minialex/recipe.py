@@ -25,15 +25,17 @@ import warnings
 
 import numpy as np
 
-from . import __version__, backend, checkpoint, report, rundir
+from . import __version__, backend, checkpoint, distributed, report, rundir
 from .config import FASHION_MNIST, RunConfig, resolve
 from .data import ArrayDataset, Loader, load_fashion_mnist
 from .data.augment import PCA_STD, Augmenter
 from .data.prepare import prepare
 from .data.transforms import GreyAugmenter
+from .extensions import LearningRate, standard_extensions
 from .lr_finder import lr_range_test
 from .models import VARIANTS, alexnet
 from .optim import SGD, LinearWarmup, ReduceLROnPlateau, StepLR
+from .towers import TowersSGD, two_towers
 from .train import Trainer, evaluate, evaluate_ten_crop
 from .watch import LossWatch, TrainingStalled, TrainingStopped, above_chance
 
@@ -41,7 +43,7 @@ from .watch import LossWatch, TrainingStalled, TrainingStopped, above_chance
 # -- the whole run ------------------------------------------------------------------------------
 def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resume=None,
         overrides: dict | None = None, data_dir=None, cache=None, workers=None,
-        stream=None) -> dict:
+        stream=None, comm=None, towers=None) -> dict:
     """Train ``config``, test it, and return the summary that is also written to
     ``out/summary.json``. ``summary["stopped"]`` is ``"completed"``, ``"schedule exhausted"``
     or ``"interrupted"``; a run that stopped learning raises
@@ -57,67 +59,104 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     :class:`~minialex.rundir.RunDirectoryBusy` before any work, and temporary files that a
     killed save left are removed. A write that fails (disk full, quota, permission) raises
     :class:`~minialex.checkpoint.WriteError` naming the file, what ``last.npz`` still holds and
-    how to resume."""
+    how to resume.
+
+    ``comm``: a :class:`~minialex.distributed.Communicator` of several processes, each calling
+    ``fit`` alike (data parallel: :mod:`minialex.distributed`); ``config.batch_size`` stays
+    the global batch, each process trains on its share and evaluates its share of the images,
+    and the sums are added before dividing, so the metrics are those of one process. Rank 0
+    alone locks ``out``, writes files and prints; every process resumes from ``resume``.
+    ``towers``: two devices for the paper's two towers (:mod:`minialex.towers`, one process);
+    the checkpoints keep the one-device names and optimiser state."""
     started = time.time()
     stream = sys.stdout if stream is None else stream
+    comm = distributed.create_communicator(None) if comm is None else comm
+    if towers is not None and comm.size > 1:
+        raise ValueError(f"`towers` trains in one process; {comm.size} were started")
+    device = device if towers is None else backend.parse_device(towers[0])
     tree = None
     if resume is not None:
         tree = checkpoint.migrate(checkpoint.load(resume))
         if overrides is None:
             overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
         config = resolve(overrides, device, tree.get("config", {}))
+    if config.batch_size % comm.size:
+        raise ValueError(f"`batch_size` {config.batch_size} (the global batch) does not divide "
+                         f"by the {comm.size} processes training together")
     out = out or (os.path.dirname(os.path.abspath(resume)) if resume else
                   default_out_dir(config))
-    with rundir.lock(out) as locked:  # one run per folder; a second stops here, before any work
+    out = comm.broadcast_object(out)      # rank 0's: a default name holds the time
+    # one run per folder (a second stops here, before any work); held by rank 0, which writes
+    with rundir.lock(out) if comm.rank == 0 else contextlib.nullcontext(False) as locked:
         # unlocked (no fcntl), another run may be writing these files: leave them
         for partial in checkpoint.remove_partial_files(out) if locked else []:
             print(f"note: removed {partial}, left by a save that was cut short", file=stream)
         data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                          classes=tree["classes"] if tree else None)
-        run = build(config, data, device, normalization=tree["normalization"] if tree else None)
+        run = build(config, data, device, normalization=tree["normalization"] if tree else None,
+                    comm=comm, towers=towers)
+        parallel = comm.size > 1
+        if parallel:
+            comm.broadcast_model(run.model)     # every replica starts from rank 0's weights
+            if comm.rank > 0:                   # its own dropout masks (rank 0: one process's)
+                backend.manual_seed(distributed.process_seed(config.seed, comm.rank))
         if config.limit_train and config.limit_train < config.batch_size:
             print(f"note: `limit_train` {config.limit_train} is below the batch size",
                   file=stream)
-        watch = LossWatch(len(data.classes), warmup=config.warmup,
+        watch = LossWatch(len(data.classes), warmup=run.warmup.steps,
                           stall_steps=config.stall_steps)
+        extensions = None if not parallel else standard_extensions(
+            run.val_loader, scheduler=run.scheduler, warmup=run.warmup, watch=watch,
+            print_freq=config.print_freq, out_dir=out) + [distributed.DataParallel(comm)]
         trainer = Trainer(run.model, run.optimizer, run.train_loader, run.val_loader,
                           scheduler=run.scheduler, warmup=run.warmup, watch=watch,
                           epochs=config.epochs, out_dir=out,
-                          config={**config.to_dict(), "device": device},
+                          config={**config.to_dict(), "device": device, "processes": comm.size,
+                                  "towers": None if towers is None else list(towers)},
                           extra_state={"classes": data.classes,
                                        "normalization": run.normalization},
-                          print_freq=config.print_freq, stream=stream)
+                          print_freq=config.print_freq, stream=stream, extensions=extensions,
+                          rank=comm.rank, reduce_sums=comm.allreduce_sum if parallel else None)
         if tree is not None:
             trainer.load_state(tree, source=str(resume))
         _print_header(run, trainer, device, out, resume, stream)
 
         try:
             stopped = trainer.fit()
-        except TrainingStopped:         # trainer.stopped says why
-            with contextlib.suppress(OSError):     # why it stopped matters more than a full disk
-                _write_summary(out, run_summary(trainer, run, device, None, started))
-            # the curves say how it got there; the last weights' predictions would say nothing
-            report.write_after_fit(out, run, stream, tested=False)
+        except TrainingStopped:         # trainer.stopped says why (alike on every process)
+            if comm.rank == 0:
+                with contextlib.suppress(OSError):  # why it stopped matters more than a full disk
+                    _write_summary(out, run_summary(trainer, run, device, None, started))
+                # the curves say how it got there; the last weights' predictions would not
+                report.write_after_fit(out, run, stream, tested=False)
             raise
         if stopped == "interrupted":      # curves and tables only: Ctrl-C asked to stop soon
-            report.write_after_fit(out, run, stream, tested=False)
+            if comm.rank == 0:
+                report.write_after_fit(out, run, stream, tested=False)
             return run_summary(trainer, run, device, None, started)
-        test = evaluate_best(trainer, run.test_loader, keep_probabilities=True)
-        # the report's confusion matrix and mistakes come from this pass, not a second one
-        predictions = report.Predictions(test.pop("probabilities"), test.pop("labels"),
-                                         list(data.classes))
+        test = evaluate_best(trainer, run.test_loader, comm, keep_probabilities=True)
+        # the report's confusion matrix and mistakes come from this pass, not a second one;
+        # each process kept its share's, joined at rank 0 in the images' order
+        probabilities = comm.gather_arrays(test.pop("probabilities").reshape(
+            -1, len(data.classes)))
+        labels = comm.gather_arrays(test.pop("labels"))
+        predictions = None if comm.rank else report.Predictions(probabilities, labels,
+                                                                list(data.classes))
         # evaluate_best left its weights in the model for the ten crops
-        summary = run_summary(trainer, run, device, test, started, **ten_crop_results(run))
+        summary = run_summary(trainer, run, device, test, started,
+                              **ten_crop_results(run, trainer.reduce_sums))
         if not above_chance(test["top1"], test["images"], len(data.classes)):
             what = (f"the run ended at chance: test top-1 {test['top1']:.2%} over "
                     f"{test['images']} images of {len(data.classes)} classes is no better than "
                     f"guessing ({1 / len(data.classes):.2%})")
             summary["stopped"] = f"{TrainingStalled.reason}: {what}"
-            _write_summary(out, summary)
-            report.write_after_fit(out, run, stream, predictions=predictions)
+            if comm.rank == 0:
+                _write_summary(out, summary)
+                report.write_after_fit(out, run, stream, predictions=predictions)
             raise TrainingStalled(what)
-        _write_summary(out, summary)
-        report.write_after_fit(out, run, stream, predictions=predictions)  # a failure only warns
+        if comm.rank == 0:
+            _write_summary(out, summary)
+            report.write_after_fit(out, run, stream, predictions=predictions)  # failing: warns
     return summary
 
 
@@ -234,21 +273,33 @@ class Run:
         return ", ".join(filter(None, parts)) or "none"
 
 
-def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=None) -> Run:
+def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=None, *,
+          comm=None, towers=None) -> Run:
     """Model, optimiser, schedule, warm-up and loaders for ``config`` on ``device``, all seeded
     from ``config.seed`` (one seed, independent streams: weights and dropout from minialex's
     generator, shuffling and augmentation from their own). ``normalization``: Fashion-MNIST's
-    ``{"mean", "std"}`` to use instead of the data's (a resumed run keeps its own)."""
+    ``{"mean", "std"}`` to use instead of the data's (a resumed run keeps its own). ``comm``:
+    the loaders give this process its share (of each training batch, of the evaluation images).
+    ``towers``: the model split between these two devices (``device`` is the first)."""
     backend.manual_seed(config.seed)
     model = alexnet(config.model, num_classes=len(data.classes), in_channels=data.in_channels,
                     init=config.init, lrn_position=config.lrn_position, dropout=config.dropout,
                     dropout_mode=config.dropout_mode, activation=config.activation,
-                    pool=config.pool, lrn=config.lrn).to(device)
-    optimizer = SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                    weight_decay=config.weight_decay)
+                    pool=config.pool, lrn=config.lrn).to("cpu" if towers else device)
+    sgd = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if towers is not None:
+        model = two_towers(model, towers)
+        optimizer = TowersSGD(model, **sgd)
+    else:
+        optimizer = SGD(model.parameters(), **sgd)
     if config.schedule == "plateau" and not len(data.val):
         raise ValueError("schedule: plateau needs a validation set; set `val_size` > 0")
-    scheduler = {"plateau": lambda: ReduceLROnPlateau(optimizer),
+    scheduler = {"plateau": lambda: ReduceLROnPlateau(
+                     optimizer, patience=config.plateau_patience,
+                     # no threshold given: an improvement must beat the validation error's
+                     # standard error on len(data.val) images (see ReduceLROnPlateau)
+                     threshold=0.0 if config.threshold is None else config.threshold,
+                     samples=len(data.val) if config.threshold is None else None),
                  "step": lambda: StepLR(optimizer, config.step_size),
                  "none": lambda: None}[config.schedule]()
     augment = np.random.default_rng([config.seed, 2])
@@ -269,17 +320,22 @@ def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=N
                                   crop_padding=config.crop_padding, flip=config.flip,
                                   generator=augment)
     eval_batch = 2 * config.batch_size
-    loader = dict(device=device, num_classes=len(data.classes))
+    size, rank = (1, 0) if comm is None else (comm.size, comm.rank)
+    # training: a share of every global batch; evaluation: a contiguous share of the images
+    loader = dict(device=device, num_classes=len(data.classes), num_replicas=size, rank=rank)
+    evaluation = dict(loader, shard_by="dataset")
+    train_loader = Loader(data.train, config.batch_size, shuffle=True,
+                          generator=np.random.default_rng([config.seed, 1]),
+                          transform=augmenter.train, **loader)
     return Run(
-        config, data, model, optimizer, scheduler, LinearWarmup(optimizer, config.warmup),
-        Loader(data.train, config.batch_size, shuffle=True,
-               generator=np.random.default_rng([config.seed, 1]), transform=augmenter.train,
-               **loader),
-        Loader(data.val, eval_batch, transform=augmenter.eval, **loader) if len(data.val)
+        config, data, model, optimizer, scheduler,
+        LinearWarmup(optimizer, config.warmup, planned_steps=config.epochs * len(train_loader)),
+        train_loader,
+        Loader(data.val, eval_batch, transform=augmenter.eval, **evaluation) if len(data.val)
         else None,
-        Loader(data.test, eval_batch, transform=augmenter.eval, **loader),
-        Loader(data.test, max(1, eval_batch // 10), transform=augmenter.ten_crop, **loader)
-        if config.ten_crop else None,
+        Loader(data.test, eval_batch, transform=augmenter.eval, **evaluation),
+        Loader(data.test, size * max(1, eval_batch // 10 // size), transform=augmenter.ten_crop,
+               **evaluation) if config.ten_crop else None,
         norm)
 
 
@@ -314,23 +370,50 @@ def _print_header(run, trainer, device, out, resume, stream):
     steps = len(run.train_loader)
     print(f"training: {c.epochs} epoch{'s' * (c.epochs != 1)}, batch {c.batch_size} ({steps} "
           f"steps/epoch), SGD lr {c.lr:g} momentum {c.momentum:g} weight decay "
-          f"{c.weight_decay:g}, warm-up {c.warmup} steps, init {c.init}, schedule {c.schedule}, "
-          f"augmentation: {run.augmentation()}", file=stream)
+          f"{c.weight_decay:g}, {describe_warmup(run.warmup, c.epochs * steps)}, init {c.init}, "
+          f"schedule {describe_schedule(run.scheduler)}, augmentation: {run.augmentation()}",
+          file=stream)
     where = (f" | resuming {resume} at epoch {trainer.epoch + 1}, step {trainer.step}"
              if resume else "")
     print(f"output: {out}{where}", file=stream, flush=True)
 
 
-def evaluate_best(trainer: Trainer, loader, **options) -> dict:
+def describe_warmup(warmup: LinearWarmup, planned_steps: int) -> str:
+    """``warm-up 100 steps``, or with the cap said: ``warm-up 8 steps (`warmup` 100 capped:
+    at most a fifth of the 40 planned steps)``."""
+    text = f"warm-up {warmup.steps} step{'s' * (warmup.steps != 1)}"
+    if warmup.steps < warmup.requested:
+        text += (f" (`warmup` {warmup.requested} capped: at most a fifth of the {planned_steps} "
+                 f"planned steps)")
+    return text
+
+
+def describe_schedule(scheduler) -> str:
+    """``plateau (patience 1, improvement > 1 standard error of the error on 300 images)``,
+    ``step (every 4 epochs)`` or ``none``."""
+    if isinstance(scheduler, ReduceLROnPlateau):
+        bar = (f"> 1 standard error of the error on {scheduler.samples} images"
+               if scheduler.samples else f"> {scheduler.threshold:g} x the best error")
+        return f"plateau (patience {scheduler.patience}, improvement {bar})"
+    if isinstance(scheduler, StepLR):
+        return f"step (every {scheduler.step_size} epochs)"
+    return "none"
+
+
+def evaluate_best(trainer: Trainer, loader, comm=None, **options) -> dict:
     """Evaluate on ``loader`` with the weights of ``best.npz`` (loaded into the model) when
     the run wrote one, else the current ones; ``"weights"`` says which. ``options`` go to
-    :func:`~minialex.train.evaluate`."""
+    :func:`~minialex.train.evaluate`, with the trainer's ``reduce_sums``. ``comm``: rank 0
+    reads ``best.npz`` and sends its weights to every process."""
+    comm = distributed.create_communicator(None) if comm is None else comm
     best = trainer.path("best.npz")
     used = "last"
-    if best is not None and os.path.exists(best):
-        checkpoint.load_weights(trainer.model, checkpoint.load(best), best)
+    if comm.broadcast_object(best is not None and os.path.exists(best)):     # rank 0's disk
+        if comm.rank == 0:
+            checkpoint.load_weights(trainer.model, checkpoint.load(best), best)
+        comm.broadcast_model(trainer.model)
         used = f"best (epoch {trainer.best_epoch})"
-    metrics = evaluate(trainer.model, loader, **options)
+    metrics = evaluate(trainer.model, loader, reduce_sums=trainer.reduce_sums, **options)
     metrics["weights"] = used
     return metrics
 
@@ -349,7 +432,7 @@ def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **e
         "steps": trainer.global_step, "warnings": trainer.warnings,
         "best_epoch": trainer.best_epoch,
         "best_val_top1": None if trainer.best_epoch is None else 1.0 - trainer.best_val_error,
-        "final_lr": trainer.optimizer.lr,
+        **lr_reached(trainer),
         "images_per_second": trainer.train_images_total / max(trainer.train_seconds_total, 1e-9),
         "train_seconds": trainer.train_seconds_total,
         "device": describe_device(device),
@@ -369,12 +452,24 @@ def run_summary(trainer: Trainer, run: Run, device, test=None, started=None, **e
     return out
 
 
-def ten_crop_results(run: Run) -> dict:
+def lr_reached(trainer: Trainer) -> dict:
+    """``max_lr``: the highest learning rate an update used (below ``lr`` when the warm-up
+    never ended); ``final_lr``: the last update's; ``warmup_steps``: the warm-up's length.
+    Without updates (or a LearningRate extension), the optimiser's rate stands for both."""
+    rates = trainer.extension(LearningRate)
+    warmup = rates.warmup if rates is not None else None
+    used = rates is not None and rates.last_lr is not None
+    return {"max_lr": rates.max_lr if used else trainer.optimizer.lr,
+            "final_lr": rates.last_lr if used else trainer.optimizer.lr,
+            "warmup_steps": None if warmup is None else warmup.steps}
+
+
+def ten_crop_results(run: Run, reduce_sums=None) -> dict:
     """The model's test accuracy and loss over the paper's ten crops (Sec. 4.1), when ``run``
-    has a ten-crop loader; else {}."""
+    has a ten-crop loader; else {}. ``reduce_sums``: see :func:`~minialex.train.evaluate`."""
     if run.ten_crop_loader is None:
         return {}
-    ten = evaluate_ten_crop(run.model, run.ten_crop_loader)
+    ten = evaluate_ten_crop(run.model, run.ten_crop_loader, reduce_sums=reduce_sums)
     return {"test_top1_10crop": ten["top1"], "test_top5_10crop": ten["top5"],
             "test_loss_10crop": ten["loss"]}
 

@@ -53,6 +53,10 @@ def test_folders_are_prepared_at_the_models_input_over_0_875(model):
     (dict(momentum=1.0), "momentum: expected a number in [0, 1), got 1.0"),
     (dict(epochs=0), "epochs: expected a positive integer, got 0"),
     (dict(warmup=-1), "warmup: expected an integer >= 0, got -1"),
+    (dict(patience=-1), "patience: expected an integer >= 0, got -1"),
+    (dict(patience=1.5), "patience: expected an integer >= 0, got 1.5"),
+    (dict(threshold=1.0), "threshold: expected a number in [0, 1), got 1.0"),
+    (dict(threshold=-0.01), "threshold: expected a number in [0, 1), got -0.01"),
     (dict(batch_size=2.5), "batch_size: expected a positive integer, got 2.5"),
     (dict(flip="yes"), "flip: expected True or False, got 'yes'"),
     (dict(model="vgg"), "model: expected one of paper, one-tower"),
@@ -66,6 +70,14 @@ def test_bad_settings_are_one_error_naming_the_setting(changes, message):
     with pytest.raises(ValueError) as info:
         CPU_PRESET.replace(**changes)
     assert message in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("epochs, patience", [(1, 1), (4, 1), (12, 1), (39, 1), (40, 2),
+                                             (90, 4), (200, 10)])
+def test_the_plateau_waits_one_epoch_per_twenty_planned_and_at_least_one(epochs, patience):
+    assert IMAGES_PRESET.replace(epochs=epochs).plateau_patience == patience
+    assert IMAGES_PRESET.replace(epochs=epochs, patience=0).plateau_patience == 0   # as given
+    assert IMAGES_PRESET.threshold is None       # one standard error of the validation error
 
 
 def test_unknown_settings_are_refused():

@@ -44,8 +44,10 @@ def test_the_image_folder_recipe_learns_a_small_image_folder(photos, tmp_path):
     out = log.getvalue()
     assert summary == json.loads((tmp_path / "run" / "summary.json").read_text())
     # the paper's recipe (and the named departures), around the model's own input
-    assert (f"SGD lr 0.01 momentum {MOMENTUM:g} weight decay {WEIGHT_DECAY:g}, warm-up 6 steps, "
-            "init kaiming, schedule plateau, augmentation: random 28x28 crops, horizontal flips, "
+    assert (f"SGD lr 0.01 momentum {MOMENTUM:g} weight decay {WEIGHT_DECAY:g}, warm-up 3 steps "
+            "(`warmup` 6 capped: at most a fifth of the 18 planned steps), init kaiming, schedule "
+            "plateau (patience 1, improvement > 1 standard error of the error on 36 images), "
+            "augmentation: random 28x28 crops, horizontal flips, "
             f"PCA colour noise (std {PCA_STD:g}), mean image subtracted, divided by the pixel std"
             ) in out
     assert "model mini (" in out and "input 3x28x28" in out

@@ -1,14 +1,21 @@
 """The paper's SGD update, its saved state, and the learning-rate schedules."""
 import io
+import math
 
 import numpy as np
 import pytest
 
-from minialex import Module, Parameter
+import minialex
+from minialex import Module, Parameter, checkpoint
 from minialex.cpu import threads, update
+from minialex.data import Loader
+from minialex.data import transforms as T
+from minialex.extensions import Extension, LearningRate
 from minialex.optim import MOMENTUM, SGD, WEIGHT_DECAY, LinearWarmup, ReduceLROnPlateau, StepLR
+from minialex.train import Trainer
 
 from conftest import TOL
+from support import tiny_data, tiny_net
 
 W0 = np.array([1.0, -2.0])
 G1, G2 = np.array([0.5, 0.25]), np.array([-1.0, 0.5])
@@ -317,3 +324,168 @@ def test_plateau_threshold_is_relative_to_the_best_value_on_either_side(mode, be
         plateau.step(best)
         assert plateau.step(metric) is (not improves), (metric, improves)
         assert plateau.best == (metric if improves else best)
+
+
+# -- schedules that fit the run: the warm-up's share, the plateau's margin and patience --------
+@pytest.mark.parametrize("steps, planned, expected", [
+    (100, 40, 8), (100, 48, 9), (9, 48, 9), (10, 48, 9), (20, 100, 20), (21, 100, 20),
+    (5, 4, 0), (3, 0, 0), (0, 100, 0)])
+def test_a_warmup_is_cut_to_a_fifth_of_the_planned_steps_and_then_runs_at_the_target(
+        steps, planned, expected):
+    opt = SGD([Parameter(np.zeros(1))], lr=0.1)
+    warmup = LinearWarmup(opt, steps)
+    assert warmup.fit_to(planned) is (expected < steps)
+    assert warmup.steps == expected == min(steps, planned // 5) and warmup.requested == steps
+    lrs = []
+    for _ in range(planned + 3):
+        warmup.step()
+        lrs.append(opt.lr)
+    np.testing.assert_allclose(lrs[:expected], 0.1 * np.arange(1, expected + 1) / expected)
+    np.testing.assert_allclose(lrs[expected:], 0.1)
+
+
+def test_a_warmup_is_never_lengthened_and_one_cut_short_behind_its_steps_ends_at_once():
+    opt = SGD([Parameter(np.zeros(1))], lr=0.1)
+    warmup = LinearWarmup(opt, 10, planned_steps=1000)
+    for _ in range(6):
+        warmup.step()
+    assert opt.lr == pytest.approx(0.06) and warmup.steps == 10
+    assert not warmup.fit_to(10_000) and warmup.steps == 10     # more steps planned: as it was
+    assert warmup.fit_to(35) and warmup.steps == 7              # one step of the ramp left
+    warmup.step()
+    assert opt.lr == pytest.approx(0.1)
+    opt.lr, warmup = 0.1, LinearWarmup(opt, 10)
+    for _ in range(6):
+        warmup.step()
+    assert warmup.fit_to(25) and not warmup.active   # 5 steps, 6 taken: the target from now on
+    assert opt.lr == 0.1
+    warmup.step()
+    assert opt.lr == 0.1
+    with pytest.raises(ValueError, match="planned_steps"):
+        warmup.fit_to(-1)
+
+
+class RateLog(Extension):
+    """The rate of every update, as the optimiser held it when it stepped."""
+
+    def __init__(self, stop_after=None):
+        self.lrs, self.stop_after = [], stop_after
+
+    def after_step(self, trainer):
+        self.lrs.append(trainer.optimizer.lr)
+
+    def end_epoch(self, trainer, record):
+        if trainer.epoch == self.stop_after:
+            trainer.request_stop("stopped by the test")
+
+
+def warmed_up_run(epochs, images, batch, warmup, tree=None, stop_after=None):
+    minialex.manual_seed(0)
+    model = tiny_net()
+    opt = SGD(model.parameters(), lr=0.05)
+    train = Loader(tiny_data(images), batch, shuffle=True, generator=np.random.default_rng(1),
+                   transform=T.ToFloat())
+    rates, log = LearningRate(None, LinearWarmup(opt, warmup)), RateLog(stop_after)
+    trainer = Trainer(model, opt, train, epochs=epochs, extensions=[rates, log])
+    if tree is not None:
+        trainer.load_state(tree)
+        # fitted to the new plan already, for what a run prints before it trains
+        assert rates.warmup.steps <= epochs * len(train) // 5
+    trainer.fit()
+    return trainer, rates, log.lrs
+
+
+def ramp(lrs) -> int:
+    """Updates made below the target rate 0.05 (a warm-up of S steps makes S - 1: its last
+    step is at the target)."""
+    return sum(lr < 0.05 * (1 - 1e-9) for lr in lrs)
+
+
+@pytest.mark.parametrize("epochs, images, batch, warmup", [
+    (1, 40, 8, 100), (3, 40, 8, 100), (4, 40, 4, 7), (2, 36, 8, 3), (5, 40, 40, 2),
+    (2, 40, 8, 0), (12, 24, 8, 100)])
+def test_a_run_spends_at_most_a_fifth_of_its_planned_steps_warming_up(epochs, images, batch,
+                                                                     warmup):
+    trainer, rates, lrs = warmed_up_run(epochs, images, batch, warmup)
+    planned = epochs * -(-images // batch)
+    assert len(lrs) == planned == trainer.global_step
+    steps = min(warmup, planned // 5)
+    assert rates.warmup.steps == steps <= planned / 5
+    np.testing.assert_allclose(lrs[:steps], 0.05 * np.arange(1, steps + 1) / max(steps, 1))
+    assert ramp(lrs) == max(steps - 1, 0)
+    assert lrs[-1] == pytest.approx(0.05)
+    # what the summary reports: the highest rate an update used, and the last update's
+    assert rates.max_lr == max(lrs) and rates.last_lr == lrs[-1]
+
+
+@pytest.mark.parametrize("first_epochs, stop_after, then_epochs", [
+    (2, 2, 6),      # 10 steps planned, warm-up 2; resumed for 30: still 2, never lengthened
+    (6, 1, 2),      # 30 planned, warm-up 6 and 5 steps taken; resumed for 10: it ends at once
+    (6, 1, 8),      # 30 planned, warm-up 6; resumed for 40: one more step of the ramp
+    (12, 1, 12)])   # 60 planned, warm-up 12; resumed with the same plan: 7 more
+def test_a_resumed_run_fits_its_warmup_to_the_new_plan_without_lengthening_it(
+        tmp_path, first_epochs, stop_after, then_epochs):
+    first, rates, before = warmed_up_run(first_epochs, 40, 8, 100, stop_after=stop_after)
+    path = tmp_path / "last.npz"
+    checkpoint.save(path, first.state())
+    resumed, rates, after = warmed_up_run(then_epochs, 40, 8, 100, tree=checkpoint.load(path))
+    taken, started = len(before), min(100, first_epochs * 5 // 5)
+    steps = min(started, then_epochs * 5 // 5)
+    assert rates.warmup.steps == steps
+    assert ramp(before) == min(started - 1, taken) and ramp(after) == max(steps - 1 - taken, 0)
+    assert len(before) + len(after) == then_epochs * 5 == resumed.global_step
+    # the rates reached before the checkpoint count: they were saved with it
+    assert rates.max_lr == max(before + after) and rates.last_lr == after[-1]
+
+
+@pytest.mark.parametrize("mode, best", [("min", 0.3), ("min", 0.05), ("max", 0.7),
+                                        ("max", 0.95)])
+def test_an_improvement_counts_only_past_one_standard_error_of_the_best(mode, best):
+    n = 300
+    se = math.sqrt(best * (1 - best) / n)          # 0.026 at 0.3, 0.013 at 0.05
+    toward = -1 if mode == "min" else 1
+    for share, improves in ((0.99, False), (1.01, True)):
+        opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+        plateau = ReduceLROnPlateau(opt, mode=mode, samples=n)
+        plateau.step(best)
+        assert plateau.margin == pytest.approx(se)
+        metric = best + toward * share * se
+        assert plateau.step(metric) is (not improves), (metric, improves)
+        assert plateau.best == (metric if improves else best)
+        assert opt.lr == (1.0 if improves else pytest.approx(0.1))
+
+
+def test_the_larger_margin_wins_the_relative_threshold_on_a_large_validation_set():
+    opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+    plateau = ReduceLROnPlateau(opt, threshold=0.1, samples=10**6)   # se 0.0005 at 0.5
+    plateau.step(0.5)
+    assert plateau.margin == pytest.approx(0.05)
+    assert plateau.step(0.451) and not plateau.step(0.449)
+    assert ReduceLROnPlateau(opt).margin == 0.0          # no best yet: nothing to go past
+    with pytest.raises(ValueError, match="samples"):
+        ReduceLROnPlateau(opt, samples=0)
+
+
+def test_patience_lets_that_many_epochs_pass_and_an_improvement_starts_the_count_again():
+    opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+    plateau = ReduceLROnPlateau(opt, patience=2, samples=300)
+    # margins: 0.029 at 0.5, 0.028 at 0.4; 0.49 and 0.48 are noise, 0.40 is progress
+    errors = [0.50, 0.49, 0.48, 0.40, 0.41, 0.39, 0.395, 0.40, 0.40, 0.40]
+    reduced = [plateau.step(e) for e in errors]
+    assert reduced == [False, False, False, False, False, False, True, False, False, True]
+    assert opt.lr == pytest.approx(0.01) and plateau.best == 0.40
+    once = ReduceLROnPlateau(SGD([Parameter(np.zeros(1))], lr=1.0), patience=1, samples=300)
+    assert [once.step(e) for e in (0.5, 0.51, 0.4, 0.45, 0.41)] == [False, False, False, False,
+                                                                    True]
+
+
+def test_the_margin_survives_the_state_and_an_older_state_without_samples_loads():
+    opt = SGD([Parameter(np.zeros(1))], lr=1.0)
+    a = ReduceLROnPlateau(opt, patience=1, samples=300)
+    a.step(0.3)
+    b = ReduceLROnPlateau(opt)
+    b.load_state_dict({k: np.asarray(v) for k, v in a.state_dict().items()})
+    assert b.samples == 300 and b.margin == a.margin and b.state_dict() == a.state_dict()
+    older = {k: v for k, v in a.state_dict().items() if k != "samples"}
+    b.load_state_dict(older)
+    assert b.samples is None and b.margin == pytest.approx(0.3e-4)
