@@ -28,9 +28,14 @@ broadcast at start (rank 0's weights to every process) packs the same way.
 - :class:`MpiCommunicator`: mpi4py's buffer-based ``Allreduce(MPI.IN_PLACE, buffer)`` on NumPy
   arrays (the CPU); a GPU buffer is staged through the host.
 - :class:`NcclCommunicator`: NCCL through ``cupy.cuda.nccl`` on CuPy arrays, one GPU per process
-  (the process's *local rank*, its rank among the processes of its machine, found with MPI's
-  ``COMM_TYPE_SHARED`` split); MPI only starts it (rank 0's NCCL unique id is broadcast over MPI)
-  and carries the small host-side sums.
+  (chosen by the process's *local rank*, its rank among the processes of its machine, found with
+  MPI's ``COMM_TYPE_SHARED`` split: :func:`gpu_for`); MPI only starts it (rank 0's NCCL unique id
+  is broadcast over MPI) and carries the small host-side sums.
+
+**In the training loop** (:class:`DataParallel`, an extension of
+:class:`~minialex.train.Trainer`): the gradients are averaged after the backward pass, weighted
+by each process's samples; every process stops together on Ctrl-C; the checkpoint keeps every
+process's dropout stream, so a run resumed on as many processes continues bit for bit.
 
 **Failure.** A collective waits for every process: one that raises, and never reaches the next
 all-reduce, leaves the others waiting for ever. Start scripts as ``python -m mpi4py script.py``
@@ -48,11 +53,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
 
 import numpy as np
 
 from . import backend
+from .extensions import SAVE, Extension
 
 KINDS = ("auto", "single", "mpi", "nccl")
 # what an MPI launcher puts in each process's environment: MPICH/Intel MPI, Open MPI, MVAPICH
@@ -98,10 +106,11 @@ class Communicator:
         rank: this process's index, ``0 .. size-1``; rank 0 writes files and prints.
         size: the number of processes.
         local_rank: this process's index among those of its machine (its GPU under NCCL).
+        local_size: the number of processes on this process's machine.
         device: where this process computes (``"cpu"``, or ``"gpu:LOCAL_RANK"`` under NCCL).
     """
 
-    rank, size, local_rank, device = 0, 1, 0, "cpu"
+    rank, size, local_rank, local_size, device = 0, 1, 0, 1, "cpu"
     name = "single"
 
     def __init__(self):
@@ -121,7 +130,8 @@ class Communicator:
         if self.size == 1:
             return
         arrays = [p.data for p in params]
-        for packer in _packers(arrays, self._buffers, "weights"):
+        # once per run: its buffer (the whole model) is not kept, unlike the gradients'
+        for packer in _packers(arrays, {}, "weights"):
             with backend.device_scope(packer.buffer):
                 packer.pack(arrays)
                 self._broadcast_buffer(packer.buffer, root)
@@ -146,7 +156,7 @@ class Communicator:
             return
         grads = [p.grad for p in params]
         for packer in _packers([p.data for p in params], self._buffers, "gradients",
-                               len(params) + 1):
+                               flags=True):
             indices, buffer = packer.indices, packer.buffer
             tail = len(indices) + 1       # one has-a-gradient flag per parameter, the count
             with backend.device_scope(buffer):
@@ -191,8 +201,17 @@ class Communicator:
         self._check_root(root)
         return backend.to_numpy(array)
 
+    def gather_object(self, value, root: int = 0):
+        """On ``root``, the list of every process's ``value`` (small and picklable), in rank
+        order; None on the other processes."""
+        self._check_root(root)
+        return [value]
+
     def barrier(self) -> None:
         """Return when every process has called it."""
+
+    def close(self) -> None:
+        """Free what the communicator holds outside Python (NCCL's communicator)."""
 
     # -- ending ------------------------------------------------------------------------------
     def abort(self, message: str, code: int = 1) -> None:
@@ -209,13 +228,25 @@ class Communicator:
     def abort_on_error(self):
         """A context in which an exception on any one process aborts every process (naming the
         rank and the exception) instead of leaving the others waiting in a collective; with
-        one process it is raised as usual."""
+        one process it is raised as usual.
+
+        Any way out of the block but its end counts, ``SystemExit(0)`` included: a process
+        that leaves early, even "successfully", would leave the others waiting. The exit
+        status is ``SystemExit``'s code when it is a non-zero int, 130 for a KeyboardInterrupt
+        (as a shell reports Ctrl-C), else 1."""
         try:
             yield self
         except BaseException as exc:
-            if self.size == 1 or (isinstance(exc, SystemExit) and not exc.code):
+            if self.size == 1:
                 raise
-            self.abort(f"{type(exc).__name__}: {exc}")
+            code = 1
+            if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code:
+                code = exc.code
+            elif isinstance(exc, KeyboardInterrupt):
+                code = 130
+            what = f"SystemExit({exc.code!r}), leaving the run early" if isinstance(
+                exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+            self.abort(what, code)
 
     # -- what a backend provides --------------------------------------------------------------
     def _check_root(self, root):
@@ -253,7 +284,7 @@ class MpiCommunicator(Communicator):
         self._comm = MPI.COMM_WORLD
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         local = self._comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
-        self.local_rank = local.Get_rank()
+        self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
         local.Free()
 
     def _allreduce_buffer(self, buffer):
@@ -284,11 +315,35 @@ class MpiCommunicator(Communicator):
         parts = self._comm.gather(backend.to_numpy(array), root=root)
         return None if parts is None else np.concatenate(parts)
 
+    def gather_object(self, value, root: int = 0):
+        self._check_root(root)
+        return self._comm.gather(value, root=root)
+
     def barrier(self):
         self._comm.Barrier()
 
     def _abort(self, code):
         self._comm.Abort(code)
+
+
+def gpu_for(local_rank: int, local_size: int, count: int) -> int:
+    """The GPU (of the ``count`` this process sees) for the process of ``local_rank`` among
+    ``local_size`` on its machine: ``local_rank % count``. Where every process sees every GPU
+    (``mpiexec`` on one machine) that is GPU ``local_rank``, and more processes than GPUs would
+    put two on one GPU, which NCCL refuses: that is refused here, naming the numbers. Where a
+    launcher gives each process its own GPU (``srun --gpus-per-task=1`` sets
+    ``CUDA_VISIBLE_DEVICES``), each sees one, GPU 0.
+
+    >>> gpu_for(3, 4, 4), gpu_for(3, 4, 1)
+    (3, 0)
+    """
+    if count < 1:
+        raise ValueError("NcclCommunicator: no GPU is visible to this process")
+    if 1 < count < local_size:
+        raise ValueError(f"NcclCommunicator: {local_size} processes on this machine share "
+                         f"{count} visible GPUs; start at most {count} processes per machine "
+                         f"(or give each process one GPU)")
+    return local_rank % count
 
 
 # NCCL's data types (nccl.h ncclDataType_t; cupy.cuda.nccl's NCCL_* names)
@@ -298,26 +353,32 @@ _NCCL_TYPES = {np.dtype(np.float16): "NCCL_FLOAT16", np.dtype(np.float32): "NCCL
 
 
 class NcclCommunicator(MpiCommunicator):
-    """NCCL through ``cupy.cuda.nccl``, one GPU per process: the GPU of the process's local
-    rank, made current here. The model's buffers go through NCCL (pointers into CuPy arrays,
-    on the current stream); host values and objects go through MPI."""
+    """NCCL through ``cupy.cuda.nccl``, one GPU per process, made current here: GPU
+    ``local_rank % count`` of the ``count`` this process sees (:func:`gpu_for`). The model's
+    buffers go through NCCL (pointers into CuPy arrays, on the current stream); host values and
+    objects go through MPI."""
 
     name = "nccl"
 
     def __init__(self):
         super().__init__()
         cupy = backend.require_cupy()
-        count = cupy.cuda.runtime.getDeviceCount()
-        if self.local_rank >= count:
-            self.abort(f"NcclCommunicator: local rank {self.local_rank} needs GPU "
-                       f"{self.local_rank}, but only {count} GPU(s) are visible on this machine; "
-                       f"start at most {count} processes per machine")
-        cupy.cuda.Device(self.local_rank).use()
-        self.device = f"gpu:{self.local_rank}"
+        try:
+            gpu = gpu_for(self.local_rank, self.local_size,
+                          cupy.cuda.runtime.getDeviceCount())
+        except ValueError as exc:
+            self.abort(str(exc))
+        cupy.cuda.Device(gpu).use()
+        self.device = f"gpu:{gpu}"
         self._cupy, self._nccl = cupy, cupy.cuda.nccl
         unique_id = self._nccl.get_unique_id() if self.rank == 0 else None
         unique_id = self._comm.bcast(unique_id, root=0)
         self._nccl_comm = self._nccl.NcclCommunicator(self.size, unique_id, self.rank)
+
+    def close(self):
+        if self._nccl_comm is not None:
+            self._nccl_comm.destroy()
+            self._nccl_comm = None
 
     def _nccl_call(self, buffer):
         if not backend.is_gpu_array(buffer):
@@ -369,15 +430,17 @@ class _Packer:
                 arrays[i] = part.copy()
 
 
-def _packers(arrays, cache, purpose, extra=0):
+def _packers(arrays, cache, purpose, flags=False):
     """The packers covering ``arrays``, one per (device, dtype), made once and kept in
-    ``cache``: a training step allocates no buffer."""
+    ``cache``: a training step allocates no buffer. ``flags``: each buffer ends with one slot
+    per array it packs and one more (``mean_gradients``' has-a-gradient flags and count)."""
     groups = {}
     for i, a in enumerate(arrays):
         groups.setdefault((backend.device_of(a), np.dtype(a.dtype).str), []).append(i)
     packers = []
     for (device, dtype), indices in groups.items():
         sizes = tuple(int(arrays[i].size) for i in indices)
+        extra = len(indices) + 1 if flags else 0
         key = (device, dtype, purpose, extra, tuple(indices), sizes)
         if key not in cache:
             cache[key] = _Packer(arrays[indices[0]], indices, sizes, extra)
@@ -387,3 +450,110 @@ def _packers(arrays, cache, purpose, extra=0):
 
 def _as_parameters(parameters):
     return parameters.parameters() if hasattr(parameters, "parameters") else list(parameters)
+
+
+# -- the training loop's side --------------------------------------------------------------------
+# Running's sums over the processes (added), and what each process keeps as it is
+RUNNING_SUMS = ("images", "loss_sum", "correct1", "correct5")
+RUNNING_REST = ("steps", "data_seconds", "compute_seconds")
+
+
+class DataParallel(Extension):
+    """What a :class:`~minialex.train.Trainer` needs to train one model in ``comm.size``
+    processes (every process runs one Trainer, with ``rank=comm.rank`` and
+    ``reduce_sums=comm.allreduce_sum``, on its share of every batch):
+
+    - ``after_backward``: each gradient becomes the mean over the processes, weighted by their
+      samples in the batch (:meth:`Communicator.mean_gradients`), before the optimiser steps;
+    - Ctrl-C: a process that gets it only notes it; after every step the processes add their
+      notes (one all-reduce of one number), so all of them stop after the same step, rank 0
+      saves ``last.npz`` and every ``fit`` returns ``"interrupted"``. (The Trainer's own
+      handler sets its flag whenever the signal comes, which could let one process stop a step
+      before the others: from the first step on, this extension's handler replaces it.) A
+      second Ctrl-C raises KeyboardInterrupt at once, as with one process;
+    - the checkpoint's ``data_parallel`` entry: every process's random state (dropout) and,
+      mid-epoch, its sums of the epoch so far (:class:`~minialex.train.Running`), taken where
+      every process is (the epoch's end, an interrupted fit's end) before rank 0 saves.
+      Resumed on as many processes, each gets its own back and the run continues bit for bit.
+      The checkpoint's own ``running`` holds the sums over every process, so on another number
+      of processes (one included) rank 0 takes those and the saved random stream, and the
+      others start from zero sums and new streams.
+    """
+    order = SAVE - 5      # at an epoch's end, before Checkpoints writes what it gathers
+
+    def __init__(self, comm):
+        self.comm = comm
+        self.states = None        # every process's [random state, running sums], at rank 0
+        self._asked = False       # Ctrl-C noted on this process, not yet agreed
+        self._handler_installed = False
+
+    def before_fit(self, trainer):
+        self._asked, self._handler_installed = False, False
+
+    def after_backward(self, trainer):
+        if not self._handler_installed:      # inside fit, where the Trainer's handler is set
+            self._install_handler(trainer)
+        self.comm.mean_gradients(trainer.model, count=trainer.running.batch)
+
+    def after_step(self, trainer):
+        asked = self._asked or trainer._interrupted    # the latter: Ctrl-C before step 1's end
+        agreed = bool(self.comm.allreduce_sum([float(asked)])[0])
+        trainer._interrupted = agreed
+
+    def end_epoch(self, trainer, record):
+        self._gather(trainer, None)           # the new epoch's sums are empty
+
+    def after_fit(self, trainer):
+        if trainer.stopped == "interrupted":  # mid-epoch: the sums so far go in the checkpoint
+            running = trainer.running.settle()
+            own = {name: getattr(running, name) for name in RUNNING_SUMS + RUNNING_REST}
+            totals = running.totals(self.comm.allreduce_sum)
+            self._gather(trainer, own)
+            # the checkpoint's trainer.running (rank 0's) holds every process's sums, which is
+            # what a run resumed on another number of processes (or one) needs
+            for name, total in zip(RUNNING_SUMS, totals):
+                setattr(running, name, total if self.comm.rank == 0 else 0)
+
+    def state(self):
+        return {"data_parallel": {"processes": self.comm.size, "states": self.states}}
+
+    def load(self, trainer, tree):
+        states = (tree.get("data_parallel") or {}).get("states")
+        if states is not None and len(states) == self.comm.size:   # each its own, exactly
+            rng, running = states[self.comm.rank]
+            backend.set_rng_state(rng)
+            for name, value in (running or {}).items():
+                setattr(trainer.running, name, value)
+            return
+        if self.comm.rank > 0:   # rank 0 holds the saved stream and sums (the Trainer set them)
+            backend.manual_seed(process_seed(trainer.config.get("seed", 0), self.comm.rank,
+                                             trainer.global_step))
+            for name in RUNNING_SUMS:
+                setattr(trainer.running, name, 0)
+
+    def _gather(self, trainer, running):
+        """Every process's (random state, epoch sums so far or None), at rank 0."""
+        self.states = self.comm.gather_object([backend.get_rng_state(), running])
+
+    def _install_handler(self, trainer):
+        self._handler_installed = True
+        if threading.current_thread() is not threading.main_thread() \
+                or not getattr(trainer, "catch_ctrl_c", True):
+            return                    # signals reach the main thread; or Ctrl-C raises at once
+
+        def on_sigint(signum, frame):
+            if self._asked or trainer._interrupted:
+                raise KeyboardInterrupt
+            self._asked = True
+            trainer.say("\nCtrl-C: stopping after this step, with every process, and saving a "
+                        "checkpoint (Ctrl-C again to stop at once)")
+
+        # the Trainer restores the handler from before fit when fit ends
+        signal.signal(signal.SIGINT, on_sigint)
+
+
+def process_seed(seed: int, rank: int, *more: int) -> int:
+    """A seed for process ``rank``'s own random stream, derived from the run's ``seed`` (and
+    ``more`` numbers): different for every rank, the same every run."""
+    return int(np.random.SeedSequence([int(seed), int(rank), *map(int, more)])
+               .generate_state(1)[0])

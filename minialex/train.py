@@ -92,6 +92,7 @@ def train_one_epoch(model, loader, optimizer, *, start=0, running=None, before_u
             # a loader given the model's num_classes checked the labels on the host already
             loss = F.cross_entropy(logits, y, check_labels=checked != logits.shape[1])
             value = float(loss.item())              # the one wait for the device in a step
+            running.batch = len(y)
             if before_update is not None:
                 before_update(value)
             optimizer.zero_grad()
@@ -160,6 +161,7 @@ class Running:
     compute_seconds: float = 0.0
 
     def __post_init__(self):
+        self.batch = 0          # images of the batch being trained, set before its update
         self._pending = None    # GPU sum of the counts not yet added to correct1/correct5
         self._pending_loss = None    # GPU sum of the loss sums not yet added to loss_sum
 
@@ -417,9 +419,10 @@ class Trainer:
         total = len(self.train_loader)
 
         def before_update(loss):
-            if self.reduce_sums is not None:      # the mean over every process's batch
-                loss_sum, batches = self.reduce_sums(np.array([loss, 1.0]))
-                loss = float(loss_sum / batches)
+            if self.reduce_sums is not None:      # the mean over every process's samples
+                n = self.running.batch
+                loss_sum, images = self.reduce_sums(np.array([loss * n, n], np.float64))
+                loss = float(loss_sum / images)
             self._call("before_update", loss)
 
         def after_step(running):
