@@ -29,9 +29,12 @@ epoch's order again, skipping its first ``s`` batches and carrying on with the s
 sums, so the run continues step for step.
 
 Ctrl-C. During :meth:`Trainer.fit` the first Ctrl-C only sets a flag: the current step finishes,
-``last.npz`` is saved and ``fit`` returns ``"interrupted"``. A second Ctrl-C raises
-``KeyboardInterrupt`` at once and saves nothing (it may land mid-update, or after the next
-batch's random draws), so ``last.npz`` keeps the last state saved before.
+``last.npz`` is saved (with the :class:`~minialex.extensions.Checkpoints` extension) and ``fit``
+returns ``"interrupted"``. A second Ctrl-C raises ``KeyboardInterrupt`` at once and saves nothing
+(it may land mid-update, or after the next batch's random draws), so ``last.npz`` keeps the last
+state saved before. With ``catch_ctrl_c=False`` (the learning-rate finder, ablations: runs
+that save nothing and mean nothing half done) the trainer leaves Ctrl-C alone: the first one
+raises ``KeyboardInterrupt`` for the caller.
 
 Stopping early. A NaN or infinite loss, or a loss stuck at chance (:mod:`minialex.watch`), raises
 :class:`~minialex.watch.TrainingStopped` before the update; nothing is saved, so ``last.npz``
@@ -65,7 +68,7 @@ import numpy as np
 from . import backend, checkpoint
 from . import functional as F
 from .checks import positive_int
-from .extensions import standard_extensions
+from .extensions import Checkpoints, standard_extensions
 from .layers.loss import class_indices
 from .progress import StatusLine
 from .tensor import Tensor, no_grad
@@ -321,12 +324,15 @@ class Trainer:
         rank: this process's rank among those training the model together; extensions marked
             ``rank0_only`` run only at rank 0.
         reduce_sums: sums over every process (see :meth:`Running.totals`); None: one process.
+        catch_ctrl_c: the first Ctrl-C stops the run after its step (True), or raises
+            ``KeyboardInterrupt`` at once as Python does (False: for runs whose caller cannot
+            use an interrupted result).
     """
 
     def __init__(self, model, optimizer, train_loader, val_loader=None, *, epochs=1,
                  extensions=None, scheduler=None, warmup=None, watch=None, print_freq=50,
                  out_dir=None, config=None, extra_state=None, stream=None, rank=0,
-                 reduce_sums=None):
+                 reduce_sums=None, catch_ctrl_c=True):
         self.model, self.optimizer = model, optimizer
         self.train_loader, self.val_loader = train_loader, val_loader
         self.epochs, self.out_dir = positive_int("Trainer", "epochs", epochs), out_dir
@@ -334,6 +340,7 @@ class Trainer:
             extensions = standard_extensions(val_loader, scheduler=scheduler, warmup=warmup,
                                              watch=watch, print_freq=print_freq, out_dir=out_dir)
         self.rank, self.reduce_sums = rank, reduce_sums
+        self.catch_ctrl_c = catch_ctrl_c
         self.extensions = sorted((e for e in extensions if rank == 0 or not e.rank0_only),
                                  key=lambda e: e.order)
         self.config, self.extra_state = dict(config or {}), dict(extra_state or {})
@@ -371,6 +378,12 @@ class Trainer:
         return (f"epoch {self.epoch + 1}, step {self.step + 1}/{len(self.train_loader)} (lr "
                 f"{self.optimizer.lr:g})")
 
+    @property
+    def saves(self) -> bool:
+        """Whether this trainer writes ``last.npz`` (a Checkpoints extension and an
+        ``out_dir``)."""
+        return self.out_dir is not None and self.extension(Checkpoints) is not None
+
     def request_stop(self, reason: str):
         """End the run after this epoch; ``fit`` returns ``reason``."""
         self.stopped = self.stopped or reason
@@ -393,7 +406,9 @@ class Trainer:
         self._call("before_fit")
         try:
             # the watch names a non-finite loss itself, once: no NumPy overflow warnings first
-            with _first_ctrl_c_sets_a_flag(self), np.errstate(over="ignore", invalid="ignore"):
+            ctrl_c = (_first_ctrl_c_sets_a_flag(self) if self.catch_ctrl_c
+                      else contextlib.nullcontext())
+            with ctrl_c, np.errstate(over="ignore", invalid="ignore"):
                 while self.epoch < self.epochs and self.stopped is None:
                     if self._train_epoch():
                         self._end_epoch()
@@ -403,8 +418,9 @@ class Trainer:
             self.stopped = f"{exc.reason}: {exc}"
             raise
         except KeyboardInterrupt:
-            self.say(f"\nstopped at once: nothing saved; {self.path('last.npz')} holds the "
-                     f"state saved before")
+            if self.catch_ctrl_c:           # else the caller says what Ctrl-C did
+                self.say("\nstopped at once: nothing saved"
+                         + (f"; {self.kept()}" if self.saves else ""))
             raise
         self.stopped = self.stopped or "completed"
         self._call("after_fit")
@@ -489,21 +505,29 @@ class Trainer:
 
     def load_state(self, tree, source="checkpoint"):
         """Restore a :meth:`state` tree (from ``checkpoint.load``); ``source`` names it in
-        errors. A checkpoint of another architecture is refused with the mismatches, one that
-        cannot be resumed or is incomplete changes nothing (:func:`checkpoint.resumable`)."""
+        errors. A checkpoint of another architecture is refused with the mismatches. One that
+        cannot be resumed, is incomplete, or holds a part that does not load (the optimiser's,
+        the loader's, an extension's) changes nothing: the parts are loaded one after another,
+        so the state before is taken first and put back on any error."""
         saved = checkpoint.resumable(tree, self.model, source)
+        before = self.state()
         try:
-            running = Running(**saved["running"])
-            self.model.load_state_dict(tree["model"])
-            self.optimizer.load_state_dict(tree["optimizer"])
-            self.train_loader.load_state_dict(saved["train_loader"])
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: incomplete training state (missing {exc})") from None
-        except ValueError as exc:
-            raise ValueError(f"{source}: {exc}") from None
+            self._load(tree, saved)
+        except BaseException as exc:
+            self._load(before, checkpoint.resumable(before, self.model))
+            if isinstance(exc, (KeyError, TypeError)):
+                raise ValueError(f"{source}: incomplete training state (missing {exc})") from None
+            if isinstance(exc, ValueError):
+                raise ValueError(f"{source}: {exc}") from None
+            raise
+
+    def _load(self, tree, saved):
+        self.running = Running(**saved["running"])
+        self.model.load_state_dict(tree["model"])
+        self.optimizer.load_state_dict(tree["optimizer"])
+        self.train_loader.load_state_dict(saved["train_loader"])
         for name in checkpoint.TRAINER_FIELDS:
             setattr(self, name, saved[name])
-        self.running = running
         backend.set_rng_state(saved["backend_rng"])
         self._call("load", tree)
 
@@ -520,8 +544,9 @@ def _first_ctrl_c_sets_a_flag(trainer):
         if trainer._interrupted:
             raise KeyboardInterrupt
         trainer._interrupted = True
-        trainer.say("\nCtrl-C: stopping after this step and saving a checkpoint (Ctrl-C again "
-                    "to stop at once)")
+        trainer.say("\nCtrl-C: stopping after this step"
+                    + (" and saving a checkpoint" if trainer.saves else "")
+                    + " (Ctrl-C again to stop at once)")
 
     previous = signal.signal(signal.SIGINT, on_sigint)
     try:

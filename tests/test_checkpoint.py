@@ -1,4 +1,6 @@
 """Checkpoints: pickle-free round trip, atomic writes, clean refusals, exact resumption."""
+import copy
+import dataclasses
 import os
 import signal
 
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 
 import minialex
-from minialex import checkpoint, recipe
+from minialex import backend, checkpoint, extensions, recipe
 from minialex.config import CPU_PRESET
 from minialex.models import alexnet
 
@@ -203,19 +205,67 @@ def test_checkpoint_of_another_architecture_is_refused_with_names_and_shapes(tmp
         make_trainer(tmp_path / "y", epochs=1).load_state(tree)
 
 
-@pytest.mark.parametrize("path", [("trainer", "running"), ("trainer", "epoch"),
-                                  ("rng", "backend"), ("rng", "train_loader")])
-def test_incomplete_training_state_is_refused_before_anything_changes(tmp_path, path):
-    first = make_trainer(tmp_path / "a", epochs=1)
-    first.fit()
-    tree = checkpoint.load(tmp_path / "a" / "last.npz")
-    del tree[path[0]][path[1]]
-    fresh = make_trainer(tmp_path / "b", epochs=1, model_seed=7)
-    before = weights(fresh)
-    with pytest.raises(ValueError, match=f"incomplete training state .*{path[1]}"):
+def _velocity_of_another_shape(tree):
+    velocity = tree["optimizer"]["velocity"]
+    velocity["0"] = velocity["0"][:1]
+
+
+def _loader_state_of_another_loader(tree):
+    tree["rng"]["train_loader"] = {"x": 1}
+
+
+# the parts after the model's weights (optimiser, loader, an extension's schedule) fail after
+# the weights were loaded: the trainer puts back what it had
+@pytest.mark.parametrize("path, damage, error", [
+    (("trainer", "running"), None, "incomplete training state .*running"),
+    (("trainer", "epoch"), None, "incomplete training state .*epoch"),
+    (("rng", "backend"), None, "incomplete training state .*backend"),
+    (("rng", "train_loader"), None, "incomplete training state .*train_loader"),
+    (("optimizer", "velocity"), None, "SGD.load_state_dict: missing key.* velocity"),
+    (None, _velocity_of_another_shape, "SGD.load_state_dict: velocity 0 .*shape"),
+    (("scheduler", "step_size"), None, "StepLR.load_state_dict: missing key.* step_size"),
+    (None, _loader_state_of_another_loader, "incomplete training state .*shuffle"),
+])
+def test_incomplete_training_state_is_refused_before_anything_changes(tmp_path, path, damage,
+                                                                      error):
+    make_trainer(tmp_path, epochs=1).fit()
+    tree = checkpoint.load(tmp_path / "last.npz")
+    if path:
+        del tree[path[0]][path[1]]
+    else:
+        damage(tree)
+    metrics = (tmp_path / "metrics.jsonl").read_text()
+    # not trained: every part differs from the checkpoint's (epoch, velocity, schedule, ...)
+    fresh = make_trainer(tmp_path, epochs=1, model_seed=7)
+    before = everything(fresh)
+    with pytest.raises(ValueError, match=f"^last.npz: {error}"):
         fresh.load_state(tree, source="last.npz")
-    after = weights(fresh)
-    assert all(np.array_equal(before[k], after[k]) for k in before)
+    assert_same(everything(fresh), before)
+    assert (tmp_path / "metrics.jsonl").read_text() == metrics     # no file changed either
+    fresh.load_state(checkpoint.load(tmp_path / "last.npz"))       # the test's damage was all
+    assert fresh.epoch == 1
+
+
+def everything(trainer):
+    """A trainer's whole state, part by part, as copies."""
+    schedule = trainer.extension(extensions.LearningRate).scheduler
+    return {"weights": weights(trainer), "optimizer": trainer.optimizer.state_dict(),
+            "lr": trainer.optimizer.lr, "scheduler": schedule.state_dict(),
+            "loader": trainer.train_loader.state_dict(), "rng": backend.get_rng_state(),
+            "position": {name: copy.deepcopy(getattr(trainer, name))
+                         for name in checkpoint.TRAINER_FIELDS},
+            "running": dataclasses.asdict(trainer.running)}
+
+
+def assert_same(got, want, where="trainer"):
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and sorted(got) == sorted(want), where
+        for key in want:
+            assert_same(got[key], want[key], f"{where}.{key}")
+    elif isinstance(want, np.ndarray):
+        np.testing.assert_array_equal(got, want, err_msg=where)
+    else:
+        assert got == want, where
 
 
 def test_a_checkpoint_from_before_0_2_is_read_with_its_classes_and_normalisation(tmp_path):

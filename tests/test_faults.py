@@ -29,6 +29,7 @@ FLAGS = ["--val-size", "16", "--batch-size", "8", "--limit-train", "48", "--limi
 
 # Runs the example after arranging one fault, named by argv[1]:
 #   kill-before-step:N            SIGKILL before the N-th optimiser step of this process
+#   ctrl-c-before-step:N          Ctrl-C (SIGINT, Python's own handler) likewise
 #   kill-before-rename:NAME       SIGKILL once a save to NAME has written and fsynced its
 #                                 temporary file, before the rename
 #   limit-after-rename:NAME:BYTES after the first save to NAME, files may grow to BYTES only
@@ -47,13 +48,14 @@ def die():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-if what == "kill-before-step":
+if what in ("kill-before-step", "ctrl-c-before-step"):
     step, calls = optim.SGD.step, []
+    signal.signal(signal.SIGINT, signal.default_int_handler)    # also when run with it ignored
 
     def step_or_die(self):
         calls.append(1)
         if len(calls) == int(arg):
-            die()
+            die() if what == "kill-before-step" else os.kill(os.getpid(), signal.SIGINT)
         return step(self)
 
     optim.SGD.step = step_or_die
@@ -187,6 +189,17 @@ def test_a_full_disk_stops_with_one_line_and_the_run_resumes_from_it(data_dir, s
     done = run(data_dir, "--resume", resume)
     assert done.returncode == 0, done.stderr
     assert_same_as(straight, out)
+
+
+def test_ctrl_c_in_the_learning_rate_finder_exits_130_suggesting_nothing(data_dir, tmp_path):
+    out = tmp_path / "lr"
+    done = run(data_dir, "--find-lr", "--out", out, "--limit-train", "48", "--val-size", "16",
+               "--batch-size", "8",
+               fault="ctrl-c-before-step:3")
+    assert done.returncode == 130, done.stdout + done.stderr
+    assert done.stderr.strip() == "train_alexnet.py: interrupted"
+    assert "train with" not in done.stdout and "Ctrl-C" not in done.stdout
+    assert not out.exists() or "lr_find.png" not in os.listdir(out)
 
 
 def test_a_failed_metrics_write_stops_before_the_checkpoint_saying_what_is_kept(tmp_path,

@@ -2,6 +2,8 @@
 stopping a run, resuming without logging an epoch twice, and real learning."""
 import io
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -201,16 +203,18 @@ def test_resuming_cuts_metrics_back_to_the_checkpoint_so_no_epoch_is_logged_twic
     trainer.fit()                 # as if killed after logging epoch 2, before saving it
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
     resumed = make_trainer(tmp_path, epochs=2)
-    resumed.load_state(saved)
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 1
-    resumed.fit()
+    resumed.load_state(saved)       # changes no file: a load that fails must leave them all
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+    resumed.fit()                   # cuts epoch 2's line, then logs epoch 2 again
     epochs = [json.loads(line)["epoch"] for line in
               (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2]
     # a line cut short by a kill while it was written counts as not written
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "train_lo')
-    make_trainer(tmp_path, epochs=2).load_state(checkpoint.load(tmp_path / "last.npz"))
+    done = make_trainer(tmp_path, epochs=2)
+    done.load_state(checkpoint.load(tmp_path / "last.npz"))
+    assert done.fit() == "completed"            # nothing left to train: only the cut
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
@@ -295,6 +299,63 @@ def test_mini_alexnet_learns_on_a_slice_of_real_fashion_mnist():
     assert trainer.history[1]["train_loss"] < trainer.history[0]["train_loss"]
     logits = model.eval()(Tensor(eval_tf(data.test.images[:4])))
     assert logits.shape == (4, 10)
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+class CtrlC(Extension):
+    """Sends this process ``times`` Ctrl-Cs after step ``at`` of the run."""
+
+    def __init__(self, at, times=1):
+        self.at, self.times = at, times
+
+    def after_step(self, trainer):
+        if trainer.global_step == self.at:
+            for _ in range(self.times):
+                os.kill(os.getpid(), signal.SIGINT)
+
+
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C (KeyboardInterrupt), also where the tests run with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("saves", [True, False])
+def test_ctrl_c_speaks_of_a_checkpoint_only_where_one_is_written(tmp_path, saves):
+    out, log = (tmp_path if saves else None), io.StringIO()
+    trainer = make_trainer(out, epochs=1, stream=log)
+    trainer.extensions.append(CtrlC(at=2))
+    assert trainer.fit() == "interrupted"
+    first = log.getvalue().splitlines()[1:]
+    # the second Ctrl-C in epoch 2, when last.npz holds epoch 1 (5 steps an epoch)
+    log = io.StringIO()
+    trainer = make_trainer(out, epochs=2, stream=log)
+    trainer.extensions.append(CtrlC(at=6, times=2))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    second = log.getvalue().splitlines()[-1]
+    if saves:
+        assert first == ["Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again "
+                         "to stop at once)", f"interrupted at epoch 1, step 2; saved "
+                                             f"{tmp_path / 'last.npz'}"]
+        assert second == (f"stopped at once: nothing saved; {tmp_path / 'last.npz'} keeps the "
+                          f"last good state, from the end of epoch 1")
+    else:
+        assert first == ["Ctrl-C: stopping after this step (Ctrl-C again to stop at once)",
+                         "interrupted at epoch 1, step 2"]
+        assert second == "stopped at once: nothing saved"
+
+
+def test_a_trainer_that_leaves_ctrl_c_alone_raises_at_once_and_says_nothing(python_ctrl_c):
+    log = io.StringIO()
+    trainer = make_trainer(None, epochs=1, stream=log, catch_ctrl_c=False)
+    trainer.extensions.append(CtrlC(at=2))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert trainer.step == 2 and log.getvalue() == ""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 # -- the seams for several processes -----------------------------------------------------------
