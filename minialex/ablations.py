@@ -259,9 +259,10 @@ def train_arm(config: RunConfig, data, device: str = "cpu", *, train_eval: int =
         raise ValueError("train_arm: the held-out error needs a validation split; set "
                          "val_size > 0")
     arm = ArmRecord()
+    # Ctrl-C raises at once: an arm cut short would be compared as if it had finished
     trainer = Trainer(run.model, run.optimizer, run.train_loader, epochs=config.epochs,
                       extensions=[LossCheck(), LearningRate(run.scheduler, run.warmup),
-                                  Validation(run.val_loader), arm])
+                                  Validation(run.val_loader), arm], catch_ctrl_c=False)
     stopped = None
     try:
         trainer.fit()
@@ -434,7 +435,7 @@ def plot(summary: dict, runs: list, path) -> str | None:
                  f"seed{'s' * (len(summary['seeds']) != 1)} "
                  f"{', '.join(map(str, summary['seeds']))})")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    checkpoint.atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
     return str(path)
 
 
@@ -488,8 +489,7 @@ def run_studies(names=None, budget="cpu", *, device: str = "cpu", out=None, data
         print(table, file=stream, flush=True)
         if out is not None:
             os.makedirs(out, exist_ok=True)
-            with open(os.path.join(out, f"{name}.md"), "w") as f:
-                f.write(table)
+            _write_text(os.path.join(out, f"{name}.md"), table)
             checkpoint.write_json(os.path.join(out, f"{name}.json"),
                                   {"summary": summary, "runs": runs})
             picture = plot(summary, runs, os.path.join(out, f"{name}.png"))
@@ -505,9 +505,14 @@ def run_studies(names=None, budget="cpu", *, device: str = "cpu", out=None, data
                   f"{recipe.describe_device(device)}; {len(done)} runs in {minutes:.1f} min; "
                   f"load average (1, 5, 15 min) {load_before} before, {_load_average()} after."
                   f"\n\n")
-        with open(os.path.join(out, "ablations.md"), "w") as f:
-            f.write(header + "\n".join(tables))
+        _write_text(os.path.join(out, "ablations.md"), header + "\n".join(tables))
     return summaries
+
+
+def _write_text(path, text):
+    """Atomically (:func:`minialex.checkpoint.atomic_write`): a run stopped mid-write leaves
+    the file before, never half of one."""
+    checkpoint.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 # -- formatting --------------------------------------------------------------------------------

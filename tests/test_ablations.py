@@ -1,8 +1,12 @@
 """Ablations: the studies differ in one switch, the step metrics, the paired summary, and the
 tiny budget of every study run end to end from the command line."""
 import dataclasses
+import errno
 import importlib.util
+import io
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -160,6 +164,57 @@ def test_summary_pairs_the_arms_by_seed_and_says_which_way_each_seed_points():
     held_out = ablations.headline({**summary, "metric": "error"})
     assert "held-out error +2.0 ± 3.0 points against ReLU" in held_out
     assert "higher on 2, lower on 1 of 3 seeds" in held_out
+
+
+# -- Ctrl-C and cut-short writes ---------------------------------------------------------------
+@pytest.fixture
+def python_ctrl_c():
+    """Python's own Ctrl-C (KeyboardInterrupt), also where the tests run with SIGINT ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_stops_an_arm_at_once_instead_of_recording_it_cut_short(tiny_data, monkeypatch,
+                                                                       python_ctrl_c):
+    after_step, steps = ablations.ArmRecord.after_step, []
+
+    def after_step_then_ctrl_c(self, trainer):       # after step 1 of the tiny budget's 2
+        after_step(self, trainer)
+        steps.append(trainer.global_step)
+        if trainer.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ablations.ArmRecord, "after_step", after_step_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        ablations.train_arm(BUDGETS["tiny"].config, tiny_data, train_eval=8)
+    assert steps == [1]
+
+
+@pytest.mark.parametrize("name", ["dropout.md", "ablations.md", "dropout.png"])
+def test_a_write_cut_short_leaves_the_file_before(tmp_path, monkeypatch, name):
+    # the arms' records are made up: only the writing is under test
+    monkeypatch.setattr(ablations.recipe, "load_data", lambda *args, **kwargs: None)
+    monkeypatch.setattr(ablations, "train_arm", lambda config, *args, **kwargs: record(
+        config.seed, 0.2, 0.1, [0.9, 0.4]))
+    # each fails after the file was opened: a character UTF-8 cannot encode, a full disk
+    if name == "dropout.md":
+        monkeypatch.setattr(ablations, "format_table", lambda summary: "| cut \ud800 short |")
+    elif name == "ablations.md":
+        monkeypatch.setattr(ablations, "_load_average", lambda: "\ud800")
+    else:
+        pytest.importorskip("matplotlib")
+
+        def savefig_then_fail(self, target, **options):
+            target.write(b"\x89PNG half a picture")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        monkeypatch.setattr(ablations.Figure, "savefig", savefig_then_fail)
+    (tmp_path / name).write_bytes(b"the file before")
+    with pytest.raises((UnicodeEncodeError, OSError)):
+        ablations.run_studies(["dropout"], BUDGETS["tiny"], out=tmp_path, stream=io.StringIO())
+    assert (tmp_path / name).read_bytes() == b"the file before"
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
 
 
 # -- end to end --------------------------------------------------------------------------------
