@@ -3,12 +3,16 @@
 
     python examples/report.py runs/X                  # report.html with best.npz's test results
     python examples/report.py runs/X --figures        # also conv1's filters and fc7 retrieval
+    python examples/report.py OUT --weights bvlc_alexnet.caffemodel --images photos/
 
 The report (:mod:`minialex.report`) opens from disk: curves, speed, confusion matrix, the most
 confidently misclassified test images, settings. ``--figures`` (:func:`paper_figures`
 below) writes filters.png and retrieval.png beside the same pictures of the untrained
 network (and filters_change.png, what training changed; retrieval_pixels.png, raw-pixel
-neighbours), and prints the share of same-class neighbours of each.
+neighbours), and prints the share of same-class neighbours of each. ``--weights`` draws the
+same figures from imported weights (:func:`weights_figures`) into the folder OUT: Fig. 3 from
+their conv1 (Caffe's ``paper`` net: 96 filters, 48 per tower), Fig. 4 from their fc7 vectors of
+the images of ``--images`` (any folder; sub-folders are classes).
 Exit status: 0 done, 1 failed (run folder or checkpoint unreadable), 2 bad usage.
 """
 import argparse
@@ -40,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-train", type=int, default=10000,
                    help="training images searched (10000)")
     p.add_argument("--limit-test", type=int, help="test on the first N images only")
+    p.add_argument("--weights", metavar="FILE", help="figures of imported weights (torchvision "
+                   ".pth, Caffe .caffemodel) instead of a run; RUN_DIR receives them")
+    p.add_argument("--images", metavar="FOLDER", help="--weights: Fig. 4 among these images")
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="cpu",
                    help="where to run the model (default: cpu)")
     p.add_argument("--data-dir", help="directory with the Fashion-MNIST IDX files")
@@ -102,6 +109,36 @@ def paper_figures(path, out_dir, *, queries: int = 1000, k: int = 6, rows: int =
     return out
 
 
+def weights_figures(path, out_dir, *, images=None, queries: int = 1000, k: int = 6,
+                    rows: int = 5, device: str = "cpu") -> dict:
+    """Fig. 3 (``filters.png``: conv1 of the weights at ``path``, one block per tower) and,
+    with a folder ``images``, Fig. 4 (``retrieval.png``: each query's nearest images of the
+    same folder by fc7 distance, itself left out; ``retrieval_pixels.png``: by raw pixels).
+    Returns the files written, the towers, and the same-class shares."""
+    classifier = predict.Classifier.from_weights(path, device=device)
+    model = classifier.model
+    out = {"files": [visualize.save_png(visualize.conv1_filters(model),
+                                        os.path.join(out_dir, "filters.png"))],
+           "filters": model.features[0].weight.shape[0],
+           "towers": visualize.conv1_towers(model), "share": {}}
+    if images is None:
+        return out
+    found, classes, skipped = classifier.load_folder(images)
+    out.update(images=len(found), classes=len(classes), skipped=len(skipped),
+               queries=min(queries, len(found)), neighbours=k)
+    for name, features in (("", lambda d: visualize.fc7_features(model, d,
+                                                                  classifier.transform)),
+                           ("_pixels", None)):
+        near = visualize.retrieval(found, found, features=features, queries=queries, k=k,
+                                   exclude_self=True)
+        out["share"]["fc7" if not name else "pixels"] = near["share"]
+        grid = visualize.retrieval_grid(found, found, near["neighbours"],
+                                        queries=near["queries"], rows=rows)
+        out["files"].append(visualize.save_png(grid, os.path.join(out_dir,
+                                                                  f"retrieval{name}.png")))
+    return out
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -109,6 +146,25 @@ def main(argv=None) -> int:
         if getattr(args, name) < 1:
             parser.error(f"argument --{name.replace('_', '-')}: expected an integer >= 1, got "
                          f"{getattr(args, name)}")
+    if args.images and not args.weights:
+        parser.error("argument --images: needs --weights (a run's figures use its test set)")
+    if args.weights:
+        try:
+            found = weights_figures(args.weights, args.run_dir, images=args.images,
+                                    queries=args.queries, k=args.neighbours,
+                                    device=recipe.resolve_device(args.device))
+        except (OSError, ValueError, RuntimeError) as exc:
+            print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
+            return 1
+        print("\n".join(found["files"]))
+        print(f"conv1: {found['filters']} filters, {found['towers']} tower(s) of "
+              f"{found['filters'] // found['towers']}")
+        if args.images:
+            print(f"same-class share of the {found['neighbours']} nearest among "
+                  f"{found['images']:,} images of {found['classes']} class(es), over "
+                  f"{found['queries']:,} queries: " + ", ".join(
+                      f"{k} {v:.3f}" for k, v in found["share"].items()))
+        return 0
     if not os.path.isdir(args.run_dir):
         print(f"{PROG}: error: {args.run_dir}: no such run folder", file=sys.stderr)
         return 1

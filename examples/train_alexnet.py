@@ -54,10 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     a("--momentum", type=float, help="SGD momentum (default: 0.9, the paper's)")
     a("--weight-decay", type=float, help="weight decay (default: 0.0005, the paper's)")
     a("--init", choices=INITS, help="weight initialisation (default: kaiming)")
-    a("--warmup", type=int, help="steps of linear lr warm-up; 0 = the paper's none (preset)")
-    a("--schedule", choices=cfg.SCHEDULES, help="lr / 10 on validation plateaus (3 times, then "
-      "stop: the paper's) or every --step-size epochs (preset)")
+    a("--warmup", type=int, help="lr warm-up steps (<= 1/5 of the run); 0 = the paper's (preset)")
+    a("--schedule", choices=cfg.SCHEDULES, help="lr/10 on plateaus (3 times) or every --step-size")
     a("--step-size", type=int, help="epochs between divisions for --schedule step")
+    a("--patience", type=int, help="plateau: epochs let pass before lr/10 (default epochs // 20)")
     a("--stall-steps", type=int, help="stop after this many steps at chance; 0 = never (200)")
     a("--crop-padding", type=int, help="Fashion-MNIST: random crops after zero padding (preset)")
     a("--flip", action=BOOL, help="random horizontal flips (preset)")
@@ -81,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     a("--seed", type=int, help="seed of weights, shuffling, dropout, augmentation (default: 0)")
     a("--out", help="run directory (default: runs/<model>-<time>, or the resumed one's)")
     a("--resume", metavar="PATH", help="continue the run saved in this checkpoint")
+    a("--pretrained", metavar="FILE", help="start from these weights (torchvision .pth, Caffe "
+      ".caffemodel or a minialex checkpoint): its model, fc8 replaced, the fine-tuning preset")
+    a("--freeze", choices=("features",), help="--pretrained: train the classifier only")
+    a("--preprocessing", choices=cfg.PREPROCESSING, help="--pretrained: the weights' input "
+      "preparation (default) or the dataset's statistics")
     a("--evaluate", metavar="PATH", help="only evaluate this checkpoint on the test set")
     a("--find-lr", action="store_true", help="learning-rate range test; trains nothing")
     a("--print-freq", type=int, help="progress line every N steps; 0 = per epoch (50)")
@@ -169,7 +174,8 @@ def main(argv=None) -> int:
     if args.dataset not in (None, cfg.FASHION_MNIST) and not os.path.isdir(args.dataset):
         parser.error(f"argument --dataset: expected {cfg.FASHION_MNIST!r} or an image folder "
                      f"with train/ and val/, got {args.dataset!r} (no such directory)")
-    for first, second in (("evaluate", "resume"), ("evaluate", "find_lr"), ("find_lr", "resume")):
+    for first, second in (("evaluate", "resume"), ("evaluate", "find_lr"), ("find_lr", "resume"),
+                          ("evaluate", "pretrained")):
         if getattr(args, first) and getattr(args, second):
             parser.error(f"argument --{first.replace('_', '-')}: not allowed with "
                          f"--{second.replace('_', '-')}")

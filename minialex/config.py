@@ -50,6 +50,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from . import finetune
 from .checks import is_int, is_real
 from .data.augment import CROP_SIZE as PAPER_CROP  # Sec. 4.1: 224x224 patches of...
 from .data.augment import IMAGE_SIZE as PAPER_IMAGE_SIZE  # ... the 256x256 images (Sec. 2)
@@ -330,6 +331,9 @@ def resolve(given: dict, device: str, saved: dict | None = None) -> RunConfig:
     base = preset_for(dataset, device)
     if saved.get("pretrained") or given.get("pretrained"):
         base = finetuning(base)
+        variant = None if saved else finetune.variant_of(given["pretrained"])
+        if variant in VARIANTS:     # the weights' model, which sizes the prepared images
+            base = base.replace(model=variant)
     if not saved and given.get("batch_size") is not None and given.get("lr") is None:
         base = scaled_to_batch(base, given["batch_size"])
     settings, contradictions = {}, []

@@ -18,6 +18,12 @@ image files from it, with their probabilities:
 
 The class names are the checkpoint's (a folder's sub-folder names, in label order).
 
+:meth:`Classifier.from_weights` does the same with imported weights (torchvision's or Caffe's
+AlexNet, :func:`minialex.weights.load_pretrained`): each file's shorter side rescaled to the
+weights' ``resize`` and the central square kept, then the centre ``crop`` prepared as the
+weights expect (:class:`~minialex.weights.Preprocessing`); the class names are ImageNet's
+(:func:`minialex.weights.imagenet_classes`) for 1,000 outputs.
+
 >>> result = classify_files("no/such/checkpoint.npz", [])
 Traceback (most recent call last):
 ...
@@ -32,12 +38,14 @@ import pathlib
 import numpy as np
 from PIL import Image
 
-from . import backend, recipe
+from . import backend, finetune, recipe
 from . import functional as F
 from .checks import positive_int
+from .data import ArrayDataset
 from .data.folder import image_extensions, load_rgb, resize_center_crop
 from .report import collect_predictions
 from .tensor import Tensor, no_grad
+from .weights import imagenet_classes, load_pretrained
 
 TOPK = 5
 BATCH = 32              # files decoded and scored together (10x as many crops with ten_crop)
@@ -74,13 +82,41 @@ class Classifier:
     """Names the classes of images with a checkpoint's model (see the module docstring)."""
 
     def __init__(self, run: recipe.Run):
-        self.run, self.model, self.classes = run, run.model, list(run.data.classes)
-        self.device = backend.device_of(next(iter(self.model.parameters())).data)
         folder = run.data.folder
         # the side the dataset stores (Fashion-MNIST: 28, whatever the model's input): a file
         # is brought to it, and the evaluation transform takes it from there to the input size
-        self.size = folder.size if folder is not None else run.data.test.images.shape[-1]
-        self.grey = folder is None
+        self._use(run.model, run.data.classes, run.test_loader.transform,
+                  run.ten_crop_loader.transform if run.ten_crop_loader is not None else None,
+                  size=folder.size if folder is not None else run.data.test.images.shape[-1],
+                  grey=folder is None)
+        self.run, self.preprocessing = run, run.preprocessing
+
+    def _use(self, model, classes, transform, ten_crop, *, size: int, grey: bool) -> None:
+        self.model, self.classes, self.size, self.grey = model, list(classes), size, grey
+        self.transform, self.ten_crop_transform = transform, ten_crop
+        self.device = backend.device_of(next(iter(self.model.parameters())).data)
+
+    @classmethod
+    def from_weights(cls, path, *, device: str = "cpu",
+                     channel_order: str | None = None) -> "Classifier":
+        """A classifier of torchvision's or Caffe's weights at ``path``, preparing files as
+        the weights expect (see the module docstring); ``channel_order`` goes to
+        :func:`minialex.weights.load_pretrained`."""
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"weights {path} not found")
+        model, prep = load_pretrained(path, channel_order=channel_order)
+        model.to(device).eval()
+        if model.num_classes == len(imagenet_classes()):
+            classes = imagenet_classes()
+        else:       # fc8 of another size: not ImageNet's outputs, so no names for them
+            classes = [f"class {i}" for i in range(model.num_classes)]
+        prepared = finetune.PreprocessedAugmenter(prep, crop=model.input_size,
+                                                  random_crop=False, flip=False)
+        classifier = cls.__new__(cls)
+        classifier._use(model, classes, prepared.eval, prepared.ten_crop, size=prep.resize,
+                        grey=False)
+        classifier.run, classifier.preprocessing = None, prep
+        return classifier
 
     @classmethod
     def from_checkpoint(cls, path, *, device: str = "cpu", ten_crop: bool = False,
@@ -102,14 +138,33 @@ class Classifier:
         images = backend.to_device(np.asarray(images), self.device)
         with no_grad():
             if not ten_crop:
-                logits = self.model(Tensor(self.run.test_loader.transform(images))).data
+                logits = self.model(Tensor(self.transform(images))).data
                 return backend.to_numpy(F.average_softmax(logits, 1))
-            if self.run.ten_crop_loader is None:
+            if self.ten_crop_transform is None:
                 raise ValueError("ten_crop: build the Classifier with ten_crop=True (image-folder "
                                  "checkpoints only)")
-            crops = self.run.ten_crop_loader.transform(images)      # (10, N, C, H, W)
+            crops = self.ten_crop_transform(images)      # (10, N, C, H, W)
             logits = self.model(Tensor(crops.reshape((-1,) + crops.shape[2:]))).data
             return backend.to_numpy(F.average_softmax(logits, crops.shape[0]))
+
+    def load_folder(self, root) -> tuple:
+        """``(dataset, classes, skipped)``: every readable image file under folder ``root``
+        as :meth:`load` prepares it, labelled by its first sub-folder (files directly in
+        ``root``: one class named ``.``), as an :class:`~minialex.data.ArrayDataset`."""
+        images, names, skipped = [], [], []
+        for path in image_files([root]):
+            try:
+                images.append(self.load(path))
+            except (OSError, ValueError, Image.DecompressionBombError) as exc:
+                skipped.append((path, f"{type(exc).__name__}: {exc}"))
+                continue
+            parts = pathlib.Path(path).relative_to(root).parts
+            names.append(parts[0] if len(parts) > 1 else ".")
+        if not images:
+            raise ValueError(f"{root}: no readable image file")
+        classes = sorted(set(names))
+        labels = np.array([classes.index(n) for n in names], np.int64)
+        return ArrayDataset(np.stack(images), labels), classes, skipped
 
     def classify(self, paths, *, k: int = TOPK, ten_crop: bool = False) -> tuple:
         """``(predictions, skipped)``: the top ``k`` classes of each readable file, and
@@ -155,14 +210,21 @@ def image_files(paths) -> list:
 
 
 def classify_files(checkpoint_path, paths, *, k: int = TOPK, ten_crop: bool = False,
-                   device: str = "cpu", **options) -> tuple:
+                   device: str = "cpu", weights=None, **options) -> tuple:
     """``(predictions, skipped)`` for image files and folders ``paths`` with the checkpoint at
-    ``checkpoint_path`` (see :class:`Classifier`); ``options`` go to :func:`load_run`."""
-    if not os.path.exists(checkpoint_path):
-        raise FileNotFoundError(f"checkpoint {checkpoint_path} not found")
+    ``checkpoint_path`` (see :class:`Classifier`); ``options`` go to :func:`load_run`. With
+    ``weights`` (torchvision's or Caffe's file) instead: those weights, ImageNet's classes
+    (:meth:`Classifier.from_weights`), and ``checkpoint_path`` is None."""
+    source = weights if weights is not None else checkpoint_path
+    if not os.path.exists(source):
+        raise FileNotFoundError(f"{'weights' if weights is not None else 'checkpoint'} "
+                                f"{source} not found")
     files = image_files(paths)
-    classifier = Classifier.from_checkpoint(checkpoint_path, device=device, ten_crop=ten_crop,
-                                            **options)
+    if weights is not None:
+        classifier = Classifier.from_weights(weights, device=device)
+    else:
+        classifier = Classifier.from_checkpoint(checkpoint_path, device=device,
+                                                ten_crop=ten_crop, **options)
     return classifier.classify(files, k=k, ten_crop=ten_crop)
 
 

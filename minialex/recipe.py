@@ -25,7 +25,7 @@ import warnings
 
 import numpy as np
 
-from . import __version__, backend, checkpoint, distributed, report, rundir
+from . import __version__, backend, checkpoint, distributed, finetune, report, rundir
 from .config import FASHION_MNIST, RunConfig, resolve
 from .data import ArrayDataset, Loader, load_fashion_mnist
 from .data.augment import PCA_STD, Augmenter
@@ -74,12 +74,19 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     if towers is not None and comm.size > 1:
         raise ValueError(f"`towers` trains in one process; {comm.size} were started")
     device = device if towers is None else backend.parse_device(towers[0])
-    tree = None
+    tree = source = None
     if resume is not None:
         tree = checkpoint.migrate(checkpoint.load(resume))
         if overrides is None:
             overrides = {k: getattr(config, k) for k in ("epochs", "ten_crop", "print_freq")}
         config = resolve(overrides, device, tree.get("config", {}))
+        origin = finetune.Origin.from_tree(tree)
+    elif config.pretrained:             # the weights fix the model before the data is sized
+        source = finetune.load_source(config.pretrained)
+        config = finetune.settle(config, source, overrides)
+        origin = source.origin(config.preprocessing)
+    else:
+        origin = finetune.Origin()
     if config.batch_size % comm.size:
         raise ValueError(f"`batch_size` {config.batch_size} (the global batch) does not divide "
                          f"by the {comm.size} processes training together")
@@ -94,7 +101,7 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
         data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                          classes=tree["classes"] if tree else None)
         run = build(config, data, device, normalization=tree["normalization"] if tree else None,
-                    comm=comm, towers=towers)
+                    comm=comm, towers=towers, origin=origin, pretrained=source)
         parallel = comm.size > 1
         if parallel:
             comm.broadcast_model(run.model)     # every replica starts from rank 0's weights
@@ -114,7 +121,7 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
                           config={**config.to_dict(), "device": device, "processes": comm.size,
                                   "towers": None if towers is None else list(towers)},
                           extra_state={"classes": data.classes,
-                                       "normalization": run.normalization},
+                                       "normalization": run.normalization, **origin.state()},
                           print_freq=config.print_freq, stream=stream, extensions=extensions,
                           rank=comm.rank, reduce_sums=comm.allreduce_sum if parallel else None)
         if tree is not None:
@@ -257,11 +264,17 @@ class Run:
     test_loader: Loader
     ten_crop_loader: Loader | None
     normalization: dict                # Fashion-MNIST's pixel mean and std, kept for resuming
+    preprocessing: object = None       # the weights' Preprocessing the transforms apply, if any
+    notes: list = dataclasses.field(default_factory=list)    # what fine-tuning changed
 
     def augmentation(self) -> str:
         c = self.config
         size = self.model.input_size
-        if c.is_folder:
+        if c.is_folder and self.preprocessing is not None:
+            parts = [c.random_crop and f"random {size}x{size} crops", c.flip and "horizontal flips",
+                     c.pca and f"PCA colour noise (std {PCA_STD:g})",
+                     self.preprocessing.describe() + " preprocessing"]
+        elif c.is_folder:
             parts = [c.random_crop and f"random {size}x{size} crops", c.flip and "horizontal flips",
                      c.pca and f"PCA colour noise (std {PCA_STD:g})",
                      c.subtract_mean and "mean image subtracted",
@@ -274,24 +287,44 @@ class Run:
 
 
 def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=None, *,
-          comm=None, towers=None) -> Run:
+          comm=None, towers=None, origin=None, pretrained=None) -> Run:
     """Model, optimiser, schedule, warm-up and loaders for ``config`` on ``device``, all seeded
     from ``config.seed`` (one seed, independent streams: weights and dropout from minialex's
     generator, shuffling and augmentation from their own). ``normalization``: Fashion-MNIST's
     ``{"mean", "std"}`` to use instead of the data's (a resumed run keeps its own). ``comm``:
     the loaders give this process its share (of each training batch, of the evaluation images).
-    ``towers``: the model split between these two devices (``device`` is the first)."""
+    ``towers``: the model split between these two devices (``device`` is the first).
+
+    ``pretrained``: a :class:`minialex.finetune.Source` to start from (conv1 adapted, fc8
+    replaced: :func:`minialex.finetune.start_model`); ``origin``: the input preparation and
+    LRN constants of the weights the run started from (:class:`minialex.finetune.Origin`;
+    None: minialex's own), for a new run and every later use of its checkpoints alike."""
     backend.manual_seed(config.seed)
-    model = alexnet(config.model, num_classes=len(data.classes), in_channels=data.in_channels,
-                    init=config.init, lrn_position=config.lrn_position, dropout=config.dropout,
-                    dropout_mode=config.dropout_mode, activation=config.activation,
-                    pool=config.pool, lrn=config.lrn).to("cpu" if towers else device)
+    origin = origin or finetune.Origin()
+    notes = []
+    if pretrained is not None:
+        model, notes = finetune.start_model(pretrained, config, data.in_channels,
+                                            len(data.classes))
+    else:
+        model = alexnet(config.model, num_classes=len(data.classes),
+                        in_channels=data.in_channels, init=config.init,
+                        lrn_position=config.lrn_position, dropout=config.dropout,
+                        dropout_mode=config.dropout_mode, activation=config.activation,
+                        pool=config.pool, lrn=config.lrn)
+        origin.apply(model)
+    model.to("cpu" if towers else device)
+    trained = model.parameters()
+    if config.freeze == "features":
+        if towers is not None:
+            raise ValueError("freeze: frozen features are not split between `towers`")
+        trained = finetune.freeze_features(model)
+        notes.append("features frozen: conv1-conv5 get no gradient, no update, no weight decay")
     sgd = dict(lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if towers is not None:
         model = two_towers(model, towers)
         optimizer = TowersSGD(model, **sgd)
     else:
-        optimizer = SGD(model.parameters(), **sgd)
+        optimizer = SGD(trained, **sgd)
     if config.schedule == "plateau" and not len(data.val):
         raise ValueError("schedule: plateau needs a validation set; set `val_size` > 0")
     scheduler = {"plateau": lambda: ReduceLROnPlateau(
@@ -304,7 +337,15 @@ def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=N
                  "none": lambda: None}[config.schedule]()
     augment = np.random.default_rng([config.seed, 2])
     norm = None
-    if config.is_folder:
+    # grey data has no RGB statistics to take from the weights: it keeps its own
+    prep = origin.preprocessing if data.in_channels == 3 else None
+    if config.is_folder and prep is not None:
+        folder = data.folder
+        augmenter = finetune.PreprocessedAugmenter(
+            prep, folder.eigvals, folder.eigvecs, crop=model.input_size,
+            random_crop=config.random_crop, flip=config.flip,
+            pca_std=PCA_STD if config.pca else None, generator=augment)
+    elif config.is_folder:
         folder = data.folder
         augmenter = Augmenter(folder.mean if config.subtract_mean else None, folder.eigvals,
                               folder.eigvecs, crop=model.input_size,
@@ -336,7 +377,7 @@ def build(config: RunConfig, data: RunData, device: str = "cpu", normalization=N
         Loader(data.test, eval_batch, transform=augmenter.eval, **evaluation),
         Loader(data.test, size * max(1, eval_batch // 10 // size), transform=augmenter.ten_crop,
                **evaluation) if config.ten_crop else None,
-        norm)
+        norm, prep, notes)
 
 
 def describe_device(device: str) -> str:
@@ -367,6 +408,8 @@ def _print_header(run, trainer, device, out, resume, stream):
           f"({model.num_parameters():,} parameters, input "
           f"{'x'.join(map(str, model.input_shape))})", file=stream)
     print(run.data.describe(c), file=stream)
+    if c.pretrained:
+        print("; ".join([f"fine-tuning from {c.pretrained}"] + run.notes), file=stream)
     steps = len(run.train_loader)
     print(f"training: {c.epochs} epoch{'s' * (c.epochs != 1)}, batch {c.batch_size} ({steps} "
           f"steps/epoch), SGD lr {c.lr:g} momentum {c.momentum:g} weight decay "
@@ -516,7 +559,8 @@ def load_checkpoint(path, *, device: str = "cpu", dataset=None, model=None, data
     else:
         data = load_data(config, data_dir=data_dir, cache=cache, workers=workers,
                          classes=tree["classes"])
-    run = build(config, data, device, normalization=tree["normalization"])
+    run = build(config, data, device, normalization=tree["normalization"],
+                origin=finetune.Origin.from_tree(tree))
     checkpoint.load_weights(run.model, tree, path)
     run.model.eval()
     return run, tree

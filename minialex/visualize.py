@@ -236,17 +236,24 @@ def sample_indices(size: int, n: int | None, seed) -> np.ndarray:
 
 
 def retrieval(train, test, *, features=None, queries: int = 1000, k: int = 6,
-              limit_train: int | None = None, seed: int = 0) -> dict:
+              limit_train: int | None = None, seed: int = 0, exclude_self: bool = False) -> dict:
     """Neighbours among ``limit_train`` training images of ``queries`` test images (both drawn
     at random with ``seed``; None or more than there are: all) by ``features(dataset) -> (N,
     D)`` (e.g. ``lambda d: fc7_features(model, d, transform)``; None: raw pixels). Returns
     ``{"neighbours"`` (indices into ``train``), ``"queries"`` (indices into ``test``),
-    ``"query_labels", "train_labels"`` (of the searched images), ``"share"}``."""
+    ``"query_labels", "train_labels"`` (of the searched images), ``"share"}``.
+
+    ``exclude_self``: ``test`` is ``train`` (one folder of images searched for its own
+    images), and a query's own image, at distance 0, is not counted among its neighbours."""
     base_index = np.sort(sample_indices(len(train), limit_train, [seed, 0]))
     query_index = sample_indices(len(test), queries, [seed, 1])
     base, asked = _Subset(train, base_index), _Subset(test, query_index)
     features = features or pixel_features
-    neighbours = nearest_neighbours(features(asked), features(base), k)
+    neighbours = nearest_neighbours(features(asked), features(base), k + exclude_self)
+    if exclude_self:
+        own = base_index[neighbours] == query_index[:, None]
+        own[~own.any(axis=1), -1] = True         # a query outside the base: drop the farthest
+        neighbours = neighbours[~own].reshape(len(query_index), k)
     # the labels alone: not get_batch, which would read every image again
     query_labels = np.asarray(test.labels)[query_index]
     train_labels = np.asarray(train.labels)[base_index]

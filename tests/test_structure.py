@@ -342,7 +342,8 @@ TIERS = {
     "training": (4, {"watch", "extensions", "train", "lr_finder", "distributed", "towers"},
                  {"base", "autograd", "layers", "models", "data", "storage"}),
     "weights": (4, {"weights"}, {"base", "autograd", "layers", "models", "storage"}),
-    "application": (5, {"config", "recipe", "report", "visualize", "predict", "ablations"},
+    "application": (5, {"config", "recipe", "report", "visualize", "predict", "ablations",
+                        "finetune"},
                     {"base", "autograd", "fast", "data", "storage", "layers", "models",
                      "training", "weights"}),
 }

@@ -18,10 +18,12 @@ from .pretrained import (
     load_caffe,
     load_pretrained,
     load_torchvision,
+    lrn_constants,
     save_torchvision,
+    set_lrn_constants,
 )
 from .safe_pickle import UnsafePickleError
 
 __all__ = ["CAFFE", "TORCHVISION", "Preprocessing", "UnsafePickleError", "detect_format",
            "imagenet_classes", "load_caffe", "load_pretrained", "load_torchvision",
-           "save_torchvision"]
+           "lrn_constants", "save_torchvision", "set_lrn_constants"]

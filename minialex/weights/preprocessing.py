@@ -37,6 +37,7 @@ import math
 
 import numpy as np
 
+from .. import backend
 from ..checks import positive_int
 
 CHANNEL_ORDERS = ("RGB", "BGR")
@@ -121,6 +122,24 @@ class Preprocessing:
         x /= np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
+    def finish(self, x):
+        """The network's input from ``x``: float ``(..., 3, H, W)`` (NumPy or CuPy) RGB pixels
+        in 0..255 minus :attr:`mean_rgb_255`, as minialex's augmentation makes them with that
+        mean and a scale of 1: each channel times :attr:`scale_rgb`, then the channels in the
+        network's order. :meth:`normalize` of the same pixels gives the same numbers."""
+        xp = backend.get_array_module(x)
+        x = x * xp.asarray(self.scale_rgb, dtype=x.dtype)[:, None, None]
+        if self.rgb_index != (0, 1, 2):
+            x = x[..., list(self.rgb_index), :, :]
+        return xp.ascontiguousarray(x)
+
+    def describe(self) -> str:
+        """One line: ``torchvision's: RGB, 256 -> 224, mean (0.485, ...), std (0.229, ...) of
+        pixels in 0..1``."""
+        unit = "0..1" if self.scale == 1 else f"0..{self.scale:g}"
+        return (f"{self.source}'s: {self.channel_order}, {self.resize} -> {self.crop}, mean "
+                f"{_numbers(self.mean)}, std {_numbers(self.std)} of pixels in {unit}")
+
     def to_dict(self) -> dict:
         """A JSON-able dict (for a checkpoint's metadata); :meth:`from_dict` reads it back."""
         return dataclasses.asdict(self)
@@ -134,6 +153,10 @@ class Preprocessing:
         if missing:
             raise ValueError(f"Preprocessing.from_dict: missing {', '.join(missing)}")
         return cls(**{n: tuple(d[n]) if n in ("mean", "std") else d[n] for n in names})
+
+
+def _numbers(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
 
 
 # torchvision's ImageNet models (the transforms of AlexNet_Weights.IMAGENET1K_V1).

@@ -31,11 +31,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import zipfile
 
 import numpy as np
 
 from .. import nn
-from ..models import alexnet
+from ..models import VARIANTS, alexnet
 from . import caffe_format, torch_format
 from .preprocessing import CAFFE, TORCHVISION, Preprocessing
 
@@ -51,7 +52,7 @@ def detect_format(path) -> str:
     path = os.fspath(path)
     if os.path.isdir(path):
         raise IsADirectoryError(f"load_pretrained: {path} is a directory, not a weights file")
-    with open(path, "rb") as f:
+    with open(path, "rb") as f:   # the first bytes only: a caffemodel is 240 MB
         head = f.read(HEAD_BYTES)
     kind = torch_format.torch_format_of(head)
     if kind == "zip" and _is_npz(path):
@@ -59,16 +60,20 @@ def detect_format(path) -> str:
                          f"weights; open it with minialex.checkpoint.load")
     if kind is not None:
         return "torch"
-    with open(path, "rb") as f:
-        if caffe_format.looks_like_caffemodel(f.read()):
-            return "caffe"
+    if caffe_format.looks_like_caffemodel(head, os.path.getsize(path)):
+        return "caffe"
     raise ValueError(f"load_pretrained: {path} is neither a PyTorch file (zip or legacy "
                      f"torch.save) nor a Caffe caffemodel (starts with {head[:8]!r})")
 
 
 def _is_npz(path) -> bool:
-    with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:
-        return isinstance(archive, np.lib.npyio.NpzFile) and NPZ_META[:-4] in archive.files
+    """Whether the zip archive at ``path`` is a minialex checkpoint (False if it is not a
+    readable zip at all: the torch reader then says what is wrong with it)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return NPZ_META in archive.namelist()
+    except torch_format.CORRUPT_ZIP:
+        return False
 
 
 def load_pretrained(path, *, channel_order: str | None = None) -> tuple:
@@ -98,10 +103,33 @@ def load_torchvision(path) -> tuple:
         raise ValueError(f"load_torchvision: {path} is not torchvision's AlexNet: no "
                          f"features.0.weight (64, 3, 11, 11) or classifier.6.weight "
                          f"(classes, 4096) among its {len(state)} tensors "
-                         f"({', '.join(list(state)[:4])}{', ...' if len(state) > 4 else ''})")
+                         f"({', '.join(map(str, list(state)[:4]))}"
+                         f"{', ...' if len(state) > 4 else ''})")
+    _check_ends(TORCHVISION_VARIANT, conv1, fc8, "load_torchvision", path)
     model = alexnet(TORCHVISION_VARIANT, num_classes=fc8.shape[0], in_channels=conv1.shape[1])
     _load_into(model, state, path)
     return _finish(model, TORCHVISION)
+
+
+def _check_ends(variant: str, conv1, fc8, caller: str, path) -> None:
+    """Refuse, before the model is built, a conv1 or fc8 weight that is not the shape
+    ``alexnet(variant)`` gives them for the file's channels and classes (fc8 may be Caffe's
+    legacy ``(1, 1, classes, hidden)``). Every other layer of the model is fixed and these two
+    grow with the file's numbers: a crafted ``(1, C, 1, 1)`` conv1 would make the model
+    allocate 96 * 121 times the file's values."""
+    spec = VARIANTS[variant]
+    out, kernel = spec.convs[0][:2]
+    problems = []
+    if not (np.ndim(conv1) == 4 and conv1.shape[0] == out and conv1.shape[1] > 0
+            and conv1.shape[2:] == (kernel, kernel)):
+        problems.append(f"conv1's weight is {np.shape(conv1)}, not ({out}, channels, "
+                        f"{kernel}, {kernel})")
+    if not (np.ndim(fc8) >= 2 and fc8.shape[-1] == spec.hidden and fc8.shape[-2] > 0
+            and all(d == 1 for d in fc8.shape[:-2])):
+        problems.append(f"fc8's weight is {np.shape(fc8)}, not (classes, {spec.hidden})")
+    if problems:
+        raise ValueError(f"{caller}: {path} does not fit alexnet({variant!r}): "
+                         f"{'; '.join(problems)}")
 
 
 def _state_dict_in(obj, path) -> dict:
@@ -153,11 +181,20 @@ def load_caffe(path, *, channel_order: str = "BGR") -> tuple:
         raise ValueError(f"load_caffe: {path} is not an AlexNet: 5 Convolution and 3 "
                          f"InnerProduct layers with a weight and a bias each expected, found "
                          f"{found or 'no layer with blobs'}")
+    for layer in convs:
+        if layer.blobs[0].ndim != 4:
+            raise ValueError(f"load_caffe: {path}: layer {layer.name}'s weight has shape "
+                             f"{layer.blobs[0].shape}, not (out, in / group, KH, KW)")
+    _check_ends(CAFFE_VARIANT, convs[0].blobs[0], fcs[-1].blobs[0], "load_caffe", path)
     lrns = [i for i, layer in enumerate(layers) if layer.type == "LRN"]
+    if any(layers[i].lrn != layers[lrns[0]].lrn for i in lrns):
+        raise ValueError(f"load_caffe: {path}: its LRN layers differ ("
+                         + "; ".join(f"{layers[i].name} {layers[i].lrn}" for i in lrns)
+                         + "), and alexnet('paper') gives all its LRNs one set of constants")
     pools = [i for i, layer in enumerate(layers) if layer.type == "Pooling"]
     position = "caffe" if lrns and pools and pools[0] < lrns[0] else "paper"
-    model = alexnet(CAFFE_VARIANT, num_classes=fcs[-1].blobs[1].size,
-                    in_channels=convs[0].blobs[0].shape[-3], lrn=bool(lrns),
+    model = alexnet(CAFFE_VARIANT, num_classes=fcs[-1].blobs[0].shape[-2],
+                    in_channels=convs[0].blobs[0].shape[1], lrn=bool(lrns),
                     lrn_position=position)
     if lrns:
         _use_caffe_lrn(model, layers[lrns[0]].lrn)
@@ -188,16 +225,35 @@ def _squeezed(shape) -> tuple:
     return tuple(d for d in shape if d != 1)
 
 
+LRN_CONSTANTS = ("size", "alpha", "beta", "k", "convention")
+
+
 def _use_caffe_lrn(model, lrn: dict) -> None:
     """Give every LRN of ``model`` Caffe's constants ``lrn`` (Caffe divides alpha by
     local_size, PyTorch's convention)."""
-    caffe = nn.LocalResponseNorm(int(lrn["local_size"]), float(lrn["alpha"]),
-                                 float(lrn["beta"]), float(lrn["k"]), convention="pytorch")
+    set_lrn_constants(model, {"size": int(lrn["local_size"]), "alpha": float(lrn["alpha"]),
+                              "beta": float(lrn["beta"]), "k": float(lrn["k"]),
+                              "convention": "pytorch"})
+
+
+def lrn_constants(model) -> dict | None:
+    """The constants of ``model``'s first LocalResponseNorm (``size``, ``alpha``, ``beta``,
+    ``k``, ``convention``), or None when it has none: what a rebuilt model needs to compute as
+    one loaded from Caffe does, since ``alexnet()`` gives its LRNs the paper's constants."""
+    norms = [m for m in model.modules() if isinstance(m, nn.LocalResponseNorm)]
+    return {attr: getattr(norms[0], attr) for attr in LRN_CONSTANTS} if norms else None
+
+
+def set_lrn_constants(model, constants: dict) -> None:
+    """Give every LocalResponseNorm of ``model`` the ``constants`` :func:`lrn_constants` gave."""
+    checked = nn.LocalResponseNorm(int(constants["size"]), float(constants["alpha"]),
+                                   float(constants["beta"]), float(constants["k"]),
+                                   convention=constants["convention"])
     for module in model.modules():
         if isinstance(module, nn.LocalResponseNorm):
             # set in place: replacing the child would move it to the end of its Sequential
-            for attr in ("size", "alpha", "beta", "k", "convention"):
-                setattr(module, attr, getattr(caffe, attr))
+            for attr in LRN_CONSTANTS:
+                setattr(module, attr, getattr(checked, attr))
 
 
 def save_torchvision(path, model) -> None:
