@@ -15,6 +15,8 @@ import pytest
 from minialex import distributed
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+# the variable that hands a job's pytest the folder where kernels/*.cu are built for the host
+HOST_KERNELS = "MINIALEX_TEST_HOST_KERNELS"
 SKIP_INSIDE_MPI = pytest.mark.skipif(distributed.launched_size() > 1,
                                      reason="starts its own mpiexec: run from a one-process "
                                             "pytest")

@@ -1,10 +1,15 @@
 """The paper's two towers on two devices compute what the one-device net computes
-(minialex/towers.py): forward, gradients, an SGD step, and interchangeable state_dicts."""
+(minialex/towers.py): forward, gradients, an SGD step, and interchangeable state_dicts; and
+examples/train_alexnet.py trains them with --towers."""
+import re
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 import minialex
-from minialex import backend, nn
+from minialex import backend, checkpoint, nn
 from minialex import functional as F
 from minialex.models import alexnet
 from minialex.optim import SGD
@@ -12,6 +17,8 @@ from minialex.tensor import Tensor
 from minialex.towers import TowersSGD, two_towers
 
 from conftest import TOL
+from mpi_jobs import ROOT, SKIP_INSIDE_MPI, environment
+from support import SCRIPT, learnable_fashion_mnist
 
 # where the paper's net crosses towers (Sec. 3.2), and the LRN halos
 CROSSINGS = ["input", "features.2", "features.2", "features.6", "features.6", "features.8",
@@ -152,3 +159,35 @@ def test_a_net_without_the_paper_towers_is_refused(variant):
     with pytest.raises(ValueError, match=rf"two_towers: expected an AlexNet whose grouped "
                                          rf"convolutions have groups=2 .* got '{variant}'"):
         two_towers(alexnet(variant, num_classes=2), ("cpu", "cpu"))
+
+
+@SKIP_INSIDE_MPI
+def test_the_example_trains_the_paper_towers_on_two_devices_and_saves_one_device_weights(
+        gpu, request, tmp_path):
+    """``--model paper --towers gpu:0,gpu:1`` (on the CuPy stand-in's two devices where no
+    two GPUs are usable): a few steps, then its checkpoint loads into a one-device paper net."""
+    cupy = backend.require_cupy()
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("two towers on two devices need two GPUs (the CuPy stand-in has two)")
+    data_dir = learnable_fashion_mnist(tmp_path / "fmnist", n_train=12, n_test=4)
+    script = [str(SCRIPT)]
+    if getattr(cupy, "is_standin", False):
+        script = [str(ROOT / "tests" / "cupy_standin.py"),
+                  str(request.getfixturevalue("host_kernels").build_dir), str(SCRIPT)]
+    run = subprocess.run(
+        [sys.executable, *script, "--model", "paper", "--towers", "gpu:0,gpu:1", "--data-dir",
+         data_dir, "--val-size", "0", "--limit-train", "4", "--batch-size", "2",
+         "--limit-test", "2", "--epochs", "1", "--warmup", "0", "--lr", "0.001",
+         "--schedule", "none", "--stall-steps", "0", "--print-freq", "1", "--no-flip",
+         "--out", tmp_path / "run"], capture_output=True, text=True, timeout=600, cwd=ROOT,
+        env=environment())
+    assert "epoch 1/1 [2/2] loss" in run.stdout, run.stdout + run.stderr
+    if getattr(cupy, "is_standin", False):       # both devices held buffers
+        held = re.search(r"buffers per device \[(\d+), (\d+)\]", run.stderr)
+        assert held and min(map(int, held.groups())) > 0, run.stderr
+    tree = checkpoint.load(tmp_path / "run" / "last.npz")
+    net = alexnet("paper", num_classes=10, in_channels=1)
+    checkpoint.load_weights(net, tree, "last.npz")          # the one-device names and shapes
+    first = minialex.optim.SGD(net.parameters(), lr=0.001)
+    first.load_state_dict(tree["optimizer"])                 # and the one-device optimiser's
+    assert tree["architecture"] == "paper" and tree["trainer"]["global_step"] == 2
