@@ -57,15 +57,31 @@ class CaffeLayer:
     lrn: dict | None = None
 
 
-def looks_like_caffemodel(data) -> bool:
-    """Whether ``data`` parses as a message whose fields are all NetParameter's, with layers."""
-    numbers = set()
+def looks_like_caffemodel(head: bytes, size: int) -> bool:
+    """Whether a file of ``size`` bytes that starts with ``head`` looks like a NetParameter:
+    the fields that start in ``head`` are all NetParameter's, at least one of them a layer,
+    and none runs past the file's end. Only ``head`` is read: a caffemodel's first layer
+    field starts within its first few dozen bytes (after the net's name)."""
+    numbers, pos = set(), 0
     try:
-        for number, _, _ in protobuf.fields(data):
+        while pos < len(head):
+            key, pos = protobuf.read_varint(head, pos)
+            number, wire = key >> 3, key & 7
             numbers.add(number)
-    except protobuf.ProtobufError:
-        return False
-    return numbers <= NET_FIELDS and bool(numbers & {NET_LAYERS_V1, NET_LAYER})
+            if wire == protobuf.VARINT:
+                _, pos = protobuf.read_varint(head, pos)
+            elif wire == protobuf.LENGTH:
+                length, pos = protobuf.read_varint(head, pos)
+                pos += length
+            elif wire in protobuf.FIXED_SIZE:
+                pos += protobuf.FIXED_SIZE[wire]
+            else:
+                return False
+    except protobuf.ProtobufError:   # a varint cut by the end of the head, or too long
+        if len(head) == size:
+            return False
+    return (pos <= size and numbers <= NET_FIELDS
+            and bool(numbers & {NET_LAYERS_V1, NET_LAYER}))
 
 
 def read_caffemodel(path) -> list:
@@ -76,10 +92,10 @@ def read_caffemodel(path) -> list:
     try:
         layers = []
         for number, wire, value in protobuf.fields(data):
-            if number == NET_LAYER and wire == protobuf.LENGTH:
-                layers.append(_layer(value, LAYER, text_type=True))
-            elif number == NET_LAYERS_V1 and wire == protobuf.LENGTH:
-                layers.append(_layer(value, V1_LAYER, text_type=False))
+            if number in (NET_LAYER, NET_LAYERS_V1):
+                _expect(wire, protobuf.LENGTH, f"field {number} (a layer)")
+                layers.append(_layer(value, LAYER if number == NET_LAYER else V1_LAYER,
+                                     text_type=number == NET_LAYER))
     except protobuf.ProtobufError as exc:
         raise ValueError(f"{path}: not a readable caffemodel, truncated or corrupt ({exc})"
                          ) from None
@@ -95,25 +111,45 @@ class _V0Layer(Exception):
     """A V1 layer that wraps a V0 layer (field 1)."""
 
 
+def _expect(wire: int, expected: int | tuple, what: str) -> None:
+    """Refuse a field whose wire type is not the one its type is written with (a string's
+    length read as a varint would be a number of any size)."""
+    expected = expected if isinstance(expected, tuple) else (expected,)
+    if wire not in expected:
+        raise protobuf.ProtobufError(f"{what} has wire type {wire}, not "
+                                     f"{' or '.join(map(str, expected))}")
+
+
 def _layer(buf, numbers: dict, text_type: bool) -> CaffeLayer:
     layer = CaffeLayer(name="", type="", blobs=[])
     for number, wire, value in protobuf.fields(buf):
-        if number == numbers["name"] and wire == protobuf.LENGTH:
+        where = f"layer {layer.name or '(unnamed)'}"
+        if number == numbers["name"]:
+            _expect(wire, protobuf.LENGTH, f"{where}: the name")
             layer.name = _text(value)
-        elif number == numbers["type"]:
+        elif number == numbers["type"]:   # a string, or V1's enum
+            _expect(wire, protobuf.LENGTH if text_type else protobuf.VARINT, f"{where}: the type")
             layer.type = _text(value) if text_type else V1_TYPES.get(value, f"V1 type {value}")
-        elif number == numbers["blobs"] and wire == protobuf.LENGTH:
+        elif number == numbers["blobs"]:
+            _expect(wire, protobuf.LENGTH, f"{where}: a blob")
             layer.blobs.append(_blob(value, f"layer {layer.name or len(layer.blobs)}"))
-        elif number == numbers["convolution_param"] and wire == protobuf.LENGTH:
-            for n, _, v in protobuf.fields(value):
+        elif number == numbers["convolution_param"]:
+            _expect(wire, protobuf.LENGTH, f"{where}: convolution_param")
+            for n, w, v in protobuf.fields(value):
                 if n == CONV_GROUP:
+                    _expect(w, protobuf.VARINT, f"{where}: group")
                     layer.group = v
-        elif number == numbers["lrn_param"] and wire == protobuf.LENGTH:
+        elif number == numbers["lrn_param"]:
+            _expect(wire, protobuf.LENGTH, f"{where}: lrn_param")
             layer.lrn = dict(LRN_DEFAULTS)
             for n, w, v in protobuf.fields(value):
-                if n in LRN_FIELDS:
-                    layer.lrn[LRN_FIELDS[n]] = (v if w == protobuf.VARINT else
-                                                float(np.frombuffer(v, "<f4")[-1]))
+                if n in LRN_FIELDS:   # local_size a uint32, the others floats
+                    name = LRN_FIELDS[n]
+                    _expect(w, protobuf.VARINT if name == "local_size" else protobuf.FIXED32,
+                            f"{where}: {name}")
+                    # a run of repeated floats comes as one field: the last one counts
+                    layer.lrn[name] = v if w == protobuf.VARINT else float(
+                        np.frombuffer(v[-4:], "<f4")[0])
         elif not text_type and number == V0_LAYER_FIELD:
             raise _V0Layer
     if layer.type == "LRN" and layer.lrn is None:
@@ -125,14 +161,23 @@ def _blob(buf, where: str) -> np.ndarray:
     """A BlobProto's values as a float32 array of its shape."""
     chunks, legacy, shape = [], {}, None
     for number, wire, value in protobuf.fields(buf):
-        if number in (BLOB_DATA, BLOB_DOUBLE_DATA):
-            if wire == protobuf.VARINT:
-                raise protobuf.ProtobufError(f"{where}: blob data as a varint")
-            chunks.append(np.frombuffer(value, "<f4" if number == BLOB_DATA else "<f8"))
-        elif number == BLOB_SHAPE and wire == protobuf.LENGTH:
-            shape = [protobuf.as_int64(d) for n, _, v in protobuf.fields(value) if n == 1
-                     for d in protobuf.packed_varints(v)]
-        elif number in BLOB_NUM_TO_WIDTH and wire == protobuf.VARINT:
+        if number in (BLOB_DATA, BLOB_DOUBLE_DATA):   # packed, or a run of fixed-size fields
+            dtype = np.dtype("<f4" if number == BLOB_DATA else "<f8")
+            _expect(wire, (protobuf.LENGTH, protobuf.FIXED32 if number == BLOB_DATA
+                           else protobuf.FIXED64), f"{where}: blob data")
+            if len(value) % dtype.itemsize:
+                raise protobuf.ProtobufError(f"{where}: blob data of {len(value)} bytes, not "
+                                             f"a whole number of {dtype.itemsize}-byte values")
+            chunks.append(np.frombuffer(value, dtype))
+        elif number == BLOB_SHAPE:
+            _expect(wire, protobuf.LENGTH, f"{where}: the blob's shape")
+            shape = []
+            for n, w, v in protobuf.fields(value):
+                if n == 1:   # dim: packed, or one varint a field
+                    _expect(w, (protobuf.VARINT, protobuf.LENGTH), f"{where}: a dim")
+                    shape += [protobuf.as_int64(d) for d in protobuf.packed_varints(v)]
+        elif number in BLOB_NUM_TO_WIDTH:
+            _expect(wire, protobuf.VARINT, f"{where}: num, channels, height or width")
             legacy[number] = protobuf.as_int64(value)
     if shape is None:
         shape = [legacy.get(n, 0) for n in BLOB_NUM_TO_WIDTH] if legacy else None
@@ -157,7 +202,9 @@ def read_mean_binaryproto(path) -> np.ndarray:
     with open(path, "rb") as f:
         data = f.read()
     try:
-        blob = _blob(memoryview(data), path)
+        blob = _blob(memoryview(data), "the blob")
     except protobuf.ProtobufError as exc:
         raise ValueError(f"{path}: not a readable BlobProto ({exc})") from None
+    if blob.ndim >= 3 and math.prod(blob.shape[:-3]) != 1:
+        raise ValueError(f"{path}: a blob of shape {blob.shape}, not one (C, H, W) image")
     return blob.reshape(blob.shape[-3:]) if blob.ndim >= 3 else blob

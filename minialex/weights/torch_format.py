@@ -53,23 +53,42 @@ PAD_FIELD = 0x4246           # "FB": the zip extra field torch's writer pads wit
 ZIP_LOCAL_HEADER = 30        # bytes of a zip local file header before its name and extra
 FILE_FORMAT_VERSION = "3"    # torch's reader accepts versions 1 to 10 or so; 3 is what it writes
 DTYPE_STORAGES = {np.dtype(v): k for k, v in STORAGE_DTYPES.items() if k != "BFloat16Storage"}
+# what zipfile raises for a damaged archive (a version or method it does not know, offsets
+# out of the file: OSError from a seek, once the file itself has opened)
+CORRUPT_ZIP = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError,
+               struct.error, ValueError, OSError)
 
 __all__ = ["load_state_dict", "save_state_dict", "state_dict_pickle", "torch_format_of",
            "UnsafePickleError"]
 
 
 def torch_format_of(head: bytes) -> str | None:
-    """``"zip"``, ``"legacy"`` or ``"tar"`` from a file's first 512 bytes; None otherwise."""
+    """``"zip"``, ``"legacy"`` or ``"tar"`` from a file's first 512 bytes; None otherwise.
+
+    The legacy magic number is compared as bytes, never unpickled: unpickling even a file's
+    first 32 bytes can call any function they name (``cposix\\nsystem\\n...R.``)."""
     if head.startswith(ZIP_MAGIC):
         return "zip"
     if head[TAR_MAGIC_OFFSET:TAR_MAGIC_OFFSET + len(TAR_MAGIC)] == TAR_MAGIC:
         return "tar"
-    try:
-        if pickle.loads(head[:32].split(b".", 1)[0] + b".") == LEGACY_MAGIC:
-            return "legacy"
-    except Exception:  # noqa: BLE001 - anything unpicklable is simply not this format
-        pass
+    if _starts_with_legacy_magic(head):
+        return "legacy"
     return None
+
+
+# The magic number as pickle writes it (LONG1: 10 bytes little-endian, then STOP), after
+# PROTO 2 (torch.save's default) to 5; protocols 4 and 5 put a FRAME (8-byte length) first.
+LEGACY_MAGIC_PICKLED = b"\x8a\x0a" + LEGACY_MAGIC.to_bytes(10, "little") + b"."
+PICKLE_PROTOCOLS, PICKLE_FRAME = (2, 3, 4, 5), b"\x95"
+
+
+def _starts_with_legacy_magic(head: bytes) -> bool:
+    if head[:1] != b"\x80" or head[1:2] not in [bytes([p]) for p in PICKLE_PROTOCOLS]:
+        return False
+    body = head[2:]
+    if body.startswith(PICKLE_FRAME):
+        body = body[9:]
+    return body.startswith(LEGACY_MAGIC_PICKLED)
 
 
 def load_state_dict(path):
@@ -90,8 +109,8 @@ def load_state_dict(path):
             return _load_legacy(path)
     except UnsafePickleError:
         raise
-    except (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError,
-            zipfile.BadZipFile, struct.error, AttributeError, IndexError) as exc:
+    except (pickle.UnpicklingError, KeyError, TypeError, AttributeError, IndexError,
+            OverflowError, MemoryError, RecursionError, *CORRUPT_ZIP) as exc:
         raise ValueError(f"{path}: not a readable PyTorch file, truncated or corrupt "
                          f"({type(exc).__name__}: {exc})") from None
     if kind == "tar":
@@ -101,7 +120,21 @@ def load_state_dict(path):
                      f"archive nor the legacy magic number)")
 
 
+def _read_member(archive, name: str, file_size: int) -> bytes:
+    """A member's bytes, refused unless stored uncompressed (as torch.save always writes it)
+    and no bigger than the archive: a compressed member could inflate to any size."""
+    info = archive.getinfo(name)
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 1:
+        raise ValueError(f"{name} is compressed or encrypted; torch.save stores every "
+                         f"member uncompressed")
+    if info.file_size > file_size:
+        raise ValueError(f"{name} claims {info.file_size} bytes, more than the file's "
+                         f"{file_size}")
+    return archive.read(info)
+
+
 def _load_zip(path):
+    file_size = os.path.getsize(path)
     with zipfile.ZipFile(path) as archive:
         names = archive.namelist()
         pickles = [n for n in names if n.endswith("data.pkl") and n.count("/") == 1]
@@ -112,15 +145,16 @@ def _load_zip(path):
         prefix = pickles[0][:-len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in names:
-            byteorder = archive.read(prefix + "byteorder").decode("ascii")
+            byteorder = _read_member(archive, prefix + "byteorder", file_size).decode("ascii")
             if byteorder not in ("little", "big"):
                 raise ValueError(f"unknown byte order {byteorder!r}")
-        unpickler = StateDictUnpickler(io.BytesIO(archive.read(pickles[0])), path)
+        pickled = _read_member(archive, pickles[0], file_size)
+        unpickler = StateDictUnpickler(io.BytesIO(pickled), path)
         obj = unpickler.load()
         storages = {}
         for key, ref in unpickler.storages.items():
             dtype = storage_dtype(ref, byteorder)
-            raw = archive.read(f"{prefix}data/{key}")
+            raw = _read_member(archive, f"{prefix}data/{key}", file_size)
             if len(raw) < ref.numel * dtype.itemsize:
                 raise ValueError(f"storage {key} holds {len(raw)} bytes, {ref.numel} "
                                  f"elements of {dtype.itemsize} bytes expected")
@@ -130,32 +164,36 @@ def _load_zip(path):
 
 def _load_legacy(path):
     with open(path, "rb") as f:
-        header = [StateDictUnpickler(f, path).load() for _ in range(3)]
-        if header[0] != LEGACY_MAGIC or header[1] != LEGACY_PROTOCOL:
-            raise ValueError(f"magic number {header[0]!r} and protocol {header[1]!r}, expected "
-                             f"{LEGACY_MAGIC:#x} and {LEGACY_PROTOCOL}")
-        info = header[2] if isinstance(header[2], dict) else {}
-        byteorder = "little" if info.get("little_endian", True) else "big"
-        unpickler = StateDictUnpickler(f, path)
-        obj = unpickler.load()
-        keys = StateDictUnpickler(f, path).load()
-        if not isinstance(keys, list):
-            raise ValueError(f"the storage keys are a {type(keys).__name__}, not a list")
-        storages = {}
-        for key in keys:
-            ref = unpickler.storages.get(str(key))
-            if ref is None:
-                raise ValueError(f"storage {key} is listed but no tensor uses it")
-            dtype = storage_dtype(ref, byteorder)
-            (numel,) = struct.unpack("<q" if byteorder == "little" else ">q", f.read(8))
-            raw = f.read(numel * dtype.itemsize)
-            if numel != ref.numel or len(raw) != numel * dtype.itemsize:
-                raise ValueError(f"storage {key}: {ref.numel} elements expected, the file "
-                                 f"says {numel} and holds {len(raw) // dtype.itemsize}")
-            storages[str(key)] = np.frombuffer(raw, dtype)
-        missing = sorted(set(unpickler.storages) - set(storages))
-        if missing:
-            raise ValueError(f"storages {', '.join(missing)} are used but not stored")
+        data = f.read()   # in memory: each pickle is checked before the unpickler reads it
+    stream = io.BytesIO(data)
+    header = [StateDictUnpickler(stream, path).load() for _ in range(3)]
+    if header[0] != LEGACY_MAGIC or header[1] != LEGACY_PROTOCOL:
+        raise ValueError(f"magic number {header[0]!r:.40} and protocol {header[1]!r:.40}, "
+                         f"expected {LEGACY_MAGIC:#x} and {LEGACY_PROTOCOL}")
+    info = header[2] if isinstance(header[2], dict) else {}
+    byteorder = "little" if info.get("little_endian", True) else "big"
+    unpickler = StateDictUnpickler(stream, path)
+    obj = unpickler.load()
+    keys = StateDictUnpickler(stream, path).load()
+    if not isinstance(keys, list):
+        raise ValueError(f"the storage keys are a {type(keys).__name__}, not a list")
+    storages = {}
+    for key in keys:
+        ref = unpickler.storages.get(str(key))
+        if ref is None:
+            raise ValueError(f"storage {key!s:.60} is listed but no tensor uses it")
+        dtype = storage_dtype(ref, byteorder)
+        (numel,) = struct.unpack("<q" if byteorder == "little" else ">q", stream.read(8))
+        start = stream.tell()
+        left = (len(data) - start) // dtype.itemsize
+        if numel != ref.numel or numel > left:   # checked before anything is read
+            raise ValueError(f"storage {key}: {ref.numel} elements expected, the file says "
+                             f"{numel} and holds {left} more elements")
+        storages[str(key)] = np.frombuffer(data, dtype, count=numel, offset=start)
+        stream.seek(start + numel * dtype.itemsize)
+    missing = sorted(set(unpickler.storages) - set(storages))
+    if missing:
+        raise ValueError(f"storages {', '.join(missing)} are used but not stored")
     return resolve(obj, storages)
 
 
