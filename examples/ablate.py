@@ -60,6 +60,9 @@ def main(argv=None) -> int:
     except (OSError, ValueError) as exc:
         print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # the arm under way is dropped; the studies' files stay as written
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
     print(f"tables and plots: {args.out}")
     return 0
 

@@ -108,6 +108,14 @@ def test_the_command_line_rejects_an_unknown_study():
     assert exc.value.code == 2
 
 
+def test_the_command_line_exits_130_on_ctrl_c(monkeypatch, capsys, tmp_path):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ablations, "run_studies", interrupted)
+    assert ablate.main(["--study", "dropout", "--out", str(tmp_path)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+
+
 # -- the arms' start ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
