@@ -56,6 +56,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import numpy as np
 
@@ -63,6 +64,7 @@ from . import backend
 from .extensions import SAVE, Extension
 
 KINDS = ("auto", "single", "mpi", "nccl")
+ABORT_GRACE_SECONDS = 0.5     # for the aborting line to reach mpiexec before the job ends
 # what an MPI launcher puts in each process's environment: MPICH/Intel MPI, Open MPI, MVAPICH
 LAUNCHER_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
@@ -221,6 +223,8 @@ class Communicator:
         print(f"minialex: rank {self.rank} of {self.size} aborts the run: {message}",
               file=sys.stderr, flush=True)
         sys.stdout.flush()
+        if self.size > 1:   # mpiexec forwards output on its own time; MPI_Abort may drop the rest
+            time.sleep(ABORT_GRACE_SECONDS)
         self._abort(int(code) or 1)
         os._exit(int(code) or 1)    # MPICH's MPI_Abort may return before the job is torn down
 
