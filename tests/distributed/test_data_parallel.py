@@ -35,6 +35,7 @@ from minialex import functional as F
 from minialex.data import transforms as T
 from minialex.data.loader import ArrayDataset, Loader
 from minialex.distributed import Communicator, MpiCommunicator, NcclCommunicator
+from minialex.extensions import Extension
 from minialex.models import alexnet
 from minialex.optim import SGD
 from minialex.tensor import Tensor, no_grad
@@ -42,6 +43,7 @@ from minialex.tensor import Tensor, no_grad
 import host_build
 from conftest import TOL
 from mpi_jobs import HOST_KERNELS, SKIP_INSIDE_MPI, environment, run_job
+from support import make_trainer
 
 STEPS = 10
 # 2 processes x 64 images against 1 x 128 on the CPU; a smaller batch on the CuPy stand-in,
@@ -242,6 +244,29 @@ def test_the_single_process_exchanges_nothing_and_imports_no_mpi(monkeypatch):
     assert comm.broadcast_object("x") == "x" and comm.gather_arrays(np.ones(2)).tolist() == [1, 1]
     monkeypatch.setenv("PMI_SIZE", "4")
     assert distributed.launched_size() == 4
+
+
+def test_the_watch_sees_the_mean_over_every_process_s_samples_not_of_their_means():
+    # another process with 24 samples whose losses sum to 24 (mean 1.0): this one's 8 samples
+    # make a quarter of the step's loss, not a half
+    sent, seen = [], []
+
+    class Record(Extension):
+        def before_update(self, trainer, loss):
+            seen.append(loss)
+
+    def with_another(sums):
+        sums = np.asarray(sums, np.float64)
+        if len(sums) != 2:             # the epoch's metric sums
+            return sums
+        sent.append(sums)
+        return sums + np.array([24.0, 24.0])
+
+    make_trainer(None, epochs=1, reduce_sums=with_another, extensions=[Record()]).fit()
+    assert [n for _, n in sent] == [8.0] * 5                 # 40 samples in batches of 8
+    want = [(loss_sum + 24.0) / (n + 24.0) for loss_sum, n in sent]
+    np.testing.assert_allclose(seen, want, **TOL["float64_exact"])
+    assert all(abs(s - 1.0) < abs(loss_sum / n - 1.0) for s, (loss_sum, n) in zip(seen, sent))
 
 
 def test_each_process_takes_its_gpu_and_two_never_share_one():
