@@ -7,14 +7,12 @@
     python examples/train_alexnet.py --dataset PATH --find-lr      # which learning rate?
     python examples/train_alexnet.py --dataset PATH --model paper --ten-crop
     mpiexec -n 2 python -m mpi4py examples/train_alexnet.py --data-parallel   # 2 processes
-    python examples/train_alexnet.py --model paper --towers gpu:0,gpu:1     # the paper's towers
 
 Flags -> minialex.config.RunConfig (flags not given take the dataset's and device's preset, or
 on --resume the checkpoint's settings) -> minialex.recipe.fit -> one line of results. Exit
 status: 0 done, 1 failed (unreadable data or checkpoint, a failed write, --out in use, a run
 diverged or stalled, final accuracy at chance), 2 bad usage (or --device gpu without a usable
 GPU), 130 Ctrl-C (saved). The library names settings in backquotes (`lr`): printed as flags.
-With --data-parallel, a failure on any process ends every process (the line names the rank).
 """
 import argparse
 import json
@@ -89,13 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--evaluate", metavar="PATH", help="only evaluate this checkpoint on the test set")
     a("--find-lr", action="store_true", help="learning-rate range test; trains nothing")
     a("--print-freq", type=int, help="progress line every N steps; 0 = per epoch (50)")
-    m = p.add_argument_group("several devices").add_argument
-    m("--data-parallel", action="store_true", help="be one of the processes an MPI launcher "
-      "started (mpiexec -n N python -m mpi4py examples/train_alexnet.py --data-parallel ...): "
-      "each trains on its share of every batch (--batch-size stays the global batch) and the "
-      "gradients are averaged, over MPI on CPUs and NCCL on GPUs")
-    m("--towers", metavar="DEVICE,DEVICE", help="the paper's two towers on two devices, e.g. "
-      "gpu:0,gpu:1 (--model paper; one process, model parallel)")
+    a("--data-parallel", action="store_true", help="one of mpiexec's processes (README)")
+    a("--towers", metavar="DEV,DEV", help="--model paper's two towers on two devices (gpu:0,gpu:1)")
     return p
 
 
@@ -104,9 +97,8 @@ def flags(text) -> str:
     return re.sub(r"`(\w+)`", lambda m: "--" + m[1].replace("_", "-"), str(text))
 
 
-def run(args, device, comm=None) -> int:
-    comm = distributed.create_communicator(None) if comm is None else comm
-    say = print if comm.rank == 0 else (lambda *_, **__: None)    # rank 0 speaks for the run
+def run(args, device, comm) -> int:
+    sys.stdout = sys.stdout if comm.rank == 0 else open(os.devnull, "w")    # rank 0 speaks
     if args.prepare_only:
         preset = cfg.preset_for(args.dataset, device)     # only its sizes: nothing is trained
         size = args.image_size or replace(preset, model=args.model or preset.model).prepared_size
@@ -128,27 +120,22 @@ def run(args, device, comm=None) -> int:
         print(f"plot: {picture}" if picture else "plot: install matplotlib for a picture")
         print(f"train with: --lr {result['suggested_lr']:.2g}")
         return 0
-    flagged = SimpleNamespace(
-        write=lambda text: sys.stdout.write(flags(text)) if comm.rank == 0 else len(text),
-        flush=sys.stdout.flush, isatty=sys.stdout.isatty)
+    flagged = SimpleNamespace(write=lambda text: sys.stdout.write(flags(text)),
+                              flush=sys.stdout.flush, isatty=sys.stdout.isatty)
     summary = recipe.fit(config, out=args.out, resume=args.resume, overrides=given(args),
-                         stream=flagged, comm=comm, towers=towers(args), **data)
+                         stream=flagged, comm=comm, towers=args.towers, **data)
     if summary["stopped"] == "interrupted":
         script = sys.argv[0] if sys.argv[0].endswith(".py") else PROG
-        say(f"resume with: python {script} --resume {os.path.join(summary['out'], 'last.npz')}")
+        print(f"resume with: python {script} --resume {os.path.join(summary['out'], 'last.npz')}")
         return 130
     ten = (f" | 10-crop top-1 {summary['test_top1_10crop']:.2%}, top-5 "
            f"{summary['test_top5_10crop']:.2%}" if "test_top1_10crop" in summary else "")
-    say(f"test ({summary['test_weights']} weights, {summary['test_images']:,} images): top-1 "
+    print(f"test ({summary['test_weights']} weights, {summary['test_images']:,} images): top-1 "
           f"{summary['test_top1']:.2%}, top-5 {summary['test_top5']:.2%}, loss "
           f"{summary['test_loss']:.4f}{ten} | {summary['stopped']} after {summary['epochs']} "
           f"epoch{'s' * (summary['epochs'] != 1)} | wall time {summary['wall_time_s'] / 60:.1f} "
           f"min | {summary['summary_file']}")
     return 0
-
-
-def towers(args):               # --towers gpu:0,gpu:1 -> ("gpu:0", "gpu:1"); None: not given
-    return None if args.towers is None else tuple(args.towers.split(","))
 
 
 def given(args) -> dict:        # the run settings given as flags (None: not given)
@@ -183,59 +170,23 @@ def main(argv=None) -> int:
         parser.error(f"argument --workers: expected an integer >= 0, got {args.workers}")
     if args.prepare_only and args.dataset in (None, cfg.FASHION_MNIST):
         parser.error("argument --prepare-only: needs an image folder (--dataset PATH)")
-    several_devices(args, parser)
     try:
-        device = "cpu" if args.prepare_only else recipe.resolve_device(
-            towers(args)[0] if args.towers else args.device)
-        comm = distributed.create_communicator("auto" if args.data_parallel else None, device)
-    except (RuntimeError, ValueError) as exc:     # a GPU asked for and not usable
+        device = "cpu" if args.prepare_only else recipe.resolve_device(args.device)
+        comm = distributed.communicator_for(args.data_parallel, device)
+    except (RuntimeError, ValueError) as exc:     # a GPU (or MPI) asked for and not usable
         print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
         return 2
-    except ImportError as exc:
-        print(f"{PROG}: error: --data-parallel needs mpi4py and an MPI (pip install mpi4py "
-              f"mpich, or minialex's [mpi] extra): {exc}", file=sys.stderr)
-        return 2
-    device = comm.device if comm.name == "nccl" else device     # this process's own GPU
-    # several processes: an exception on one of them ends them all, naming its rank
-    with comm.abort_on_error():
-        try:
-            settings(args, device, parser)      # a value out of range: exit 2 before any work
-            code = run(args, device, comm)
-        except TrainingStopped as exc:      # every process stops at the same step
-            if comm.rank == 0:
-                print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
-            code = 1
-        except (OSError, ValueError) as exc:    # OSError: FileNotFoundError too
-            if comm.size > 1:           # perhaps on this process alone: end the others
-                comm.abort(flags(exc))
+    try:
+        settings(args, device, parser)      # a value out of range: exit 2 before any work
+        with comm.abort_on_error(alike=TrainingStopped, wording=flags):  # one fails: all end
+            return run(args, device, comm)
+    except (OSError, ValueError, TrainingStopped) as exc:   # OSError: FileNotFoundError too
+        if comm.rank == 0:                                  # several: a stop they all made
             print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            if comm.size > 1:
-                comm.abort("Ctrl-C twice: stopped at once, nothing saved", 130)
-            print(f"\n{PROG}: interrupted", file=sys.stderr)
-            return 130
-        comm.barrier()      # every process ends its run (rank 0 its files) before any exits
-    return code
-
-
-def several_devices(args, parser):
-    """--data-parallel and --towers: each for training, not together, and understood."""
-    size = distributed.launched_size()
-    if size > 1 and not args.data_parallel:
-        parser.error(f"this is one of {size} processes an MPI launcher started: add "
-                     f"--data-parallel to train one model together, or start one process")
-    for flag in ("data_parallel", "towers"):
-        for other in ("evaluate", "find_lr", "prepare_only"):
-            if getattr(args, flag) and getattr(args, other):
-                parser.error(f"argument --{flag.replace('_', '-')}: not allowed with "
-                             f"--{other.replace('_', '-')} (it trains)")
-    if args.towers and args.data_parallel:
-        parser.error("argument --towers: not allowed with --data-parallel (the towers train "
-                     "in one process)")
-    if args.towers is not None and len(towers(args)) != 2:
-        parser.error(f"argument --towers: expected two devices, e.g. gpu:0,gpu:1, got "
-                     f"{args.towers!r}")
+        return 1
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -79,6 +79,21 @@ def launched_size() -> int:
     return 1
 
 
+def communicator_for(data_parallel: bool, device="cpu") -> "Communicator":
+    """A run's communicator: MPI or NCCL (:func:`create_communicator` ``"auto"``) when
+    ``data_parallel``, else one process, which an MPI launcher must not have started several
+    of (each would train a model of its own, in one folder)."""
+    size = launched_size()
+    if size > 1 and not data_parallel:
+        raise ValueError(f"this is one of {size} processes an MPI launcher started: set "
+                         f"`data_parallel` to train one model together, or start one process")
+    try:
+        return create_communicator("auto" if data_parallel else None, device)
+    except ImportError as exc:
+        raise RuntimeError(f"`data_parallel` needs mpi4py and an MPI (pip install mpi4py "
+                           f"mpich, or minialex's [mpi] extra): {exc}") from None
+
+
 def create_communicator(kind="auto", device="cpu") -> "Communicator":
     """The communicator for ``kind``:
 
@@ -229,10 +244,14 @@ class Communicator:
         os._exit(int(code) or 1)    # MPICH's MPI_Abort may return before the job is torn down
 
     @contextlib.contextmanager
-    def abort_on_error(self):
+    def abort_on_error(self, alike=(), wording=str):
         """A context in which an exception on any one process aborts every process (naming the
         rank and the exception) instead of leaving the others waiting in a collective; with
-        one process it is raised as usual.
+        one process it is raised as usual. Exceptions of the types ``alike``, which every
+        process raises at the same point (a decision taken on all-reduced numbers), are raised
+        as usual too. ``wording(line)`` rewords the line (e.g. names settings as flags). The
+        processes leave the block together (a barrier, also before an ``alike`` exception), so
+        that none ends its program while another still works (rank 0 writing its files).
 
         Any way out of the block but its end counts, ``SystemExit(0)`` included: a process
         that leaves early, even "successfully", would leave the others waiting. The exit
@@ -240,6 +259,9 @@ class Communicator:
         (as a shell reports Ctrl-C), else 1."""
         try:
             yield self
+        except alike:
+            self.barrier()
+            raise
         except BaseException as exc:
             if self.size == 1:
                 raise
@@ -250,7 +272,8 @@ class Communicator:
                 code = 130
             what = f"SystemExit({exc.code!r}), leaving the run early" if isinstance(
                 exc, SystemExit) else f"{type(exc).__name__}: {exc}"
-            self.abort(what, code)
+            self.abort(wording(what), code)
+        self.barrier()
 
     # -- what a backend provides --------------------------------------------------------------
     def _check_root(self, root):

@@ -66,14 +66,17 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     the global batch, each process trains on its share and evaluates its share of the images,
     and the sums are added before dividing, so the metrics are those of one process. Rank 0
     alone locks ``out``, writes files and prints; every process resumes from ``resume``.
-    ``towers``: two devices for the paper's two towers (:mod:`minialex.towers`, one process);
-    the checkpoints keep the one-device names and optimiser state."""
+    ``towers``: two devices (or ``"gpu:0,gpu:1"``) for the paper's two towers
+    (:mod:`minialex.towers`, one process); the checkpoints keep the one-device names and
+    optimiser state."""
     started = time.time()
     stream = sys.stdout if stream is None else stream
     comm = distributed.create_communicator(None) if comm is None else comm
+    towers = tuple(towers.split(",")) if isinstance(towers, str) else towers
     if towers is not None and comm.size > 1:
         raise ValueError(f"`towers` trains in one process; {comm.size} were started")
     device = device if towers is None else backend.parse_device(towers[0])
+    device = comm.device if comm.name == "nccl" else device     # this process's own GPU
     tree = source = None
     if resume is not None:
         tree = checkpoint.migrate(checkpoint.load(resume))

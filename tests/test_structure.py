@@ -237,7 +237,7 @@ def test_tensor_and_ops_import_in_either_order():
 def test_the_example_is_flags_to_config_to_fit_with_no_logic_of_its_own():
     example = ROOT / "examples" / "train_alexnet.py"
     source = example.read_text()
-    assert len(source.splitlines()) <= 180
+    assert len(source.splitlines()) <= 195      # with --pretrained and --data-parallel
     imported = {node.module for node in ast.walk(ast.parse(source))
                 if isinstance(node, ast.ImportFrom) and node.module
                 and node.module.startswith("minialex")}

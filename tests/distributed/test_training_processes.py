@@ -153,7 +153,8 @@ def test_bad_input_on_one_rank_ends_the_job_with_one_line_naming_it(launcher, da
     job = train(2, launcher, data_dir, *FLAGS, "--out", out, fault="bad-input:8@1", stamp=stamp)
     assert job.returncode != 0 and seconds_since(stamp) < DEADLINE, job.stdout + job.stderr
     lines = [line for line in job.stderr.splitlines() if "planted" in line]
-    assert lines == ["minialex: rank 1 of 2 aborts the run: planted bad input on rank 1"], \
+    assert lines == ["minialex: rank 1 of 2 aborts the run: ValueError: planted bad input on "
+                     "rank 1"], \
         job.stderr
     assert position(out / "last.npz") == (1, 0)      # the last checkpoint is still good
 
