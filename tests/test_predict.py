@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     photos = synthetic_photos(root / "photos", n_train=12, n_val=6)
     config = IMAGES_PRESET.replace(dataset=str(photos), model="mini", image_size=32,
-                                   batch_size=12, print_freq=0, epochs=1, warmup=2)
+                                   batch_size=12, print_freq=0, epochs=3, warmup=2)
     recipe.fit(config, out=str(root / "run"), cache=str(root / "cache"), workers=0,
                stream=io.StringIO())
     return root / "run" / "last.npz", photos, root / "cache"

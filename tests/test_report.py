@@ -200,16 +200,17 @@ def test_fit_writes_the_report_and_a_report_that_fails_only_warns(tmp_path, monk
 
 def test_only_the_schedules_changes_are_marked_not_the_warm_up_ramp(tmp_path):
     data_dir = learnable_fashion_mnist(tmp_path / "fmnist", n_train=120, n_test=10)
+    # 2 steps an epoch, 8 epochs: a warm-up of 3 steps (a fifth of 16, at most) ends in epoch 2
     config = CPU_PRESET.replace(val_size=40, limit_train=64, batch_size=32, limit_test=10,
-                                print_freq=0, warmup=5, epochs=4, step_size=3, lr=0.02)
+                                print_freq=0, warmup=3, epochs=8, step_size=6, lr=0.02)
     recipe.fit(config, out=str(tmp_path / "run"), data_dir=data_dir, stream=io.StringIO())
     records = report.load_metrics(tmp_path / "run")
-    lrs = [r["lr"] for r in records]                    # 2 steps an epoch: 5 ramp over 3
-    assert lrs == pytest.approx([0.008, 0.016, 0.02, 0.002])
-    assert report.curves(records)["lr_changes"] == [[4, 0.02, pytest.approx(0.002)]]
+    lrs = [r["lr"] for r in records]
+    assert lrs == pytest.approx([0.02 * 2 / 3] + [0.02] * 5 + [0.002] * 2)
+    assert report.curves(records)["lr_changes"] == [[7, 0.02, pytest.approx(0.002)]]
     # a log from before schedule_lr: every change of lr counts
     old = [{k: v for k, v in r.items() if k != "schedule_lr"} for r in records]
-    assert [c[0] for c in report.curves(old)["lr_changes"]] == [2, 3, 4]
+    assert [c[0] for c in report.curves(old)["lr_changes"]] == [2, 7]
 
 
 def test_many_classes_list_their_largest_confusions_instead_of_the_whole_matrix(tmp_path):

@@ -237,7 +237,7 @@ def check_opcodes(stream: io.BytesIO) -> None:
             else:
                 below = len(before)
             if below > len(stack):
-                raise IndexError
+                raise IndexError(f"{name} takes more items than the stack holds")
             items = stack[len(stack) - below:] + items
             del stack[len(stack) - below:]
             if pickletools.markobject in after:
