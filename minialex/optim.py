@@ -142,16 +142,9 @@ class SGD:
         if int(n) != len(self.params):
             raise ValueError(f"SGD.load_state_dict: state is for {int(n)} parameters, this "
                              f"optimizer has {len(self.params)}")
-        saved = state["velocity"]
-        saved = dict(enumerate(saved)) if isinstance(saved, (list, tuple)) else saved
         velocity = [None] * len(self.params)
-        for key, v in saved.items():
-            if v is None:
-                continue
-            if not str(key).isdigit() or int(key) >= len(self.params):
-                raise ValueError(f"SGD.load_state_dict: velocity index {key!r} is not one of "
-                                 f"0..{len(self.params) - 1}")
-            i, p = int(key), self.params[int(key)]
+        for i, v in saved_velocities("SGD", state["velocity"], len(self.params)):
+            p = self.params[i]
             if tuple(np.shape(v)) != tuple(p.shape):
                 raise ValueError(f"SGD.load_state_dict: velocity {i} ({self.names[i]}) has shape "
                                  f"{tuple(np.shape(v))}, the parameter {tuple(p.shape)}")
@@ -168,6 +161,20 @@ class SGD:
     def __repr__(self):
         return (f"SGD(lr={self._lr}, momentum={self.momentum}, weight_decay={self.weight_decay}, "
                 f"{len(self.params)} parameters)")
+
+
+def saved_velocities(owner: str, saved, n: int):
+    """(index, velocity) for each saved velocity of a state_dict's ``velocity`` (a dict keyed by
+    the parameter's index as a string, or a list), after checking each index is one of 0..n-1;
+    parameters that never stepped (no entry, or None) are left out."""
+    saved = dict(enumerate(saved)) if isinstance(saved, (list, tuple)) else saved
+    for key, v in saved.items():
+        if v is None:
+            continue
+        if not str(key).isdigit() or int(key) >= n:
+            raise ValueError(f"{owner}.load_state_dict: velocity index {key!r} is not one of "
+                             f"0..{n - 1}")
+        yield int(key), v
 
 
 class ReduceLROnPlateau:

@@ -53,7 +53,7 @@ from .data.shards import share_bounds
 from .layers.conv import conv2d
 from .layers.linear import linear
 from .module import Module, Parameter
-from .optim import SGD
+from .optim import SGD, saved_velocities
 from .tensor import Function, Tensor
 
 TOWERS = 2
@@ -271,16 +271,9 @@ class TowersSGD(SGD):
         if n is None or int(n) != len(self.splits):
             raise ValueError(f"TowersSGD.load_state_dict: state is for {n} parameters, the "
                              f"one-device model has {len(self.splits)}")
-        saved = state.get("velocity", {})
-        saved = dict(enumerate(saved)) if isinstance(saved, (list, tuple)) else saved
         halves = {}
-        for key, v in saved.items():
-            if v is None:
-                continue
-            if not str(key).isdigit() or int(key) >= len(self.splits):
-                raise ValueError(f"TowersSGD.load_state_dict: velocity index {key!r} is not one "
-                                 f"of 0..{len(self.splits) - 1}")
-            name, parts = self.splits[int(key)]
+        for key, v in saved_velocities("TowersSGD", state.get("velocity", {}), len(self.splits)):
+            name, parts = self.splits[key]
             whole = (sum(p.shape[0] for p in parts),) + tuple(parts[0].shape[1:])
             if tuple(np.shape(v)) != whole:
                 raise ValueError(f"TowersSGD.load_state_dict: velocity {key} ({name}) has shape "
@@ -288,5 +281,5 @@ class TowersSGD(SGD):
             v = backend.to_numpy(v)
             for t in range(TOWERS):
                 start, stop = share_bounds(whole[0], t, TOWERS)
-                halves[str(TOWERS * int(key) + t)] = v[start:stop]
+                halves[str(TOWERS * key + t)] = v[start:stop]
         super().load_state_dict({**state, "num_params": len(self.params), "velocity": halves})
