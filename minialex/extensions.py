@@ -211,7 +211,7 @@ class MetricsLog(Extension):
         self._cut(trainer)
 
     def end_epoch(self, trainer, record):
-        with trainer.writing():
+        with writing(trainer):
             try:
                 with open(self.path, "a") as f:
                     f.write(json.dumps(record) + "\n")
@@ -226,7 +226,7 @@ class MetricsLog(Extension):
         kept = "".join(json.dumps(r) + "\n" for r in read_metrics(self.path)
                        if r.get("epoch", math.inf) <= trainer.epoch)
         if kept != text:
-            with trainer.writing():
+            with writing(trainer):
                 checkpoint.atomic_write(self.path, lambda f: f.write(kept.encode("utf-8")))
 
 
@@ -252,7 +252,7 @@ class Checkpoints(Extension):
     order, rank0_only = SAVE, True
 
     def end_epoch(self, trainer, record):
-        with trainer.writing():
+        with writing(trainer):
             state = trainer.state()             # built once for both files
             # best first: a kill between the two leaves last.npz at the epoch before, which
             # redoes this one and rewrites best.npz; the other order would leave last.npz
@@ -263,13 +263,41 @@ class Checkpoints(Extension):
 
     def after_fit(self, trainer):
         if trainer.stopped == "interrupted":
-            with trainer.writing():
+            with writing(trainer):
                 self._save_last(trainer, trainer.state())
 
     @staticmethod
     def _save_last(trainer, state):
         checkpoint.save(trainer.path("last.npz"), state)
         trainer.last_saved = (trainer.epoch, trainer.step)
+
+
+def kept(trainer) -> str:
+    """What ``last.npz`` holds now, for messages."""
+    last = trainer.path("last.npz")
+    if trainer.last_saved is not None:
+        return f"{last} keeps the last good state, from {where_in_run(*trainer.last_saved)}"
+    if last is not None and os.path.exists(last):
+        return f"{last} is left as it was"
+    return "no checkpoint had been written yet"
+
+
+@contextlib.contextmanager
+def writing(trainer):
+    """A failed write (disk full, quota, permission) stops the run with one line: the file, the
+    cause, what the disk still holds, and how to resume."""
+    try:
+        yield
+    except checkpoint.WriteError as exc:
+        last = trainer.path("last.npz")
+        then = kept(trainer) + (f"; resume with `resume` {last}" if trainer.last_saved
+                                or os.path.exists(last) else "; start the run again")
+        raise checkpoint.WriteError(exc.filename, exc, then) from None
+
+
+def where_in_run(epoch, step) -> str:
+    """A point of the run, from (epochs completed, steps into the next one)."""
+    return f"the end of epoch {epoch}" if step == 0 and epoch else f"epoch {epoch + 1}, step {step}"
 
 
 class Progress(Extension):

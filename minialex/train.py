@@ -68,7 +68,7 @@ import numpy as np
 from . import backend, checkpoint
 from . import functional as F
 from .checks import positive_int
-from .extensions import Checkpoints, standard_extensions
+from .extensions import Checkpoints, kept, standard_extensions, where_in_run
 from .layers.loss import class_indices
 from .progress import StatusLine
 from .tensor import Tensor, no_grad
@@ -420,13 +420,13 @@ class Trainer:
         except KeyboardInterrupt:
             if self.catch_ctrl_c:           # else the caller says what Ctrl-C did
                 self.say("\nstopped at once: nothing saved"
-                         + (f"; {self.kept()}" if self.saves else ""))
+                         + (f"; {kept(self)}" if self.saves else ""))
             raise
         self.stopped = self.stopped or "completed"
         self._call("after_fit")
         if self.stopped == "interrupted":
             saved = self.last_saved == (self.epoch, self.step) and self.path("last.npz")
-            self.say(f"interrupted at {_where(self.epoch, self.step)}"
+            self.say(f"interrupted at {where_in_run(self.epoch, self.step)}"
                      + (f"; saved {saved}" if saved else ""))
         return self.stopped
 
@@ -455,7 +455,7 @@ class Trainer:
         except TrainingStopped as exc:          # say what the disk still holds
             if self.out_dir is None:
                 raise
-            raise type(exc)(f"{exc.what}; stopped without saving, {self.kept()}",
+            raise type(exc)(f"{exc.what}; stopped without saving, {kept(self)}",
                             exc.advice) from None
         return not self._interrupted or self.step == total
 
@@ -475,28 +475,6 @@ class Trainer:
             self.best_val_error, self.best_epoch = record["val_error"], self.epoch
         self.history.append(record)
         self._call("end_epoch", record)
-
-    # -- what is on disk -----------------------------------------------------------------------
-    def kept(self) -> str:
-        """What ``last.npz`` holds now, for messages."""
-        last = self.path("last.npz")
-        if self.last_saved is not None:
-            return f"{last} keeps the last good state, from {_where(*self.last_saved)}"
-        if last is not None and os.path.exists(last):
-            return f"{last} is left as it was"
-        return "no checkpoint had been written yet"
-
-    @contextlib.contextmanager
-    def writing(self):
-        """A failed write (disk full, quota, permission) stops the run with one line: the
-        file, the cause, what the disk still holds, and how to resume."""
-        try:
-            yield
-        except checkpoint.WriteError as exc:
-            last = self.path("last.npz")
-            then = self.kept() + (f"; resume with `resume` {last}" if self.last_saved
-                                  or os.path.exists(last) else "; start the run again")
-            raise checkpoint.WriteError(exc.filename, exc, then) from None
 
     def state(self) -> dict:
         """The whole training state as a checkpoint tree (:func:`checkpoint.training_state`)."""
@@ -554,7 +532,3 @@ def _first_ctrl_c_sets_a_flag(trainer):
     finally:
         signal.signal(signal.SIGINT, previous)
 
-
-def _where(epoch, step) -> str:
-    """A point of the run, from (epochs completed, steps into the next one)."""
-    return f"the end of epoch {epoch}" if step == 0 and epoch else f"epoch {epoch + 1}, step {step}"
