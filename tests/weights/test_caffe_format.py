@@ -2,7 +2,6 @@
 pretrained.py), on files these tests write with a small protocol-buffer writer in both of
 Caffe's layouts: ``layer`` (field 100, LayerParameter) and the model zoo's ``layers`` (field
 2, V1LayerParameter), with packed and unpacked floats, new and legacy 4-D blob shapes."""
-import struct
 
 import numpy as np
 import pytest
@@ -10,33 +9,7 @@ import pytest
 from minialex.weights import caffe_format, detect_format, load_pretrained, protobuf
 
 from conftest import TOL
-
-
-# -- a protocol-buffer writer (the wire format, as protobuf.py's docstring describes it) --------
-def varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def key(number, wire):
-    return varint(number << 3 | wire)
-
-
-def f_varint(number, value):
-    return key(number, protobuf.VARINT) + varint(value)
-
-
-def f_bytes(number, data):
-    return key(number, protobuf.LENGTH) + varint(len(data)) + data
-
-
-def f_float(number, value):
-    return key(number, protobuf.FIXED32) + struct.pack("<f", value)
+from protobuf_writer import f_bytes, f_float, f_varint, key, varint
 
 
 def unpacked_floats(number, values) -> bytes:

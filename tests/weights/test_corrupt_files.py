@@ -26,6 +26,10 @@ from minialex.weights import (
 )
 from minialex.weights.torch_format import _pickle_global, _pickle_int, _pickle_ints, _pickle_str
 
+from protobuf_writer import f_bytes as f_len
+from protobuf_writer import f_float, varint
+from protobuf_writer import f_varint as f_var
+
 HERE = pathlib.Path(__file__).resolve().parent
 FIXTURES = HERE / "fixtures"
 MINIALEX = HERE.parent.parent / "minialex"
@@ -229,27 +233,6 @@ def test_legacy_storage_length_is_checked_before_reading(tmp_path):
 
 
 # -- crafted caffemodels ------------------------------------------------------------------------
-def varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def f_len(number, payload: bytes) -> bytes:
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-
-def f_var(number, value: int) -> bytes:
-    return varint(number << 3) + varint(value)
-
-
-def f_float(number, value) -> bytes:
-    return varint(number << 3 | 5) + struct.pack("<f", value)
-
-
 def net(*layers, v1=False) -> bytes:
     return f_len(1, b"net") + b"".join(f_len(2 if v1 else 100, layer) for layer in layers)
 
