@@ -172,6 +172,8 @@ def main(argv=None) -> int:
         parser.error("argument --prepare-only: needs an image folder (--dataset PATH)")
     try:
         device = "cpu" if args.prepare_only else recipe.resolve_device(args.device)
+        if args.towers:
+            recipe.resolve_towers(args.towers)
         comm = distributed.communicator_for(args.data_parallel, device)
     except (RuntimeError, ValueError) as exc:     # a GPU (or MPI) asked for and not usable
         print(f"{PROG}: error: {flags(exc)}", file=sys.stderr)

@@ -72,10 +72,10 @@ def fit(config: RunConfig, *, device: str = "cpu", out: str | None = None, resum
     started = time.time()
     stream = sys.stdout if stream is None else stream
     comm = distributed.create_communicator(None) if comm is None else comm
-    towers = tuple(towers.split(",")) if isinstance(towers, str) else towers
+    towers = None if towers is None else resolve_towers(towers)
     if towers is not None and comm.size > 1:
         raise ValueError(f"`towers` trains in one process; {comm.size} were started")
-    device = device if towers is None else backend.parse_device(towers[0])
+    device = device if towers is None else towers[0]
     device = comm.device if comm.name == "nccl" else device     # this process's own GPU
     tree = source = None
     if resume is not None:
@@ -398,6 +398,15 @@ def resolve_device(choice: str = "auto") -> str:
     if choice == "auto":
         return backend.parse_device("gpu") if backend.gpu_available() else "cpu"
     return backend.parse_device(choice)
+
+
+def resolve_towers(towers) -> tuple:
+    """The two devices of ``towers`` (``"gpu:0,gpu:1"`` or a pair), checked before any work: a
+    ValueError unless there are two, a RuntimeError (as for ``"gpu"``) where one is not usable."""
+    devices = tuple(towers.split(",")) if isinstance(towers, str) else tuple(towers)
+    if len(devices) != 2:
+        raise ValueError(f"`towers`: expected two devices, e.g. gpu:0,gpu:1, got {towers!r}")
+    return tuple(backend.parse_device(d.strip()) for d in devices)
 
 
 def default_out_dir(config: RunConfig) -> str:

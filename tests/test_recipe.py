@@ -227,6 +227,21 @@ def test_gpu_without_a_gpu_is_a_one_line_error_with_status_2():
     assert run.stderr.count("\n") == 1 and "a GPU was asked for but cannot be used" in run.stderr
 
 
+@pytest.mark.skipif(backend.gpu_available(), reason="a GPU is usable here")
+def test_towers_without_a_gpu_is_a_one_line_error_with_status_2():
+    run = run_example("--model", "paper", "--towers", "gpu:0,gpu:1")
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "a GPU was asked for but cannot be used" in run.stderr
+
+
+def test_towers_need_two_devices():
+    with pytest.raises(ValueError, match=r"`towers`: expected two devices, e.g. gpu:0,gpu:1, got "
+                                         r"'gpu:0'"):
+        recipe.resolve_towers("gpu:0")
+    run = run_example("--model", "paper", "--towers", "gpu:0,gpu:1,gpu:2")
+    assert run.returncode == 2 and "--towers: expected two devices" in run.stderr
+
+
 @pytest.mark.parametrize("argv,message", [
     (["--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
     (["--lr", "-0.1"], "argument --lr: expected a finite number > 0"),
